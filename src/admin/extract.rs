@@ -1,0 +1,190 @@
+//! Request extractors whose failures answer in the API's error shape: JSON bodies (with the
+//! failing field named), list parameters, and the two kinds of caller (a tenant's API key, the
+//! operator token).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::crypto;
+use crate::store::{ApiKeyRow, Page, TenantRow};
+
+/// A JSON body. An empty body reads as `{}`, so calls whose fields are all optional need none.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is larger than the limit of {} bytes",
+                        state.max_body_bytes
+                    ),
+                )
+            } else {
+                ApiError::new(rejection.status(), "invalid_request", rejection.body_text())
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                return not_json(&inner);
+            }
+            let field = if path == "." { "body" } else { path.as_str() };
+            ApiError::invalid(field, describe_data_error(&inner.to_string()))
+        })?;
+        deserializer.end().map_err(|e| not_json(&e))?;
+        Ok(Self(value))
+    }
+}
+
+fn not_json(err: &serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        format!("the request body is not valid JSON for this call: {err}"),
+    )
+}
+
+/// A data error without its position (noise once the field is named) and without the value
+/// that was sent: serde quotes it in "invalid type: string \"...\"", and it may be a secret.
+fn describe_data_error(message: &str) -> String {
+    let message = message.split(" at line ").next().unwrap_or(message);
+    if message.starts_with("invalid type") || message.starts_with("invalid value") {
+        match message.rsplit_once(", expected ") {
+            Some((_, expected)) => format!("invalid type or value, expected {expected}"),
+            None => "invalid type or value".to_owned(),
+        }
+    } else {
+        message.to_owned()
+    }
+}
+
+/// `?limit=&cursor=` of list calls.
+pub struct ListParams(pub Page);
+
+/// Items per page when no limit is given, and the largest limit accepted.
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+impl<S: Send + Sync> FromRequestParts<S> for ListParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let mut page = Page {
+            limit: DEFAULT_LIMIT,
+            cursor: None,
+        };
+        let query = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query)?;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "limit" => {
+                    page.limit = value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::invalid("limit", format!("must be a number from 1 to {MAX_LIMIT}"))
+                        })?;
+                }
+                "cursor" if !value.is_empty() => page.cursor = Some(value),
+                _ => {}
+            }
+        }
+        Ok(Self(page))
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+        &format!("/?{query}").parse().map_err(|_| ApiError::invalid("query", "is not valid"))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| ApiError::invalid("query", e.body_text()))
+}
+
+/// The bearer token of the `Authorization` header, if there is one.
+fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthenticated(
+            "the Authorization header must be 'Bearer <api key>'",
+        ));
+    }
+    Ok(Some(token.trim()))
+}
+
+/// A caller holding one of a tenant's API keys; everything it does stays in that tenant.
+pub struct TenantAuth {
+    pub tenant: TenantRow,
+    pub key: ApiKeyRow,
+}
+
+impl FromRequestParts<AppState> for TenantAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.ok_or_else(|| {
+            ApiError::unauthenticated("missing API key: send 'Authorization: Bearer <api key>'")
+        })?;
+        match state.store.authenticate_api_key(&crypto::hash_token(token)).await? {
+            Some((tenant, key)) => Ok(Self { tenant, key }),
+            None => Err(ApiError::unauthenticated("invalid API key")),
+        }
+    }
+}
+
+/// A caller holding the operator token: manages tenants, nothing inside them.
+pub struct OperatorAuth;
+
+impl FromRequestParts<AppState> for OperatorAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.ok_or_else(|| {
+            ApiError::unauthenticated("missing operator token: send 'Authorization: Bearer <operator token>'")
+        })?;
+        let Some(operator) = &state.operator_token else {
+            return Err(ApiError::forbidden(
+                "tenant management is disabled: no operator token is configured (admin.operator_token)",
+            ));
+        };
+        if crypto::tokens_equal(token, operator) {
+            return Ok(Self);
+        }
+        if state
+            .store
+            .authenticate_api_key(&crypto::hash_token(token))
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::forbidden(
+                "this call needs the operator token; a tenant's API key cannot manage tenants",
+            ));
+        }
+        Err(ApiError::unauthenticated("invalid operator token"))
+    }
+}

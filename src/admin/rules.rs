@@ -1,0 +1,236 @@
+//! Injection rules: created one at a time under a runtime, or in a batch that is created
+//! whole or not at all. Validation (`RuleSpec`) happens before the store is touched; the store
+//! checks in the same transaction that every credential names a secret of the tenant.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, ListParams, TenantAuth};
+use super::views::{List, Rule};
+use crate::crypto;
+use crate::names::validate_name;
+use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, Target};
+use crate::store::{RuleRow, StoreError, now_millis};
+
+/// The largest batch accepted.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRule {
+    host: String,
+    #[serde(default)]
+    path: Option<String>,
+    injection: InjectionBody,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectionBody {
+    credential: String,
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    param: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    rules: Vec<BatchRule>,
+}
+
+/// One rule of a batch (and of a YAML rule file): the seed's shape.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRule {
+    runtime: String,
+    host: String,
+    #[serde(default)]
+    path: Option<String>,
+    credential: String,
+    inject: InjectBody,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectBody {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    param: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+const SINGLE_FIELDS: DraftFields = DraftFields {
+    runtime: "runtime",
+    credential: "injection.credential",
+    header: "injection.header",
+    param: "injection.param",
+    value: "injection.value",
+    injection: "injection",
+};
+
+const BATCH_FIELDS: DraftFields = DraftFields {
+    runtime: "runtime",
+    credential: "credential",
+    header: "inject.header",
+    param: "inject.param",
+    value: "inject.value",
+    injection: "inject",
+};
+
+fn new_row(tenant_id: &str, spec: RuleSpec, created_at: i64) -> RuleRow {
+    let (header, param) = match spec.target {
+        Target::Header(h) => (Some(h), None),
+        Target::Param(p) => (None, Some(p)),
+    };
+    RuleRow {
+        id: crypto::new_id("rule"),
+        tenant_id: tenant_id.to_owned(),
+        runtime: spec.runtime,
+        host_pattern: spec.host.to_string(),
+        path_pattern: spec.path.map(|p| p.as_str().to_owned()),
+        credential: spec.credential,
+        header,
+        param,
+        value_template: spec.template,
+        created_at,
+    }
+}
+
+fn runtime_param(runtime: &str) -> ApiResult<()> {
+    validate_name(runtime).map_err(|m| ApiError::invalid("runtime", m))
+}
+
+pub async fn create_rule(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(runtime): Path<String>,
+    JsonBody(body): JsonBody<CreateRule>,
+) -> ApiResult<(StatusCode, Json<Rule>)> {
+    runtime_param(&runtime)?;
+    let draft = RuleDraft {
+        runtime: &runtime,
+        host: &body.host,
+        path: body.path.as_deref(),
+        credential: &body.injection.credential,
+        header: body.injection.header.as_deref(),
+        param: body.injection.param.as_deref(),
+        value: body.injection.value.as_deref(),
+    };
+    let spec = RuleSpec::from_draft(&draft, &SINGLE_FIELDS)?;
+    let row = new_row(&auth.tenant.id, spec, now_millis());
+    match state.store.insert_rules(&auth.tenant.id, std::slice::from_ref(&row)).await {
+        Err(StoreError::UnknownCredential(name)) => Err(ApiError::invalid(
+            "injection.credential",
+            format!("no secret named '{name}' in this tenant; create it first"),
+        )),
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
+    Ok((StatusCode::CREATED, Json(row.into())))
+}
+
+pub async fn create_rules_batch(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<BatchBody>,
+) -> ApiResult<(StatusCode, Json<List<Rule>>)> {
+    if body.rules.is_empty() {
+        return Err(ApiError::invalid("rules", "must hold at least one rule"));
+    }
+    if body.rules.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "rules",
+            format!("at most {MAX_BATCH} rules per batch, got {}", body.rules.len()),
+        ));
+    }
+    let now = now_millis();
+    let mut rows = Vec::with_capacity(body.rules.len());
+    for (i, rule) in body.rules.iter().enumerate() {
+        let draft = RuleDraft {
+            runtime: &rule.runtime,
+            host: &rule.host,
+            path: rule.path.as_deref(),
+            credential: &rule.credential,
+            header: rule.inject.header.as_deref(),
+            param: rule.inject.param.as_deref(),
+            value: rule.inject.value.as_deref(),
+        };
+        let spec = RuleSpec::from_draft(&draft, &BATCH_FIELDS)
+            .map_err(|e: FieldError| e.within(&format!("rules[{i}]")))?;
+        rows.push(new_row(&auth.tenant.id, spec, now));
+    }
+    match state.store.insert_rules(&auth.tenant.id, &rows).await {
+        Err(StoreError::UnknownCredential(name)) => {
+            let i = rows.iter().position(|r| r.credential == name).unwrap_or(0);
+            Err(ApiError::invalid(
+                &format!("rules[{i}].credential"),
+                format!("no secret named '{name}' in this tenant; create it first (no rule was created)"),
+            ))
+        }
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
+    Ok((
+        StatusCode::CREATED,
+        Json(List {
+            data: rows.into_iter().map(Rule::from).collect(),
+            next_cursor: None,
+        }),
+    ))
+}
+
+pub async fn list_runtime_rules(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(runtime): Path<String>,
+    ListParams(page): ListParams,
+) -> ApiResult<Json<List<Rule>>> {
+    runtime_param(&runtime)?;
+    let page = state.store.list_rules(&auth.tenant.id, Some(&runtime), &page).await?;
+    Ok(Json(List::from_page(page, Rule::from)))
+}
+
+pub async fn list_rules(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    ListParams(page): ListParams,
+) -> ApiResult<Json<List<Rule>>> {
+    let page = state.store.list_rules(&auth.tenant.id, None, &page).await?;
+    Ok(Json(List::from_page(page, Rule::from)))
+}
+
+pub async fn get_rule(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Rule>> {
+    let row = state
+        .store
+        .get_rule(&auth.tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no rule with id '{id}'")))?;
+    Ok(Json(row.into()))
+}
+
+pub async fn delete_rule(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    match state.store.delete_rule(&auth.tenant.id, &id).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found(format!("no rule with id '{id}'"))),
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

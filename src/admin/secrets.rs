@@ -1,0 +1,234 @@
+//! Secrets: the value is write-only. It is validated, sealed under the active key bound to
+//! (tenant, secret id, version), and never returned, logged or quoted in an error.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, ListParams, TenantAuth};
+use super::tenants::validate_label;
+use super::views::{List, Secret};
+use crate::crypto::SealContext;
+use crate::names::validate_name;
+use crate::rules::injection::validate_secret_value;
+use crate::store::{SecretChanges, SecretRow, StoreError, now_millis};
+
+/// Default and largest `cache_ttl_secs`.
+pub const DEFAULT_CACHE_TTL_SECS: i64 = 300;
+pub const MAX_CACHE_TTL_SECS: i64 = 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecret {
+    name: String,
+    value: SecretString,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    cache_ttl_secs: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSecret {
+    #[serde(default)]
+    value: Option<SecretString>,
+    /// Absent: unchanged; `null`: cleared.
+    #[serde(default, deserialize_with = "present")]
+    display_name: Option<Option<String>>,
+    #[serde(default)]
+    cache_ttl_secs: Option<i64>,
+}
+
+/// Tells a field that is present (even as `null`) from one that is absent.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn check_ttl(ttl: i64) -> ApiResult<i64> {
+    if !(0..=MAX_CACHE_TTL_SECS).contains(&ttl) {
+        return Err(ApiError::invalid(
+            "cache_ttl_secs",
+            format!("must be from 0 to {MAX_CACHE_TTL_SECS} seconds, got {ttl}"),
+        ));
+    }
+    Ok(ttl)
+}
+
+fn check_value(value: &SecretString) -> ApiResult<()> {
+    validate_secret_value(value.expose_secret()).map_err(|m| ApiError::invalid("value", m))
+}
+
+fn check_display_name(name: &Option<String>) -> ApiResult<()> {
+    if let Some(name) = name {
+        validate_label(name).map_err(|m| ApiError::invalid("display_name", m))?;
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("no secret named '{name}'"))
+}
+
+pub async fn create_secret(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateSecret>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<Secret>)> {
+    validate_name(&body.name).map_err(|m| ApiError::invalid("name", m))?;
+    check_value(&body.value)?;
+    check_display_name(&body.display_name)?;
+    let ttl = check_ttl(body.cache_ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS))?;
+    let id = crate::crypto::new_id("sec");
+    let sealed = state
+        .keyring
+        .seal(
+            body.value.expose_secret().as_bytes(),
+            SealContext {
+                tenant_id: &auth.tenant.id,
+                secret_id: &id,
+                version: 1,
+            },
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "sealing a secret failed");
+            ApiError::internal()
+        })?;
+    let now = now_millis();
+    let row = SecretRow {
+        id,
+        tenant_id: auth.tenant.id.clone(),
+        name: body.name,
+        display_name: body.display_name,
+        cache_ttl_secs: ttl,
+        version: 1,
+        key_id: sealed.key_id,
+        nonce: sealed.nonce,
+        ciphertext: sealed.ciphertext,
+        created_at: now,
+        updated_at: now,
+    };
+    match state.store.insert_secret(&row).await {
+        Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
+            "already_exists",
+            format!("a secret named '{}' already exists; update it with PUT /v1/secrets/{}", row.name, row.name),
+        )),
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %auth.tenant.name, secret = %row.name, id = %row.id, "secret created");
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/secrets/{}", row.name)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(row.into())))
+}
+
+pub async fn list_secrets(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    ListParams(page): ListParams,
+) -> ApiResult<Json<List<Secret>>> {
+    let page = state.store.list_secrets(&auth.tenant.id, &page).await?;
+    Ok(Json(List::from_page(page, Secret::from)))
+}
+
+pub async fn get_secret(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Secret>> {
+    let row = state
+        .store
+        .get_secret(&auth.tenant.id, &name)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    Ok(Json(row.into()))
+}
+
+pub async fn update_secret(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<UpdateSecret>,
+) -> ApiResult<Json<Secret>> {
+    if body.value.is_none() && body.display_name.is_none() && body.cache_ttl_secs.is_none() {
+        return Err(ApiError::invalid(
+            "body",
+            "nothing to update: give value, display_name or cache_ttl_secs",
+        ));
+    }
+    if let Some(value) = &body.value {
+        check_value(value)?;
+    }
+    if let Some(display_name) = &body.display_name {
+        check_display_name(display_name)?;
+    }
+    let ttl = body.cache_ttl_secs.map(check_ttl).transpose()?;
+    let current = state
+        .store
+        .get_secret(&auth.tenant.id, &name)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    let mut changes = SecretChanges {
+        display_name: body.display_name,
+        cache_ttl_secs: ttl,
+        updated_at: Some(now_millis()),
+        ..SecretChanges::default()
+    };
+    if let Some(value) = &body.value {
+        let version = current.version + 1;
+        let sealed = state
+            .keyring
+            .seal(
+                value.expose_secret().as_bytes(),
+                SealContext {
+                    tenant_id: &auth.tenant.id,
+                    secret_id: &current.id,
+                    version,
+                },
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "sealing a secret failed");
+                ApiError::internal()
+            })?;
+        changes = changes.with_sealed(sealed, version);
+    }
+    let row = match state
+        .store
+        .update_secret(&auth.tenant.id, &name, current.version, &changes)
+        .await
+    {
+        Err(StoreError::NotFound) => Err(not_found(&name)),
+        Err(StoreError::Stale) => Err(ApiError::conflict(
+            "concurrent_update",
+            format!("secret '{name}' was changed by another request; retry"),
+        )),
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %auth.tenant.name, secret = %row.name, version = row.version, "secret updated");
+    Ok(Json(row.into()))
+}
+
+pub async fn delete_secret(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    match state.store.delete_secret(&auth.tenant.id, &name).await {
+        Err(StoreError::NotFound) => Err(not_found(&name)),
+        Err(StoreError::SecretInUse(rules)) => Err(ApiError::conflict(
+            "secret_in_use",
+            format!(
+                "secret '{name}' is still used by rules {}; delete those rules first",
+                rules.join(", ")
+            ),
+        )),
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

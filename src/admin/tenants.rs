@@ -1,0 +1,153 @@
+//! Tenants (operator only) and a tenant's API keys. Keys are shown once, when created.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonBody, ListParams, OperatorAuth, TenantAuth};
+use super::views::{ApiKey, List, Tenant};
+use crate::crypto::{self, TokenKind};
+use crate::names::validate_name;
+use crate::store::{NewApiKey, StoreError, TenantRow, now_millis};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+}
+
+#[derive(Serialize)]
+pub struct CreatedTenant {
+    tenant: Tenant,
+    api_key: String,
+}
+
+pub async fn create_tenant(
+    _: OperatorAuth,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<CreatedTenant>)> {
+    validate_name(&body.name).map_err(|m| ApiError::invalid("name", m))?;
+    let now = now_millis();
+    let tenant = TenantRow {
+        id: crypto::new_id("ten"),
+        name: body.name,
+        created_at: now,
+    };
+    let key = crypto::generate_token(TokenKind::ApiKey);
+    let new_key = NewApiKey {
+        id: crypto::new_id("key"),
+        tenant_id: tenant.id.clone(),
+        name: Some("initial".into()),
+        key_hash: crypto::hash_token(key.expose_secret()),
+        created_at: now,
+    };
+    match state.store.create_tenant(&tenant, &new_key).await {
+        Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
+            "already_exists",
+            format!("a tenant named '{}' already exists", tenant.name),
+        )),
+        other => other.map_err(ApiError::from),
+    }?;
+    tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTenant {
+            tenant: tenant.into(),
+            api_key: key.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+pub async fn list_tenants(
+    _: OperatorAuth,
+    State(state): State<AppState>,
+    ListParams(page): ListParams,
+) -> ApiResult<Json<List<Tenant>>> {
+    let page = state.store.list_tenants(&page).await?;
+    Ok(Json(List::from_page(page, Tenant::from)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    api_key: ApiKey,
+    /// The key itself: shown this once.
+    key: String,
+}
+
+pub async fn create_api_key(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateApiKey>,
+) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
+    if let Some(name) = &body.name {
+        validate_label(name).map_err(|m| ApiError::invalid("name", m))?;
+    }
+    let key = crypto::generate_token(TokenKind::ApiKey);
+    let row = NewApiKey {
+        id: crypto::new_id("key"),
+        tenant_id: auth.tenant.id.clone(),
+        name: body.name,
+        key_hash: crypto::hash_token(key.expose_secret()),
+        created_at: now_millis(),
+    };
+    state.store.create_api_key(&row).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            api_key: ApiKey {
+                id: row.id,
+                name: row.name,
+                created_at: super::views::timestamp(row.created_at),
+            },
+            key: key.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+pub async fn list_api_keys(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    ListParams(page): ListParams,
+) -> ApiResult<Json<List<ApiKey>>> {
+    let page = state.store.list_api_keys(&auth.tenant.id, &page).await?;
+    Ok(Json(List::from_page(page, ApiKey::from)))
+}
+
+pub async fn delete_api_key(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    match state.store.delete_api_key(&auth.tenant.id, &id).await {
+        Err(StoreError::NotFound) => Err(ApiError::not_found(format!("no API key with id '{id}'"))),
+        other => other.map_err(ApiError::from),
+    }?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A free-text label (key names, display names): 1–200 characters, no control characters.
+pub fn validate_label(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("must not be empty".into());
+    }
+    if text.chars().count() > 200 {
+        return Err("must be at most 200 characters".into());
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(())
+}

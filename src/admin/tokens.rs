@@ -1,0 +1,81 @@
+//! Runtime (egress) tokens: what a runtime behind a shared gateway presents as its proxy
+//! credentials. Shown once, when created; revocation keeps the record.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ListParams, TenantAuth};
+use super::views::{List, RuntimeToken};
+use crate::crypto::{self, TokenKind};
+use crate::names::validate_name;
+use crate::store::{NewRuntimeToken, StoreError, now_millis};
+
+#[derive(Serialize)]
+pub struct CreatedRuntimeToken {
+    #[serde(flatten)]
+    runtime_token: RuntimeToken,
+    /// The token itself: shown this once.
+    token: String,
+}
+
+pub async fn create_runtime_token(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(runtime): Path<String>,
+) -> ApiResult<(StatusCode, Json<CreatedRuntimeToken>)> {
+    validate_name(&runtime).map_err(|m| ApiError::invalid("runtime", m))?;
+    let token = crypto::generate_token(TokenKind::RuntimeToken);
+    let row = NewRuntimeToken {
+        id: crypto::new_id("rtk"),
+        tenant_id: auth.tenant.id.clone(),
+        runtime,
+        token_hash: crypto::hash_token(token.expose_secret()),
+        created_at: now_millis(),
+    };
+    state.store.create_runtime_token(&row).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedRuntimeToken {
+            runtime_token: RuntimeToken {
+                id: row.id,
+                runtime: row.runtime,
+                created_at: super::views::timestamp(row.created_at),
+                revoked_at: None,
+            },
+            token: token.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+pub async fn list_runtime_tokens(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(runtime): Path<String>,
+    ListParams(page): ListParams,
+) -> ApiResult<Json<List<RuntimeToken>>> {
+    validate_name(&runtime).map_err(|m| ApiError::invalid("runtime", m))?;
+    let page = state.store.list_runtime_tokens(&auth.tenant.id, &runtime, &page).await?;
+    Ok(Json(List::from_page(page, RuntimeToken::from)))
+}
+
+pub async fn revoke_runtime_token(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    match state.store.revoke_runtime_token(&auth.tenant.id, &id).await {
+        Err(StoreError::NotFound) => {
+            Err(ApiError::not_found(format!("no runtime token with id '{id}'")))
+        }
+        Ok(row) => {
+            tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(other) => Err(other.into()),
+    }
+}

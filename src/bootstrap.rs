@@ -1,0 +1,257 @@
+//! Turning a validated configuration into what the server runs with: the database URL, the
+//! keyring, the operator and gateway tokens, and (in the embedded default) the quickstart files.
+//!
+//! Embedded default (SQLite, no keys configured): the data directory gets `master.key`,
+//! `operator-token`, `gateway-token` and, once the database is up, a `default` tenant with its
+//! key in `api-key`. Each file is created only when absent, mode 0600, and named in the log;
+//! nothing it holds is ever logged. A PostgreSQL deployment generates nothing: it is shared by
+//! many replicas, so its keys must come from configuration.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{Config, ConfigError, read_secret_file};
+use crate::crypto::{self, Keyring, MasterKey, TokenKind};
+use crate::store::{BackendKind, NewApiKey, Store, StoreError, TenantRow, now_millis};
+
+/// File names inside the data directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+pub const OPERATOR_TOKEN_FILE: &str = "operator-token";
+pub const GATEWAY_TOKEN_FILE: &str = "gateway-token";
+pub const API_KEY_FILE: &str = "api-key";
+/// The key id of the generated master key.
+pub const MASTER_KEY_ID: &str = "master";
+/// The tenant the embedded default creates.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// What the server runs with, resolved from configuration (and the data directory).
+pub struct Resolved {
+    pub database_url: SecretString,
+    pub backend: BackendKind,
+    pub keyring: Keyring,
+    pub operator_token: Option<SecretString>,
+    pub gateway_tokens: Vec<SecretString>,
+    /// SQLite: the quickstart files live in the data directory.
+    pub embedded: bool,
+}
+
+/// Why start-up could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {message}")]
+    DataDir { path: PathBuf, message: String },
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn data_dir_error(path: &Path, err: impl std::fmt::Display) -> BootstrapError {
+    BootstrapError::DataDir {
+        path: path.to_owned(),
+        message: err.to_string(),
+    }
+}
+
+/// Resolves the configuration; in the embedded default, creates the data directory and the
+/// generated files it needs (never overwriting one).
+pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
+    let database_url = config.database_url()?;
+    let backend = BackendKind::from_url(database_url.expose_secret())
+        .map_err(|m| ConfigError { key: "database.url".into(), message: m })?;
+    let embedded = backend == BackendKind::Sqlite;
+    if embedded {
+        ensure_dir(&config.data_dir)?;
+        if let Some(parent) = Path::new(crate::store::sqlite_path(database_url.expose_secret())).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            ensure_dir(parent)?;
+        }
+        create_private_file(Path::new(crate::store::sqlite_path(database_url.expose_secret())))?;
+    }
+    let keyring = load_keyring(config, embedded)?;
+    let operator_token = match (&config.admin.operator_token, &config.admin.operator_token_file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(file)) => Some(read_secret_file(file).map_err(|m| ConfigError {
+            key: "admin.operator_token_file".into(),
+            message: m,
+        })?),
+        (None, None) if embedded => Some(load_or_generate_token(
+            &config.data_dir.join(OPERATOR_TOKEN_FILE),
+            TokenKind::OperatorToken,
+            "operator token",
+        )?),
+        (None, None) => None,
+    };
+    let mut gateway_tokens = config.grpc.gateway_tokens.clone();
+    if let Some(file) = &config.grpc.gateway_token_file {
+        gateway_tokens.push(read_secret_file(file).map_err(|m| ConfigError {
+            key: "grpc.gateway_token_file".into(),
+            message: m,
+        })?);
+    }
+    if gateway_tokens.is_empty() && embedded {
+        gateway_tokens.push(load_or_generate_token(
+            &config.data_dir.join(GATEWAY_TOKEN_FILE),
+            TokenKind::GatewayToken,
+            "gateway token",
+        )?);
+    }
+    Ok(Resolved {
+        database_url,
+        backend,
+        keyring,
+        operator_token,
+        gateway_tokens,
+        embedded,
+    })
+}
+
+/// The keyring from `encryption.keys`; with none configured, the embedded default's
+/// generated `master.key`, and a PostgreSQL deployment refuses to start.
+pub fn load_keyring(config: &Config, embedded: bool) -> Result<Keyring, BootstrapError> {
+    let enc = &config.encryption;
+    if enc.keys.is_empty() {
+        if !embedded {
+            return Err(ConfigError {
+                key: "encryption.keys".into(),
+                message: "a PostgreSQL deployment needs at least one encryption key; \
+                          create one with `runta keys generate`"
+                    .into(),
+            }
+            .into());
+        }
+        let path = config.data_dir.join(MASTER_KEY_FILE);
+        let key = if path.exists() {
+            let text = read_secret_file(&path).map_err(|m| data_dir_error(&path, m))?;
+            MasterKey::from_base64(MASTER_KEY_ID, text.expose_secret())
+                .map_err(|e| data_dir_error(&path, e))?
+        } else {
+            let key = MasterKey::generate();
+            write_new_file(&path, key.to_base64().as_bytes())?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a master key for the embedded default; back it up: without it no stored secret can be read"
+            );
+            key
+        };
+        return Ok(Keyring::new([(MASTER_KEY_ID.to_owned(), key)], MASTER_KEY_ID)
+            .expect("the only key is active"));
+    }
+    let mut keys = Vec::with_capacity(enc.keys.len());
+    for (i, key) in enc.keys.iter().enumerate() {
+        let field = format!("encryption.keys[{i}]");
+        let text = match (&key.key, &key.key_file) {
+            (Some(text), _) => text.clone(),
+            (None, Some(file)) => read_secret_file(file).map_err(|m| ConfigError {
+                key: format!("{field}.key_file"),
+                message: m,
+            })?,
+            (None, None) => unreachable!("validated: exactly one of key and key_file"),
+        };
+        let master = MasterKey::from_base64(&key.id, text.expose_secret()).map_err(|e| ConfigError {
+            key: field,
+            message: e.to_string(),
+        })?;
+        keys.push((key.id.clone(), master));
+    }
+    let active = enc
+        .active_key
+        .clone()
+        .unwrap_or_else(|| enc.keys.last().expect("not empty").id.clone());
+    Keyring::new(keys, &active).map_err(|e| {
+        ConfigError {
+            key: "encryption.active_key".into(),
+            message: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// Embedded default: makes sure the `default` tenant exists and that `api-key` holds a valid
+/// key of it. A missing file gets a new key (old keys stay valid until deleted).
+pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(), BootstrapError> {
+    let path = data_dir.join(API_KEY_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let key = crypto::generate_token(TokenKind::ApiKey);
+    let new_key = |tenant_id: &str| NewApiKey {
+        id: crypto::new_id("key"),
+        tenant_id: tenant_id.to_owned(),
+        name: Some("quickstart".into()),
+        key_hash: crypto::hash_token(key.expose_secret()),
+        created_at: now_millis(),
+    };
+    match store.find_tenant_by_name(DEFAULT_TENANT).await? {
+        Some(tenant) => store.create_api_key(&new_key(&tenant.id)).await?,
+        None => {
+            let tenant = TenantRow {
+                id: crypto::new_id("ten"),
+                name: DEFAULT_TENANT.into(),
+                created_at: now_millis(),
+            };
+            store.create_tenant(&tenant, &new_key(&tenant.id)).await?;
+            tracing::info!(tenant = DEFAULT_TENANT, "created the default tenant");
+        }
+    }
+    write_new_file(&path, key.expose_secret().as_bytes())?;
+    tracing::info!(path = %path.display(), tenant = DEFAULT_TENANT, "wrote an API key for the default tenant");
+    Ok(())
+}
+
+fn load_or_generate_token(path: &Path, kind: TokenKind, what: &str) -> Result<SecretString, BootstrapError> {
+    if path.exists() {
+        return read_secret_file(path).map_err(|m| data_dir_error(path, m));
+    }
+    let token = crypto::generate_token(kind);
+    write_new_file(path, token.expose_secret().as_bytes())?;
+    tracing::info!(path = %path.display(), "generated the {what}");
+    Ok(token)
+}
+
+fn ensure_dir(path: &Path) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| data_dir_error(path, e))
+}
+
+/// Creates an empty file readable by its owner only, unless it exists: SQLite then opens it as
+/// a new database and its journal files inherit the mode.
+fn create_private_file(path: &Path) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() || path.as_os_str() == ":memory:" || path.to_string_lossy().starts_with("file:") {
+        return Ok(());
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| data_dir_error(path, e))
+}
+
+/// Writes a file that must not exist yet, readable by its owner only.
+pub fn write_new_file(path: &Path, contents: &[u8]) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| data_dir_error(path, e))?;
+    file.write_all(contents)
+        .and_then(|_| file.write_all(b"\n"))
+        .and_then(|_| file.sync_all())
+        .map_err(|e| data_dir_error(path, e))
+}

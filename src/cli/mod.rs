@@ -1,0 +1,274 @@
+//! The `runta` command: the server (`serve`, `migrate`, `keys`) and the client of the admin
+//! API (`secret`, `runtime`, `tenant`, `api-key`). Exit codes: 0 ok; 1 usage or API error (the
+//! server's message is printed); 2 the server cannot be reached.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use client::CliError;
+
+/// runta egress: credentials for sandboxed runtimes, injected at the egress gateway.
+#[derive(Debug, Parser)]
+#[command(name = "runta", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// URL of the admin API.
+    #[arg(long, global = true, env = "RUNTA_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+    /// A tenant API key [default: the key `runta serve` wrote into its data directory].
+    #[arg(long, global = true, env = "RUNTA_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The operator token, for tenant management [default: from the data directory].
+    #[arg(long, global = true, env = "RUNTA_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// The data directory of the embedded default [default: ./runta-data].
+    #[arg(long, global = true, env = "RUNTA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables for people.
+    Table,
+    /// The server's JSON, for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (admin API; SQLite in ./runta-data by default).
+    Serve(ServerArgs),
+    /// Apply database migrations and exit.
+    Migrate(ServerArgs),
+    /// Encryption keys: generate one, or re-encrypt every secret under the active key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Secrets and their injection rules.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Runtimes: egress tokens.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
+    /// Tenants (needs the operator token).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// API keys of your tenant.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+}
+
+/// How the server is configured.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// A TOML configuration file [env: RUNTA_CONFIG].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://... [default: SQLite in the data directory].
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Address of the ext_proc gRPC service.
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
+    /// Address of the admin API.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random key (base64 of 64 bytes) for `encryption.keys`.
+    Generate {
+        /// Write it to this file (mode 0600, must not exist) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Re-encrypt every secret not under the active key.
+    Rotate(ServerArgs),
+    /// How many secrets each key holds.
+    Status(ServerArgs),
+}
+
+/// Where a secret's value comes from; never a command-line argument, so it stays out of shell
+/// history and process listings.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct ValueSource {
+    /// Read the value from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub value_env: Option<String>,
+    /// Read the value from standard input (one trailing newline is dropped).
+    #[arg(long)]
+    pub value_stdin: bool,
+    /// Prompt for the value on the terminal, without echo.
+    #[arg(long)]
+    pub prompt: bool,
+}
+
+impl ValueSource {
+    fn given(&self) -> bool {
+        self.value_env.is_some() || self.value_stdin || self.prompt
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret.
+    Add {
+        name: String,
+        #[command(flatten)]
+        value: ValueSource,
+        /// How long the gateway may keep the decrypted value in memory (0: never).
+        #[arg(long)]
+        cache_ttl_secs: Option<i64>,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List secrets (metadata only; values are never returned).
+    List,
+    /// Show a secret's metadata.
+    Get { name: String },
+    /// Change a secret's value, display name or cache TTL.
+    Update {
+        name: String,
+        #[command(flatten)]
+        value: ValueSource,
+        #[arg(long)]
+        cache_ttl_secs: Option<i64>,
+        #[arg(long, conflicts_with = "clear_display_name")]
+        display_name: Option<String>,
+        /// Remove the display name.
+        #[arg(long)]
+        clear_display_name: bool,
+    },
+    /// Delete a secret (refused while rules use it).
+    Delete { name: String },
+    /// Injection rules.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Add a rule to a runtime, or every rule of a YAML file (-f).
+    Add(RuleAddArgs),
+    /// List the rules of a runtime, or of the whole tenant.
+    List { runtime: Option<String> },
+    /// Show one rule.
+    Get { rule_id: String },
+    /// Delete a rule.
+    Delete { rule_id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct RuleAddArgs {
+    /// The runtime the rule applies to.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub runtime: Option<String>,
+    /// A YAML rule file (`rules: [{runtime, host, path, credential, inject: {...}}]`);
+    /// all its rules are created, or none.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Destination host: api.example.com, *.example.com, with an optional :port, or a URL.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub host: Option<String>,
+    /// Path glob ('*' matches anything, '/' included); no path: every path.
+    #[arg(long, conflicts_with = "file")]
+    pub path: Option<String>,
+    /// The secret to inject.
+    #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+    pub credential: Option<String>,
+    /// Inject into this header.
+    #[arg(long, conflicts_with_all = ["file", "inject_param"])]
+    pub inject_header: Option<String>,
+    /// Inject into this query parameter.
+    #[arg(long, conflicts_with = "file")]
+    pub inject_param: Option<String>,
+    /// Value template; ${credential} stands for the secret [default: ${credential}].
+    #[arg(long, conflicts_with = "file")]
+    pub inject_value: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeCommand {
+    /// Egress tokens of a runtime (its proxy credentials at a shared gateway).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token (shown once).
+    Create { runtime: String },
+    /// List a runtime's tokens.
+    List { runtime: String },
+    /// Revoke a token.
+    Revoke { token_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and its first API key (shown once).
+    Create { name: String },
+    /// List tenants.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key for your tenant (shown once).
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List your tenant's API keys.
+    List,
+    /// Delete an API key.
+    Delete { key_id: String },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // Help and version are successes; any other parse error is a usage error (1).
+            return if err.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Configuration: built-in defaults < TOML file (`--config` / `RUNTA_CONFIG`) < `RUNTA_*`
+//! environment (nested keys joined with `__`) < command-line flags.
+//!
+//! Loaded once, validated whole before any port is bound, then passed down; nothing else in
+//! the service reads the environment for settings. Every secret-bearing setting has a `_file`
+//! form, and is held as a `SecretString` from the moment it is read.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::store::BackendKind;
+
+/// The top-level sections; `RUNTA_*` variables outside them (client settings such as
+/// `RUNTA_API_URL`) are not configuration of the server and are left alone.
+const SECTIONS: &[&str] = &[
+    "data_dir",
+    "database",
+    "admin",
+    "grpc",
+    "encryption",
+    "injection",
+    "log",
+];
+
+/// Everything `runta serve` can be told.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the embedded default keeps its database and generated credentials.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub admin: AdminConfig,
+    pub grpc: GrpcConfig,
+    pub encryption: EncryptionConfig,
+    pub injection: InjectionConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./runta-data"),
+            database: DatabaseConfig::default(),
+            admin: AdminConfig::default(),
+            grpc: GrpcConfig::default(),
+            encryption: EncryptionConfig::default(),
+            injection: InjectionConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`; unset: SQLite in `data_dir/runta.db`.
+    #[serde(skip_serializing)]
+    pub url: Option<SecretString>,
+    #[serde(skip_serializing)]
+    pub url_file: Option<PathBuf>,
+    pub max_connections: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_file: None,
+            max_connections: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin REST API (and `/metrics`, `/healthz`, `/readyz`).
+    pub listen: String,
+    /// Token that manages tenants; unset in the embedded default: generated into the data dir.
+    #[serde(skip_serializing)]
+    pub operator_token: Option<SecretString>,
+    #[serde(skip_serializing)]
+    pub operator_token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            operator_token: None,
+            operator_token_file: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address of the ext_proc gRPC service.
+    pub listen: String,
+    /// Tokens gateways authenticate with (`authorization: Bearer ...`).
+    #[serde(skip_serializing)]
+    pub gateway_tokens: Vec<SecretString>,
+    #[serde(skip_serializing)]
+    pub gateway_token_file: Option<PathBuf>,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            gateway_tokens: Vec::new(),
+            gateway_token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Id of the key new values are sealed with; default: the last key listed.
+    pub active_key: Option<String>,
+    #[serde(skip_serializing)]
+    pub keys: Vec<KeyConfig>,
+}
+
+/// One key of the keyring: inline base64 or a file holding it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub id: String,
+    pub key: Option<SecretString>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InjectionConfig {
+    /// What happens to a request whose runtime cannot be identified.
+    pub unidentified: Unidentified,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unidentified {
+    /// Forwarded without injection.
+    #[default]
+    Pass,
+    /// Refused with 403.
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `runta=debug`, ...).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Values given on the command line; they win over every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub grpc_listen: Option<String>,
+    pub admin_listen: Option<String>,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates the configuration from all sources: `file` (`--config`) or else
+    /// the file `RUNTA_CONFIG` names, the `RUNTA_*` environment, then `overrides`.
+    pub fn load(file: Option<PathBuf>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = file.or_else(|| std::env::var_os("RUNTA_CONFIG").map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::new(
+                    "config",
+                    format!("the configuration file {} does not exist", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("RUNTA_").split("__").filter(|key| {
+            let section = key.as_str().split("__").next().unwrap_or_default();
+            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+        }));
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        if let Some(url) = &overrides.database_url {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        if let Some(listen) = &overrides.grpc_listen {
+            figment = figment.merge(Serialized::default("grpc.listen", listen));
+        }
+        if let Some(listen) = &overrides.admin_listen {
+            figment = figment.merge(Serialized::default("admin.listen", listen));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let key = if key.is_empty() { "config".to_owned() } else { key };
+            ConfigError::new(key, e.kind.to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything that can be checked without touching the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_listen(&self.admin.listen).map_err(|m| ConfigError::new("admin.listen", m))?;
+        parse_listen(&self.grpc.listen).map_err(|m| ConfigError::new("grpc.listen", m))?;
+        if self.database.url.is_some() && self.database.url_file.is_some() {
+            return Err(ConfigError::new(
+                "database.url",
+                "set database.url or database.url_file, not both",
+            ));
+        }
+        if let Some(url) = &self.database.url {
+            use secrecy::ExposeSecret;
+            BackendKind::from_url(url.expose_secret())
+                .map_err(|m| ConfigError::new("database.url", m))?;
+        }
+        if self.database.max_connections == 0 || self.database.max_connections > 1000 {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.admin.operator_token.is_some() && self.admin.operator_token_file.is_some() {
+            return Err(ConfigError::new(
+                "admin.operator_token",
+                "set admin.operator_token or admin.operator_token_file, not both",
+            ));
+        }
+        if self.admin.max_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "admin.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, key) in self.encryption.keys.iter().enumerate() {
+            let field = format!("encryption.keys[{i}]");
+            if key.id.is_empty()
+                || key.id.len() > 64
+                || !key
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.id"),
+                    "must be 1-64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if !seen.insert(key.id.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.id"),
+                    format!("the key id '{}' is listed twice", key.id),
+                ));
+            }
+            if key.key.is_some() == key.key_file.is_some() {
+                return Err(ConfigError::new(
+                    field,
+                    "set exactly one of key and key_file",
+                ));
+            }
+        }
+        if let Some(active) = &self.encryption.active_key
+            && !self.encryption.keys.iter().any(|k| &k.id == active)
+        {
+            return Err(ConfigError::new(
+                "encryption.active_key",
+                format!("no key with id '{active}' is listed in encryption.keys"),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::new("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The database URL: configured, read from its file, or SQLite in the data directory.
+    pub fn database_url(&self) -> Result<SecretString, ConfigError> {
+        if let Some(url) = &self.database.url {
+            return Ok(url.clone());
+        }
+        if let Some(file) = &self.database.url_file {
+            let url = read_secret_file(file).map_err(|m| ConfigError::new("database.url_file", m))?;
+            use secrecy::ExposeSecret;
+            BackendKind::from_url(url.expose_secret())
+                .map_err(|m| ConfigError::new("database.url_file", m))?;
+            return Ok(url);
+        }
+        Ok(SecretString::from(format!(
+            "sqlite://{}",
+            self.data_dir.join("runta.db").display()
+        )))
+    }
+}
+
+/// A listen address: `HOST:PORT` (port 0 picks a free port).
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("'{text}' is not an address and port such as 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
+/// Reads a secret from a file, trimming surrounding white space (a trailing newline).
+pub fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    /// Loads with exactly these `RUNTA_*` variables set (figment's Jail isolates and
+    /// serialises tests that touch the environment).
+    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            for (key, value) in env {
+                jail.set_env(key, value);
+            }
+            let path = file.map(|text| {
+                jail.create_file("runta.toml", text).unwrap();
+                PathBuf::from("runta.toml")
+            });
+            result = Some(Config::load(path, &overrides));
+            Ok(())
+        });
+        result.unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_quickstart() {
+        let config = load(None, &[], Overrides::default()).unwrap();
+        assert_eq!(config.admin.listen, "127.0.0.1:8080");
+        assert_eq!(config.grpc.listen, "127.0.0.1:50051");
+        assert_eq!(config.data_dir, PathBuf::from("./runta-data"));
+        assert_eq!(
+            config.database_url().unwrap().expose_secret(),
+            "sqlite://./runta-data/runta.db"
+        );
+    }
+
+    #[test]
+    fn precedence_is_defaults_file_env_flags() {
+        let file = "[admin]\nlisten = \"127.0.0.1:1000\"\n[grpc]\nlisten = \"127.0.0.1:2000\"\n[database]\nmax_connections = 3\n";
+        let config = load(
+            Some(file),
+            &[("RUNTA_GRPC__LISTEN", "127.0.0.1:3000"), ("RUNTA_DATABASE__MAX_CONNECTIONS", "7")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.admin.listen, "127.0.0.1:1000");
+        assert_eq!(config.grpc.listen, "127.0.0.1:3000");
+        assert_eq!(config.database.max_connections, 7);
+        let config = load(
+            Some(file),
+            &[("RUNTA_ADMIN__LISTEN", "127.0.0.1:3000")],
+            Overrides {
+                admin_listen: Some("127.0.0.1:4000".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.admin.listen, "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn client_variables_are_not_server_configuration() {
+        let config = load(
+            None,
+            &[("RUNTA_API_URL", "http://x"), ("RUNTA_API_KEY", "k"), ("RUNTA_TEST_DATABASE_URL", "x")],
+            Overrides::default(),
+        );
+        assert!(config.is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (file, env, key) in [
+            (Some("[admin]\nlisten = \"nowhere\"\n"), vec![], "admin.listen"),
+            (Some("[admin]\nlisen = \"x\"\n"), vec![], "lisen"),
+            (None, vec![("RUNTA_DATABASE__URL", "mysql://x")], "database.url"),
+            (None, vec![("RUNTA_DATABASE__MAX_CONNECTIONS", "many")], "database.max_connections"),
+            (Some("[injection]\nunidentified = \"maybe\"\n"), vec![], "injection.unidentified"),
+            (Some("[encryption]\nactive_key = \"k9\"\n"), vec![], "encryption.active_key"),
+            (Some("[[encryption.keys]]\nid = \"k1\"\n"), vec![], "encryption.keys[0]"),
+        ] {
+            let err = load(file, &env, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let config = load(
+            Some("[admin]\noperator_token = \"runta_op_sekrit\"\n"),
+            &[("RUNTA_DATABASE__URL", "postgres://u:pw-sekrit@h/db")],
+            Overrides::default(),
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("sekrit"), "{debug}");
+    }
+}

@@ -1,0 +1,186 @@
+//! Injection rules: what a rule is once validated (`RuleSpec`), and the parts it is made of
+//! (host and path patterns, injection target, value template). Every check of DESIGN.md's
+//! matching section happens when a rule is built here; the store only ever holds valid rules.
+
+pub mod injection;
+pub mod pattern;
+
+pub use injection::{PLACEHOLDER, Target};
+pub use pattern::{HostName, HostPattern, PathPattern};
+
+use crate::names::validate_name;
+
+/// A validation failure: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error under a parent field (`rules[2]` + `host` = `rules[2].host`).
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A rule as submitted, before validation. Field names are those of the JSON the API takes.
+#[derive(Debug, Clone, Default)]
+pub struct RuleDraft<'a> {
+    pub runtime: &'a str,
+    pub host: &'a str,
+    pub path: Option<&'a str>,
+    pub credential: &'a str,
+    pub header: Option<&'a str>,
+    pub param: Option<&'a str>,
+    pub value: Option<&'a str>,
+}
+
+/// Field names under which a draft's parts were submitted, so errors name what the caller sent.
+pub struct DraftFields {
+    pub runtime: &'static str,
+    pub credential: &'static str,
+    pub header: &'static str,
+    pub param: &'static str,
+    pub value: &'static str,
+    pub injection: &'static str,
+}
+
+/// A valid rule, normalised, ready to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub runtime: String,
+    pub host: HostPattern,
+    pub path: Option<PathPattern>,
+    pub credential: String,
+    pub target: Target,
+    pub template: String,
+}
+
+impl RuleSpec {
+    /// Validates a draft; the first problem found is reported with its field.
+    pub fn from_draft(draft: &RuleDraft<'_>, fields: &DraftFields) -> Result<Self, FieldError> {
+        validate_name(draft.runtime).map_err(|m| FieldError::new(fields.runtime, m))?;
+        let host = HostPattern::parse(draft.host).map_err(|m| FieldError::new("host", m))?;
+        let path = draft
+            .path
+            .map(PathPattern::parse)
+            .transpose()
+            .map_err(|m| FieldError::new("path", m))?;
+        validate_name(draft.credential).map_err(|m| FieldError::new(fields.credential, m))?;
+        let target = match (draft.header, draft.param) {
+            (Some(header), None) => {
+                injection::validate_header_name(header)
+                    .map_err(|m| FieldError::new(fields.header, m))?;
+                Target::Header(header.to_owned())
+            }
+            (None, Some(param)) => {
+                injection::validate_param_name(param)
+                    .map_err(|m| FieldError::new(fields.param, m))?;
+                Target::Param(param.to_owned())
+            }
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    fields.injection,
+                    "set exactly one of header and param, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(FieldError::new(
+                    fields.injection,
+                    "set exactly one of header and param",
+                ));
+            }
+        };
+        let template = draft.value.unwrap_or(PLACEHOLDER);
+        injection::validate_template(template).map_err(|m| FieldError::new(fields.value, m))?;
+        Ok(Self {
+            runtime: draft.runtime.to_owned(),
+            host,
+            path,
+            credential: draft.credential.to_owned(),
+            target,
+            template: template.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIELDS: DraftFields = DraftFields {
+        runtime: "runtime",
+        credential: "injection.credential",
+        header: "injection.header",
+        param: "injection.param",
+        value: "injection.value",
+        injection: "injection",
+    };
+
+    fn draft() -> RuleDraft<'static> {
+        RuleDraft {
+            runtime: "worker",
+            host: "https://api.openai.com",
+            path: Some("/v1/*"),
+            credential: "openai-api-key",
+            header: Some("Authorization"),
+            param: None,
+            value: Some("Bearer ${credential}"),
+        }
+    }
+
+    #[test]
+    fn the_seed_rule_is_valid_and_normalised() {
+        let spec = RuleSpec::from_draft(&draft(), &FIELDS).unwrap();
+        assert_eq!(spec.host.to_string(), "api.openai.com");
+        assert_eq!(spec.path.unwrap().as_str(), "/v1/*");
+        assert_eq!(spec.target, Target::Header("Authorization".into()));
+    }
+
+    #[test]
+    fn value_defaults_to_the_placeholder() {
+        let spec = RuleSpec::from_draft(
+            &RuleDraft {
+                value: None,
+                ..draft()
+            },
+            &FIELDS,
+        )
+        .unwrap();
+        assert_eq!(spec.template, "${credential}");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (RuleDraft { host: "*", ..draft() }, "host"),
+            (RuleDraft { path: Some("v1"), ..draft() }, "path"),
+            (RuleDraft { runtime: "Bad", ..draft() }, "runtime"),
+            (RuleDraft { credential: "", ..draft() }, "injection.credential"),
+            (RuleDraft { header: Some("host"), ..draft() }, "injection.header"),
+            (RuleDraft { param: Some("k"), ..draft() }, "injection"),
+            (RuleDraft { header: None, ..draft() }, "injection"),
+            (RuleDraft { header: None, param: Some("a&b"), ..draft() }, "injection.param"),
+            (RuleDraft { value: Some("${x}"), ..draft() }, "injection.value"),
+        ];
+        for (draft, field) in cases {
+            let err = RuleSpec::from_draft(&draft, &FIELDS).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+    }
+}

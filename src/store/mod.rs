@@ -1,0 +1,292 @@
+//! The database: SQLite (embedded default, one replica) or PostgreSQL (production, many
+//! replicas), chosen from the URL at start-up.
+//!
+//! Both backends share one schema (`schema.rs`) and one set of queries: `with_conn!` expands a
+//! query body once per backend, so the diesel DSL is written once and type-checked against
+//! each. Every change that touches several rows runs in a transaction. Errors are classified
+//! here, once, into `StoreError`; callers never see a diesel or pool error.
+//!
+//! The store knows nothing of encryption: it keeps sealed values as the crypto module made them.
+
+mod api_keys;
+pub mod models;
+mod rules;
+pub mod schema;
+mod secrets;
+mod tenants;
+mod tokens;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::{Connection, SqliteConnection};
+use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use models::*;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
+
+type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+
+/// Why a store call failed, classified for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint: the detail is for the log.
+    #[error("already exists ({0})")]
+    Conflict(String),
+    /// The secret is still referenced by these rules.
+    #[error("secret is still used by rules {0:?}")]
+    SecretInUse(Vec<String>),
+    /// A rule names a secret that does not exist in its tenant.
+    #[error("no secret named '{0}'")]
+    UnknownCredential(String),
+    /// The row changed between read and write.
+    #[error("the row was changed concurrently")]
+    Stale,
+    /// A tenant's last API key cannot be deleted.
+    #[error("the last API key of a tenant cannot be deleted")]
+    LastApiKey,
+    /// The database cannot be reached or is busy: worth retrying.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(DieselError),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<DieselError> for StoreError {
+    fn from(err: DieselError) -> Self {
+        match err {
+            DieselError::NotFound => Self::NotFound,
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+                Self::Conflict(info.message().to_owned())
+            }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                Self::Unavailable(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, ref info)
+                if info.message().contains("database is locked")
+                    || info.message().contains("database is busy") =>
+            {
+                Self::Unavailable(info.message().to_owned())
+            }
+            DieselError::BrokenTransactionManager => {
+                Self::Unavailable("broken transaction manager".into())
+            }
+            other => Self::Database(other),
+        }
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(err: PoolError) -> Self {
+        Self::Unavailable(err.to_string())
+    }
+}
+
+/// Which database, and its connection pool.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Sqlite(Pool<SqliteConn>),
+    Postgres(Pool<AsyncPgConnection>),
+}
+
+/// Which kind of database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    /// Reads the backend from a database URL: `postgres://` / `postgresql://`, or
+    /// `sqlite://PATH` / `sqlite:PATH`.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            Err("must start with postgres://, postgresql:// or sqlite://".into())
+        }
+    }
+}
+
+/// The SQLite file a `sqlite:` URL names.
+pub fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url)
+}
+
+/// Runs `$body` with `$conn` bound to a pooled connection of whichever backend the store has.
+/// The body is expanded once per backend.
+macro_rules! with_conn {
+    ($store:expr, $conn:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+            $crate::store::Backend::Postgres(pool) => {
+                let mut pooled = pool.get().await?;
+                let $conn = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_conn;
+
+/// A page request: at most `limit` items with ids after `cursor`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub limit: i64,
+    pub cursor: Option<String>,
+}
+
+/// One page of a list, and the cursor for the next, if there is one.
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Paged<T> {
+    /// Builds a page from up to `limit + 1` rows (the extra row only says there is more).
+    fn from_rows(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> &str) -> Self {
+        let limit = page.limit.max(0) as usize;
+        let next_cursor = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|r| id(r).to_owned())
+        } else {
+            None
+        };
+        Self {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// The handle the rest of the service uses; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.kind())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens a pool on the database the URL names. Nothing is queried yet.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
+        let kind = BackendKind::from_url(url).map_err(StoreError::Unavailable)?;
+        let backend = match kind {
+            BackendKind::Sqlite => {
+                let mut config = ManagerConfig::<SqliteConn>::default();
+                config.custom_setup = Box::new(|path| {
+                    let path = path.to_owned();
+                    Box::pin(async move {
+                        tokio::task::spawn_blocking(move || establish_sqlite(&path))
+                            .await
+                            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?
+                    })
+                });
+                let manager =
+                    AsyncDieselConnectionManager::new_with_config(sqlite_path(url), config);
+                Backend::Sqlite(build_pool(manager, max_connections)?)
+            }
+            BackendKind::Postgres => {
+                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+                Backend::Postgres(build_pool(manager, max_connections)?)
+            }
+        };
+        Ok(Self { backend })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Applies the embedded migrations of this backend that have not run yet.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        // The harness blocks on the runtime internally (block_in_place): needs a
+        // multi-threaded runtime, which `runta` and the tests use.
+        match &self.backend {
+            Backend::Sqlite(pool) => run_migrations(pool.get().await?, SQLITE_MIGRATIONS),
+            Backend::Postgres(pool) => run_migrations(pool.get().await?, POSTGRES_MIGRATIONS),
+        }
+    }
+
+    /// A trivial query: is the database there?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_conn!(self, conn => {
+            diesel::sql_query("SELECT 1").execute(conn).await?;
+            Ok(())
+        })
+    }
+}
+
+fn build_pool<C>(
+    manager: AsyncDieselConnectionManager<C>,
+    max_connections: usize,
+) -> Result<Pool<C>, StoreError>
+where
+    AsyncDieselConnectionManager<C>: deadpool::managed::Manager,
+{
+    Pool::builder(manager)
+        .max_size(max_connections.max(1))
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// Opens a SQLite connection with the settings every connection needs: foreign keys enforced,
+/// a busy timeout instead of immediate `database is locked`, WAL for concurrent readers.
+fn establish_sqlite(path: &str) -> diesel::ConnectionResult<SqliteConn> {
+    let mut conn = SqliteConnection::establish(path)?;
+    conn.batch_execute(
+        "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+         PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+    )
+    .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    Ok(SyncConnectionWrapper::new(conn))
+}
+
+fn run_migrations<C>(conn: C, migrations: EmbeddedMigrations) -> Result<usize, StoreError>
+where
+    C: diesel_async::AsyncConnection + 'static,
+    AsyncMigrationHarness<C>: MigrationHarness<<C as diesel_async::AsyncConnectionCore>::Backend>,
+{
+    let mut harness = AsyncMigrationHarness::new(conn);
+    harness
+        .run_pending_migrations(migrations)
+        .map(|applied| applied.len())
+        .map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch: the stored form of every timestamp.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

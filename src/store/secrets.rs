@@ -1,0 +1,172 @@
+//! Secrets: metadata and sealed values. Values change only by optimistic update (the caller
+//! says which version it sealed against), so two concurrent writers cannot both win.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::schema::{rules, secrets};
+use super::{Page, Paged, SecretChanges, SecretRow, Store, StoreError, with_conn};
+
+impl Store {
+    pub async fn insert_secret(&self, secret: &SecretRow) -> Result<(), StoreError> {
+        with_conn!(self, conn => {
+            diesel::insert_into(secrets::table).values(secret).execute(conn).await?;
+            Ok(())
+        })
+    }
+
+    pub async fn list_secrets(&self, tenant_id: &str, page: &Page) -> Result<Paged<SecretRow>, StoreError> {
+        let rows = with_conn!(self, conn => {
+            let mut query = secrets::table
+                .filter(secrets::tenant_id.eq(tenant_id))
+                .select(SecretRow::as_select())
+                .order(secrets::id)
+                .into_boxed();
+            if let Some(cursor) = &page.cursor {
+                query = query.filter(secrets::id.gt(cursor));
+            }
+            query.limit(page.limit + 1).load(conn).await?
+        });
+        Ok(Paged::from_rows(rows, page, |s| &s.id))
+    }
+
+    pub async fn get_secret(&self, tenant_id: &str, name: &str) -> Result<Option<SecretRow>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(secrets::table
+                .filter(secrets::tenant_id.eq(tenant_id))
+                .filter(secrets::name.eq(name))
+                .select(SecretRow::as_select())
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+
+    /// Applies `changes` if the secret is still at `expected_version`; `Stale` if it moved on,
+    /// `NotFound` if it is gone.
+    pub async fn update_secret(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        expected_version: i64,
+        changes: &SecretChanges,
+    ) -> Result<SecretRow, StoreError> {
+        with_conn!(self, conn => {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let updated = diesel::update(
+                    secrets::table
+                        .filter(secrets::tenant_id.eq(tenant_id))
+                        .filter(secrets::name.eq(name))
+                        .filter(secrets::version.eq(expected_version)),
+                )
+                .set(changes)
+                .execute(conn)
+                .await?;
+                let row = secrets::table
+                    .filter(secrets::tenant_id.eq(tenant_id))
+                    .filter(secrets::name.eq(name))
+                    .select(SecretRow::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                match (updated, row) {
+                    (1, Some(row)) => Ok(row),
+                    (_, None) => Err(StoreError::NotFound),
+                    (_, Some(_)) => Err(StoreError::Stale),
+                }
+            })
+            .await
+        })
+    }
+
+    /// Deletes a secret no rule uses; otherwise `SecretInUse` with the rules' ids.
+    pub async fn delete_secret(&self, tenant_id: &str, name: &str) -> Result<(), StoreError> {
+        with_conn!(self, conn => {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                let users: Vec<String> = rules::table
+                    .filter(rules::tenant_id.eq(tenant_id))
+                    .filter(rules::credential.eq(name))
+                    .select(rules::id)
+                    .order(rules::id)
+                    .load(conn)
+                    .await?;
+                if !users.is_empty() {
+                    return Err(StoreError::SecretInUse(users));
+                }
+                let deleted = diesel::delete(
+                    secrets::table
+                        .filter(secrets::tenant_id.eq(tenant_id))
+                        .filter(secrets::name.eq(name)),
+                )
+                .execute(conn)
+                .await?;
+                if deleted == 0 {
+                    return Err(StoreError::NotFound);
+                }
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    /// Up to `limit` secrets (of every tenant) not sealed under `key_id`, ids after `after`:
+    /// the work list of a key rotation.
+    pub async fn secrets_not_under_key(
+        &self,
+        key_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SecretRow>, StoreError> {
+        with_conn!(self, conn => {
+            let mut query = secrets::table
+                .filter(secrets::key_id.ne(key_id))
+                .select(SecretRow::as_select())
+                .order(secrets::id)
+                .limit(limit)
+                .into_boxed();
+            if let Some(after) = after {
+                query = query.filter(secrets::id.gt(after));
+            }
+            Ok(query.load(conn).await?)
+        })
+    }
+
+    /// Replaces a secret's sealed value with one sealed under another key, if the row is
+    /// unchanged since it was read. Returns whether it was.
+    pub async fn reseal_secret(
+        &self,
+        old: &SecretRow,
+        key_id: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<bool, StoreError> {
+        with_conn!(self, conn => {
+            let updated = diesel::update(
+                secrets::table
+                    .filter(secrets::id.eq(&old.id))
+                    .filter(secrets::version.eq(old.version))
+                    .filter(secrets::key_id.eq(&old.key_id)),
+            )
+            .set((
+                secrets::key_id.eq(key_id),
+                secrets::nonce.eq(nonce),
+                secrets::ciphertext.eq(ciphertext),
+            ))
+            .execute(conn)
+            .await?;
+            Ok(updated == 1)
+        })
+    }
+
+    /// How many secrets are sealed under each key id.
+    pub async fn count_secrets_by_key(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(secrets::table
+                .group_by(secrets::key_id)
+                .select((secrets::key_id, diesel::dsl::count_star()))
+                .order(secrets::key_id)
+                .load(conn)
+                .await?)
+        })
+    }
+}

@@ -1,0 +1,59 @@
+//! Tenants, and API-key authentication (which answers with the key's tenant).
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::schema::{api_keys, tenants};
+use super::{ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, TenantRow, with_conn};
+
+impl Store {
+    /// Creates a tenant and its first API key, both or neither.
+    pub async fn create_tenant(&self, tenant: &TenantRow, key: &NewApiKey) -> Result<(), StoreError> {
+        with_conn!(self, conn => {
+            conn.transaction::<_, StoreError, _>(async |conn| {
+                diesel::insert_into(tenants::table).values(tenant).execute(conn).await?;
+                diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
+                Ok(())
+            })
+            .await
+        })
+    }
+
+    pub async fn list_tenants(&self, page: &Page) -> Result<Paged<TenantRow>, StoreError> {
+        let rows = with_conn!(self, conn => {
+            let mut query = tenants::table.select(TenantRow::as_select()).order(tenants::id).into_boxed();
+            if let Some(cursor) = &page.cursor {
+                query = query.filter(tenants::id.gt(cursor));
+            }
+            query.limit(page.limit + 1).load(conn).await?
+        });
+        Ok(Paged::from_rows(rows, page, |t| &t.id))
+    }
+
+    pub async fn find_tenant_by_name(&self, name: &str) -> Result<Option<TenantRow>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(tenants::table
+                .filter(tenants::name.eq(name))
+                .select(TenantRow::as_select())
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+
+    /// The tenant and key a presented API key (by hash) belongs to, if any.
+    pub async fn authenticate_api_key(
+        &self,
+        key_hash: &[u8],
+    ) -> Result<Option<(TenantRow, ApiKeyRow)>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(api_keys::table
+                .inner_join(tenants::table)
+                .filter(api_keys::key_hash.eq(key_hash))
+                .select((TenantRow::as_select(), ApiKeyRow::as_select()))
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+}

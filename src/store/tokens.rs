@@ -1,0 +1,70 @@
+//! Runtime (egress) tokens, stored as hashes; revocation keeps the row for the record.
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use super::schema::runtime_tokens;
+use super::{NewRuntimeToken, Page, Paged, RuntimeTokenRow, Store, StoreError, now_millis, with_conn};
+
+impl Store {
+    pub async fn create_runtime_token(&self, token: &NewRuntimeToken) -> Result<(), StoreError> {
+        with_conn!(self, conn => {
+            diesel::insert_into(runtime_tokens::table).values(token).execute(conn).await?;
+            Ok(())
+        })
+    }
+
+    pub async fn list_runtime_tokens(
+        &self,
+        tenant_id: &str,
+        runtime: &str,
+        page: &Page,
+    ) -> Result<Paged<RuntimeTokenRow>, StoreError> {
+        let rows = with_conn!(self, conn => {
+            let mut query = runtime_tokens::table
+                .filter(runtime_tokens::tenant_id.eq(tenant_id))
+                .filter(runtime_tokens::runtime.eq(runtime))
+                .select(RuntimeTokenRow::as_select())
+                .order(runtime_tokens::id)
+                .into_boxed();
+            if let Some(cursor) = &page.cursor {
+                query = query.filter(runtime_tokens::id.gt(cursor));
+            }
+            query.limit(page.limit + 1).load(conn).await?
+        });
+        Ok(Paged::from_rows(rows, page, |t| &t.id))
+    }
+
+    /// Revokes a token of the tenant. Revoking a revoked token changes nothing.
+    pub async fn revoke_runtime_token(&self, tenant_id: &str, id: &str) -> Result<RuntimeTokenRow, StoreError> {
+        with_conn!(self, conn => {
+            diesel::update(
+                runtime_tokens::table
+                    .filter(runtime_tokens::tenant_id.eq(tenant_id))
+                    .filter(runtime_tokens::id.eq(id))
+                    .filter(runtime_tokens::revoked_at.is_null()),
+            )
+            .set(runtime_tokens::revoked_at.eq(now_millis()))
+            .execute(conn)
+            .await?;
+            Ok(runtime_tokens::table
+                .filter(runtime_tokens::tenant_id.eq(tenant_id))
+                .filter(runtime_tokens::id.eq(id))
+                .select(RuntimeTokenRow::as_select())
+                .first(conn)
+                .await?)
+        })
+    }
+
+    /// The token a presented egress credential (by hash) is, revoked or not.
+    pub async fn find_runtime_token(&self, token_hash: &[u8]) -> Result<Option<RuntimeTokenRow>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(runtime_tokens::table
+                .filter(runtime_tokens::token_hash.eq(token_hash))
+                .select(RuntimeTokenRow::as_select())
+                .first(conn)
+                .await
+                .optional()?)
+        })
+    }
+}
