@@ -60,20 +60,28 @@ fn data_dir_error(path: &Path, err: impl std::fmt::Display) -> BootstrapError {
 /// generated files it needs (never overwriting one).
 pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
     let database_url = config.database_url()?;
-    let backend = BackendKind::from_url(database_url.expose_secret())
-        .map_err(|m| ConfigError { key: "database.url".into(), message: m })?;
+    let backend = BackendKind::from_url(database_url.expose_secret()).map_err(|m| ConfigError {
+        key: "database.url".into(),
+        message: m,
+    })?;
     let embedded = backend == BackendKind::Sqlite;
     if embedded {
         ensure_dir(&config.data_dir)?;
-        if let Some(parent) = Path::new(crate::store::sqlite_path(database_url.expose_secret())).parent()
+        if let Some(parent) =
+            Path::new(crate::store::sqlite_path(database_url.expose_secret())).parent()
             && !parent.as_os_str().is_empty()
         {
             ensure_dir(parent)?;
         }
-        create_private_file(Path::new(crate::store::sqlite_path(database_url.expose_secret())))?;
+        create_private_file(Path::new(crate::store::sqlite_path(
+            database_url.expose_secret(),
+        )))?;
     }
     let keyring = load_keyring(config, embedded)?;
-    let operator_token = match (&config.admin.operator_token, &config.admin.operator_token_file) {
+    let operator_token = match (
+        &config.admin.operator_token,
+        &config.admin.operator_token_file,
+    ) {
         (Some(token), _) => Some(token.clone()),
         (None, Some(file)) => Some(read_secret_file(file).map_err(|m| ConfigError {
             key: "admin.operator_token_file".into(),
@@ -138,8 +146,10 @@ pub fn load_keyring(config: &Config, embedded: bool) -> Result<Keyring, Bootstra
             );
             key
         };
-        return Ok(Keyring::new([(MASTER_KEY_ID.to_owned(), key)], MASTER_KEY_ID)
-            .expect("the only key is active"));
+        return Ok(
+            Keyring::new([(MASTER_KEY_ID.to_owned(), key)], MASTER_KEY_ID)
+                .expect("the only key is active"),
+        );
     }
     let mut keys = Vec::with_capacity(enc.keys.len());
     for (i, key) in enc.keys.iter().enumerate() {
@@ -152,10 +162,11 @@ pub fn load_keyring(config: &Config, embedded: bool) -> Result<Keyring, Bootstra
             })?,
             (None, None) => unreachable!("validated: exactly one of key and key_file"),
         };
-        let master = MasterKey::from_base64(&key.id, text.expose_secret()).map_err(|e| ConfigError {
-            key: field,
-            message: e.to_string(),
-        })?;
+        let master =
+            MasterKey::from_base64(&key.id, text.expose_secret()).map_err(|e| ConfigError {
+                key: field,
+                message: e.to_string(),
+            })?;
         keys.push((key.id.clone(), master));
     }
     let active = enc
@@ -203,7 +214,11 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
     Ok(())
 }
 
-fn load_or_generate_token(path: &Path, kind: TokenKind, what: &str) -> Result<SecretString, BootstrapError> {
+fn load_or_generate_token(
+    path: &Path,
+    kind: TokenKind,
+    what: &str,
+) -> Result<SecretString, BootstrapError> {
     if path.exists() {
         return read_secret_file(path).map_err(|m| data_dir_error(path, m));
     }
@@ -229,7 +244,10 @@ fn ensure_dir(path: &Path) -> Result<(), BootstrapError> {
 /// a new database and its journal files inherit the mode.
 fn create_private_file(path: &Path) -> Result<(), BootstrapError> {
     use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() || path.as_os_str() == ":memory:" || path.to_string_lossy().starts_with("file:") {
+    if path.exists()
+        || path.as_os_str() == ":memory:"
+        || path.to_string_lossy().starts_with("file:")
+    {
         return Ok(());
     }
     OpenOptions::new()

@@ -224,7 +224,8 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(Env::prefixed("RUNTA_").split("__").filter(|key| {
-            let section = key.as_str().split("__").next().unwrap_or_default();
+            // The key is already split into a dotted path here ("grpc.listen").
+            let section = key.as_str().split('.').next().unwrap_or_default();
             SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
         }));
         if let Some(dir) = &overrides.data_dir {
@@ -241,7 +242,11 @@ impl Config {
         }
         let config: Config = figment.extract().map_err(|e| {
             let key = e.path.join(".");
-            let key = if key.is_empty() { "config".to_owned() } else { key };
+            let key = if key.is_empty() {
+                "config".to_owned()
+            } else {
+                key
+            };
             ConfigError::new(key, e.kind.to_string())
         })?;
         config.validate()?;
@@ -328,7 +333,8 @@ impl Config {
             return Ok(url.clone());
         }
         if let Some(file) = &self.database.url_file {
-            let url = read_secret_file(file).map_err(|m| ConfigError::new("database.url_file", m))?;
+            let url =
+                read_secret_file(file).map_err(|m| ConfigError::new("database.url_file", m))?;
             use secrecy::ExposeSecret;
             BackendKind::from_url(url.expose_secret())
                 .map_err(|m| ConfigError::new("database.url_file", m))?;
@@ -364,9 +370,14 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    #[allow(clippy::result_large_err)] // figment's Jail API returns figment::Error.
     /// Loads with exactly these `RUNTA_*` variables set (figment's Jail isolates and
     /// serialises tests that touch the environment).
-    fn load(file: Option<&str>, env: &[(&str, &str)], overrides: Overrides) -> Result<Config, ConfigError> {
+    fn load(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        overrides: Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut result = None;
         figment::Jail::expect_with(|jail| {
             for (key, value) in env {
@@ -399,7 +410,10 @@ mod tests {
         let file = "[admin]\nlisten = \"127.0.0.1:1000\"\n[grpc]\nlisten = \"127.0.0.1:2000\"\n[database]\nmax_connections = 3\n";
         let config = load(
             Some(file),
-            &[("RUNTA_GRPC__LISTEN", "127.0.0.1:3000"), ("RUNTA_DATABASE__MAX_CONNECTIONS", "7")],
+            &[
+                ("RUNTA_GRPC__LISTEN", "127.0.0.1:3000"),
+                ("RUNTA_DATABASE__MAX_CONNECTIONS", "7"),
+            ],
             Overrides::default(),
         )
         .unwrap();
@@ -422,7 +436,11 @@ mod tests {
     fn client_variables_are_not_server_configuration() {
         let config = load(
             None,
-            &[("RUNTA_API_URL", "http://x"), ("RUNTA_API_KEY", "k"), ("RUNTA_TEST_DATABASE_URL", "x")],
+            &[
+                ("RUNTA_API_URL", "http://x"),
+                ("RUNTA_API_KEY", "k"),
+                ("RUNTA_TEST_DATABASE_URL", "x"),
+            ],
             Overrides::default(),
         );
         assert!(config.is_ok());
@@ -431,13 +449,37 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         for (file, env, key) in [
-            (Some("[admin]\nlisten = \"nowhere\"\n"), vec![], "admin.listen"),
+            (
+                Some("[admin]\nlisten = \"nowhere\"\n"),
+                vec![],
+                "admin.listen",
+            ),
             (Some("[admin]\nlisen = \"x\"\n"), vec![], "lisen"),
-            (None, vec![("RUNTA_DATABASE__URL", "mysql://x")], "database.url"),
-            (None, vec![("RUNTA_DATABASE__MAX_CONNECTIONS", "many")], "database.max_connections"),
-            (Some("[injection]\nunidentified = \"maybe\"\n"), vec![], "injection.unidentified"),
-            (Some("[encryption]\nactive_key = \"k9\"\n"), vec![], "encryption.active_key"),
-            (Some("[[encryption.keys]]\nid = \"k1\"\n"), vec![], "encryption.keys[0]"),
+            (
+                None,
+                vec![("RUNTA_DATABASE__URL", "mysql://x")],
+                "database.url",
+            ),
+            (
+                None,
+                vec![("RUNTA_DATABASE__MAX_CONNECTIONS", "many")],
+                "database.max_connections",
+            ),
+            (
+                Some("[injection]\nunidentified = \"maybe\"\n"),
+                vec![],
+                "injection.unidentified",
+            ),
+            (
+                Some("[encryption]\nactive_key = \"k9\"\n"),
+                vec![],
+                "encryption.active_key",
+            ),
+            (
+                Some("[[encryption.keys]]\nid = \"k1\"\n"),
+                vec![],
+                "encryption.keys[0]",
+            ),
         ] {
             let err = load(file, &env, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");

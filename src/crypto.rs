@@ -275,9 +275,7 @@ pub fn hash_token(token: &str) -> Vec<u8> {
 /// Constant-time equality of two tokens (compares their hashes, so lengths leak nothing).
 pub fn tokens_equal(a: &str, b: &SecretString) -> bool {
     use subtle::ConstantTimeEq;
-    hash_token(a)
-        .ct_eq(&hash_token(b.expose_secret()))
-        .into()
+    hash_token(a).ct_eq(&hash_token(b.expose_secret())).into()
 }
 
 const CROCKFORD: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -324,7 +322,10 @@ mod tests {
         let sealed = ring.seal(b"sk-test-value", CTX).unwrap();
         assert_eq!(sealed.key_id, "k1");
         assert!(!sealed.ciphertext.windows(13).any(|w| w == b"sk-test-value"));
-        assert_eq!(ring.open(&sealed, CTX).unwrap().as_slice(), b"sk-test-value");
+        assert_eq!(
+            ring.open(&sealed, CTX).unwrap().as_slice(),
+            b"sk-test-value"
+        );
     }
 
     #[test]
@@ -350,10 +351,7 @@ mod tests {
             },
             SealContext { version: 2, ..CTX },
         ] {
-            assert!(matches!(
-                ring.open(&sealed, ctx),
-                Err(CryptoError::Open(_))
-            ));
+            assert!(matches!(ring.open(&sealed, ctx), Err(CryptoError::Open(_))));
         }
     }
 
@@ -361,7 +359,10 @@ mod tests {
     fn wrong_key_does_not_open() {
         let sealed = ring(&["k1"], "k1").seal(b"v", CTX).unwrap();
         let other = ring(&["k1"], "k1");
-        assert!(matches!(other.open(&sealed, CTX), Err(CryptoError::Open(_))));
+        assert!(matches!(
+            other.open(&sealed, CTX),
+            Err(CryptoError::Open(_))
+        ));
         let missing = ring(&["k2"], "k2");
         assert!(matches!(
             missing.open(&sealed, CTX),
@@ -387,7 +388,10 @@ mod tests {
         let token = token.expose_secret();
         assert!(token.starts_with("runta_rt_") && token.len() == 49);
         assert!(tokens_equal(token, &SecretString::from(token.to_owned())));
-        assert!(!tokens_equal("runta_rt_x", &SecretString::from(token.to_owned())));
+        assert!(!tokens_equal(
+            "runta_rt_x",
+            &SecretString::from(token.to_owned())
+        ));
         let a = new_id("sec");
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = new_id("sec");

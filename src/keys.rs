@@ -24,7 +24,9 @@ pub async fn rotate(store: &Store, keyring: &Keyring) -> Result<RotationReport, 
     let mut report = RotationReport::default();
     let mut after: Option<String> = None;
     loop {
-        let batch = store.secrets_not_under_key(&active, after.as_deref(), 100).await?;
+        let batch = store
+            .secrets_not_under_key(&active, after.as_deref(), 100)
+            .await?;
         let Some(last) = batch.last() else { break };
         after = Some(last.id.clone());
         for row in batch {
@@ -37,8 +39,15 @@ pub async fn rotate(store: &Store, keyring: &Keyring) -> Result<RotationReport, 
                 .open(&row.sealed(), ctx)
                 .and_then(|plain| keyring.seal(&plain, ctx));
             match resealed {
-                Ok(Sealed { key_id, nonce, ciphertext }) => {
-                    if store.reseal_secret(&row, &key_id, &nonce, &ciphertext).await? {
+                Ok(Sealed {
+                    key_id,
+                    nonce,
+                    ciphertext,
+                }) => {
+                    if store
+                        .reseal_secret(&row, &key_id, &nonce, &ciphertext)
+                        .await?
+                    {
                         report.resealed += 1;
                     } else {
                         report.skipped += 1;

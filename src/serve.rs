@@ -45,8 +45,15 @@ pub fn init_logging(config: &Config) {
 }
 
 /// Opens the store and brings its schema up to date.
-pub async fn open_store(config: &Config, resolved: &bootstrap::Resolved) -> Result<Store, BootstrapError> {
-    let store = Store::connect(resolved.database_url.expose_secret(), config.database.max_connections).await?;
+pub async fn open_store(
+    config: &Config,
+    resolved: &bootstrap::Resolved,
+) -> Result<Store, BootstrapError> {
+    let store = Store::connect(
+        resolved.database_url.expose_secret(),
+        config.database.max_connections,
+    )
+    .await?;
     let applied = store.migrate().await?;
     if applied > 0 {
         tracing::info!(applied, backend = ?store.kind(), "database migrations applied");
@@ -62,7 +69,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         bootstrap::ensure_default_tenant(&store, &config.data_dir).await?;
     }
     if resolved.operator_token.is_none() {
-        tracing::warn!("no operator token configured (admin.operator_token): tenant management is disabled");
+        tracing::warn!(
+            "no operator token configured (admin.operator_token): tenant management is disabled"
+        );
     }
     let state = AppState {
         store,
@@ -72,11 +81,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         max_body_bytes: config.admin.max_body_bytes,
     };
     let admin_addr: SocketAddr = parse_listen(&config.admin.listen).expect("validated");
-    let listener = TcpListener::bind(admin_addr).await.map_err(|source| ServeError::Bind {
-        what: "admin.listen",
-        addr: config.admin.listen.clone(),
-        source,
-    })?;
+    let listener = TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what: "admin.listen",
+            addr: config.admin.listen.clone(),
+            source,
+        })?;
     let bound = listener.local_addr().map_err(ServeError::Serve)?;
     tracing::info!(
         address = %bound,

@@ -33,7 +33,11 @@ impl ApiError {
 
     /// 400: the request is invalid; the message names the field.
     pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", format!("{field}: {message}"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("{field}: {message}"),
+        )
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {

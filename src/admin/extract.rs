@@ -101,7 +101,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
                         .ok()
                         .filter(|n| (1..=MAX_LIMIT).contains(n))
                         .ok_or_else(|| {
-                            ApiError::invalid("limit", format!("must be a number from 1 to {MAX_LIMIT}"))
+                            ApiError::invalid(
+                                "limit",
+                                format!("must be a number from 1 to {MAX_LIMIT}"),
+                            )
                         })?;
                 }
                 "cursor" if !value.is_empty() => page.cursor = Some(value),
@@ -114,7 +117,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
 
 fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
-        &format!("/?{query}").parse().map_err(|_| ApiError::invalid("query", "is not valid"))?,
+        &format!("/?{query}")
+            .parse()
+            .map_err(|_| ApiError::invalid("query", "is not valid"))?,
     )
     .map(|q| q.0)
     .map_err(|e| ApiError::invalid("query", e.body_text()))
@@ -146,11 +151,18 @@ pub struct TenantAuth {
 impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or_else(|| {
             ApiError::unauthenticated("missing API key: send 'Authorization: Bearer <api key>'")
         })?;
-        match state.store.authenticate_api_key(&crypto::hash_token(token)).await? {
+        match state
+            .store
+            .authenticate_api_key(&crypto::hash_token(token))
+            .await?
+        {
             Some((tenant, key)) => Ok(Self { tenant, key }),
             None => Err(ApiError::unauthenticated("invalid API key")),
         }
@@ -163,9 +175,14 @@ pub struct OperatorAuth;
 impl FromRequestParts<AppState> for OperatorAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or_else(|| {
-            ApiError::unauthenticated("missing operator token: send 'Authorization: Bearer <operator token>'")
+            ApiError::unauthenticated(
+                "missing operator token: send 'Authorization: Bearer <operator token>'",
+            )
         })?;
         let Some(operator) = &state.operator_token else {
             return Err(ApiError::forbidden(

@@ -128,7 +128,11 @@ pub async fn create_rule(
     };
     let spec = RuleSpec::from_draft(&draft, &SINGLE_FIELDS)?;
     let row = new_row(&auth.tenant.id, spec, now_millis());
-    match state.store.insert_rules(&auth.tenant.id, std::slice::from_ref(&row)).await {
+    match state
+        .store
+        .insert_rules(&auth.tenant.id, std::slice::from_ref(&row))
+        .await
+    {
         Err(StoreError::UnknownCredential(name)) => Err(ApiError::invalid(
             "injection.credential",
             format!("no secret named '{name}' in this tenant; create it first"),
@@ -150,7 +154,10 @@ pub async fn create_rules_batch(
     if body.rules.len() > MAX_BATCH {
         return Err(ApiError::invalid(
             "rules",
-            format!("at most {MAX_BATCH} rules per batch, got {}", body.rules.len()),
+            format!(
+                "at most {MAX_BATCH} rules per batch, got {}",
+                body.rules.len()
+            ),
         ));
     }
     let now = now_millis();
@@ -174,7 +181,9 @@ pub async fn create_rules_batch(
             let i = rows.iter().position(|r| r.credential == name).unwrap_or(0);
             Err(ApiError::invalid(
                 &format!("rules[{i}].credential"),
-                format!("no secret named '{name}' in this tenant; create it first (no rule was created)"),
+                format!(
+                    "no secret named '{name}' in this tenant; create it first (no rule was created)"
+                ),
             ))
         }
         other => other.map_err(ApiError::from),
@@ -196,7 +205,10 @@ pub async fn list_runtime_rules(
     ListParams(page): ListParams,
 ) -> ApiResult<Json<List<Rule>>> {
     runtime_param(&runtime)?;
-    let page = state.store.list_rules(&auth.tenant.id, Some(&runtime), &page).await?;
+    let page = state
+        .store
+        .list_rules(&auth.tenant.id, Some(&runtime), &page)
+        .await?;
     Ok(Json(List::from_page(page, Rule::from)))
 }
 

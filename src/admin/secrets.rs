@@ -115,7 +115,10 @@ pub async fn create_secret(
     match state.store.insert_secret(&row).await {
         Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
             "already_exists",
-            format!("a secret named '{}' already exists; update it with PUT /v1/secrets/{}", row.name, row.name),
+            format!(
+                "a secret named '{}' already exists; update it with PUT /v1/secrets/{}",
+                row.name, row.name
+            ),
         )),
         other => other.map_err(ApiError::from),
     }?;

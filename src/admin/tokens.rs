@@ -59,7 +59,10 @@ pub async fn list_runtime_tokens(
     ListParams(page): ListParams,
 ) -> ApiResult<Json<List<RuntimeToken>>> {
     validate_name(&runtime).map_err(|m| ApiError::invalid("runtime", m))?;
-    let page = state.store.list_runtime_tokens(&auth.tenant.id, &runtime, &page).await?;
+    let page = state
+        .store
+        .list_runtime_tokens(&auth.tenant.id, &runtime, &page)
+        .await?;
     Ok(Json(List::from_page(page, RuntimeToken::from)))
 }
 
@@ -69,9 +72,9 @@ pub async fn revoke_runtime_token(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     match state.store.revoke_runtime_token(&auth.tenant.id, &id).await {
-        Err(StoreError::NotFound) => {
-            Err(ApiError::not_found(format!("no runtime token with id '{id}'")))
-        }
+        Err(StoreError::NotFound) => Err(ApiError::not_found(format!(
+            "no runtime token with id '{id}'"
+        ))),
         Ok(row) => {
             tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
             Ok(StatusCode::NO_CONTENT)

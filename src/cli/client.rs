@@ -72,7 +72,9 @@ impl Client {
             http,
             base,
             api_key: api_key.filter(|k| !k.is_empty()).map(SecretString::from),
-            operator_token: operator_token.filter(|k| !k.is_empty()).map(SecretString::from),
+            operator_token: operator_token
+                .filter(|k| !k.is_empty())
+                .map(SecretString::from),
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from("./runta-data")),
         })
     }
@@ -140,7 +142,13 @@ impl Client {
             .and_then(|v| v.pointer("/error/message"))
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .unwrap_or_else(|| format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")));
+            .unwrap_or_else(|| {
+                format!(
+                    "{} {}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                )
+            });
         Err(CliError::Api {
             status: status.as_u16(),
             message,

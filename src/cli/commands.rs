@@ -53,7 +53,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Keys(command) => keys(command, &cli.global).await,
         Command::Secret(command) => secret(command, &client()?, g.output).await,
-        Command::Runtime(RuntimeCommand::Token(command)) => token(command, &client()?, g.output).await,
+        Command::Runtime(RuntimeCommand::Token(command)) => {
+            token(command, &client()?, g.output).await
+        }
         Command::Tenant(command) => tenant(command, &client()?, g.output).await,
         Command::ApiKey(command) => api_key(command, &client()?, g.output).await,
     }
@@ -101,7 +103,10 @@ async fn keys(command: KeysCommand, global: &super::GlobalArgs) -> Result<(), Cl
                 report.resealed,
                 keyring.active_key_id(),
                 if report.skipped > 0 {
-                    format!(" ({} changed meanwhile and were already under it)", report.skipped)
+                    format!(
+                        " ({} changed meanwhile and were already under it)",
+                        report.skipped
+                    )
                 } else {
                     String::new()
                 }
@@ -151,14 +156,16 @@ async fn print_key_counts(store: &crate::store::Store) -> Result<(), CliError> {
 fn read_value(source: &ValueSource, name: &str) -> Result<Zeroizing<String>, CliError> {
     if let Some(var) = &source.value_env {
         return std::env::var(var).map(Zeroizing::new).map_err(|_| {
-            CliError::Usage(format!("the environment variable {var} is not set (or not valid UTF-8)"))
+            CliError::Usage(format!(
+                "the environment variable {var} is not set (or not valid UTF-8)"
+            ))
         });
     }
     if source.value_stdin {
         let mut text = Zeroizing::new(String::new());
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| CliError::Usage(format!("cannot read the value from standard input: {e}")))?;
+        std::io::stdin().read_to_string(&mut text).map_err(|e| {
+            CliError::Usage(format!("cannot read the value from standard input: {e}"))
+        })?;
         if text.ends_with('\n') {
             text.pop();
             if text.ends_with('\r') {
@@ -249,9 +256,14 @@ async fn secret(command: SecretCommand, client: &Client, out: Output) -> Result<
         }
         SecretCommand::Get { name } => {
             let secret = client
-                .call(Caller::Tenant, Method::GET, &format!("/v1/secrets/{}", seg(&name)), None::<&()>)
+                .call(
+                    Caller::Tenant,
+                    Method::GET,
+                    &format!("/v1/secrets/{}", seg(&name)),
+                    None::<&()>,
+                )
                 .await?;
-            print_list(out, std::slice::from_ref(&secret), SECRET_HEADERS, output::secret_row);
+            print_item(out, &secret, SECRET_HEADERS, output::secret_row);
         }
         SecretCommand::Update {
             name,
@@ -281,7 +293,12 @@ async fn secret(command: SecretCommand, client: &Client, out: Output) -> Result<
                 cache_ttl_secs,
             };
             let updated = client
-                .call(Caller::Tenant, Method::PUT, &format!("/v1/secrets/{}", seg(&name)), Some(&body))
+                .call(
+                    Caller::Tenant,
+                    Method::PUT,
+                    &format!("/v1/secrets/{}", seg(&name)),
+                    Some(&body),
+                )
                 .await?;
             print_one(out, &updated, || {
                 format!(
@@ -293,9 +310,16 @@ async fn secret(command: SecretCommand, client: &Client, out: Output) -> Result<
         }
         SecretCommand::Delete { name } => {
             client
-                .call(Caller::Tenant, Method::DELETE, &format!("/v1/secrets/{}", seg(&name)), None::<&()>)
+                .call(
+                    Caller::Tenant,
+                    Method::DELETE,
+                    &format!("/v1/secrets/{}", seg(&name)),
+                    None::<&()>,
+                )
                 .await?;
-            print_one(out, &json!({"deleted": name}), || format!("Deleted secret {name}."));
+            print_one(out, &json!({"deleted": name}), || {
+                format!("Deleted secret {name}.")
+            });
         }
         SecretCommand::Rule(command) => rule(command, client, out).await?,
     }
@@ -316,16 +340,28 @@ async fn rule(command: RuleCommand, client: &Client, out: Output) -> Result<(), 
         }
         RuleCommand::Get { rule_id } => {
             let rule = client
-                .call(Caller::Tenant, Method::GET, &format!("/v1/rules/{}", seg(&rule_id)), None::<&()>)
+                .call(
+                    Caller::Tenant,
+                    Method::GET,
+                    &format!("/v1/rules/{}", seg(&rule_id)),
+                    None::<&()>,
+                )
                 .await?;
-            print_list(out, std::slice::from_ref(&rule), RULE_HEADERS, output::rule_row);
+            print_item(out, &rule, RULE_HEADERS, output::rule_row);
             Ok(())
         }
         RuleCommand::Delete { rule_id } => {
             client
-                .call(Caller::Tenant, Method::DELETE, &format!("/v1/rules/{}", seg(&rule_id)), None::<&()>)
+                .call(
+                    Caller::Tenant,
+                    Method::DELETE,
+                    &format!("/v1/rules/{}", seg(&rule_id)),
+                    None::<&()>,
+                )
                 .await?;
-            print_one(out, &json!({"deleted": rule_id}), || format!("Deleted rule {rule_id}."));
+            print_one(out, &json!({"deleted": rule_id}), || {
+                format!("Deleted rule {rule_id}.")
+            });
             Ok(())
         }
     }
@@ -335,8 +371,12 @@ async fn add_rules(args: RuleAddArgs, client: &Client, out: Output) -> Result<()
     if let Some(file) = &args.file {
         let text = std::fs::read_to_string(file)
             .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
-        let body: Value = serde_saphyr::from_str(&text)
-            .map_err(|e| CliError::Usage(format!("{}: not a valid YAML rule file: {e}", file.display())))?;
+        let body: Value = serde_saphyr::from_str(&text).map_err(|e| {
+            CliError::Usage(format!(
+                "{}: not a valid YAML rule file: {e}",
+                file.display()
+            ))
+        })?;
         if body.get("rules").is_none() {
             return Err(CliError::Usage(format!(
                 "{}: a rule file holds a top-level 'rules:' list",
@@ -346,21 +386,34 @@ async fn add_rules(args: RuleAddArgs, client: &Client, out: Output) -> Result<()
         let created = client
             .call(Caller::Tenant, Method::POST, "/v1/rules/batch", Some(&body))
             .await?;
-        let rules = created.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+        let rules = created
+            .get("data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         match out {
             Output::Json => output::json(&created),
             Output::Table => {
                 println!("Created {} rule(s) from {}.", rules.len(), file.display());
-                output::table(RULE_HEADERS, &rules.iter().map(output::rule_row).collect::<Vec<_>>());
+                output::table(
+                    RULE_HEADERS,
+                    &rules.iter().map(output::rule_row).collect::<Vec<_>>(),
+                );
             }
         }
         return Ok(());
     }
-    let (Some(runtime), Some(host), Some(credential)) = (&args.runtime, &args.host, &args.credential) else {
-        return Err(CliError::Usage("give RUNTIME, --host and --credential, or -f FILE".into()));
+    let (Some(runtime), Some(host), Some(credential)) =
+        (&args.runtime, &args.host, &args.credential)
+    else {
+        return Err(CliError::Usage(
+            "give RUNTIME, --host and --credential, or -f FILE".into(),
+        ));
     };
     if args.inject_header.is_none() && args.inject_param.is_none() {
-        return Err(CliError::Usage("give --inject-header NAME or --inject-param NAME".into()));
+        return Err(CliError::Usage(
+            "give --inject-header NAME or --inject-param NAME".into(),
+        ));
     }
     let mut injection = json!({"credential": credential});
     if let Some(header) = &args.inject_header {
@@ -431,7 +484,10 @@ async fn token(command: TokenCommand, client: &Client, out: Output) -> Result<()
         }
         TokenCommand::List { runtime } => {
             let tokens = client
-                .list_all(Caller::Tenant, &format!("/v1/runtimes/{}/tokens", seg(&runtime)))
+                .list_all(
+                    Caller::Tenant,
+                    &format!("/v1/runtimes/{}/tokens", seg(&runtime)),
+                )
                 .await?;
             print_list(out, &tokens, HEADERS, row);
         }
@@ -444,7 +500,9 @@ async fn token(command: TokenCommand, client: &Client, out: Output) -> Result<()
                     None::<&()>,
                 )
                 .await?;
-            print_one(out, &json!({"revoked": token_id}), || format!("Revoked token {token_id}."));
+            print_one(out, &json!({"revoked": token_id}), || {
+                format!("Revoked token {token_id}.")
+            });
         }
     }
     Ok(())
@@ -454,7 +512,12 @@ async fn tenant(command: TenantCommand, client: &Client, out: Output) -> Result<
     match command {
         TenantCommand::Create { name } => {
             let created = client
-                .call(Caller::Operator, Method::POST, "/v1/tenants", Some(&json!({"name": name})))
+                .call(
+                    Caller::Operator,
+                    Method::POST,
+                    "/v1/tenants",
+                    Some(&json!({"name": name})),
+                )
                 .await?;
             print_one(out, &created, || {
                 format!(
@@ -483,7 +546,12 @@ async fn api_key(command: ApiKeyCommand, client: &Client, out: Output) -> Result
     match command {
         ApiKeyCommand::Create { name } => {
             let created = client
-                .call(Caller::Tenant, Method::POST, "/v1/api-keys", Some(&json!({"name": name})))
+                .call(
+                    Caller::Tenant,
+                    Method::POST,
+                    "/v1/api-keys",
+                    Some(&json!({"name": name})),
+                )
                 .await?;
             print_one(out, &created, || {
                 format!(
@@ -512,7 +580,9 @@ async fn api_key(command: ApiKeyCommand, client: &Client, out: Output) -> Result
                     None::<&()>,
                 )
                 .await?;
-            print_one(out, &json!({"deleted": key_id}), || format!("Deleted API key {key_id}."));
+            print_one(out, &json!({"deleted": key_id}), || {
+                format!("Deleted API key {key_id}.")
+            });
         }
     }
     Ok(())
@@ -529,5 +599,13 @@ fn print_list(out: Output, items: &[Value], headers: &[&str], row: impl Fn(&Valu
     match out {
         Output::Json => output::json(&Value::Array(items.to_vec())),
         Output::Table => output::table(headers, &items.iter().map(row).collect::<Vec<_>>()),
+    }
+}
+
+/// One object: itself as JSON, a one-row table for people.
+fn print_item(out: Output, item: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+    match out {
+        Output::Json => output::json(item),
+        Output::Table => output::table(headers, &[row(item)]),
     }
 }

@@ -27,13 +27,23 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// URL of the admin API.
-    #[arg(long, global = true, env = "RUNTA_API_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNTA_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub api_url: String,
     /// A tenant API key [default: the key `runta serve` wrote into its data directory].
     #[arg(long, global = true, env = "RUNTA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// The operator token, for tenant management [default: from the data directory].
-    #[arg(long, global = true, env = "RUNTA_OPERATOR_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNTA_OPERATOR_TOKEN",
+        hide_env_values = true
+    )]
     pub operator_token: Option<String>,
     /// The data directory of the embedded default [default: ./runta-data].
     #[arg(long, global = true, env = "RUNTA_DATA_DIR")]
@@ -257,7 +267,10 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -55,10 +55,20 @@ pub fn secret_row(secret: &Value) -> Vec<String> {
     ]
 }
 
-pub const SECRET_HEADERS: &[&str] = &["NAME", "ID", "DISPLAY NAME", "CACHE TTL", "VERSION", "UPDATED"];
+pub const SECRET_HEADERS: &[&str] = &[
+    "NAME",
+    "ID",
+    "DISPLAY NAME",
+    "CACHE TTL",
+    "VERSION",
+    "UPDATED",
+];
 
 pub fn rule_row(rule: &Value) -> Vec<String> {
-    let target = match (rule.pointer("/injection/header"), rule.pointer("/injection/param")) {
+    let target = match (
+        rule.pointer("/injection/header"),
+        rule.pointer("/injection/param"),
+    ) {
         (Some(Value::String(h)), _) => format!("header {h}"),
         (_, Some(Value::String(p))) => format!("param {p}"),
         _ => "-".to_owned(),
@@ -74,4 +84,12 @@ pub fn rule_row(rule: &Value) -> Vec<String> {
     ]
 }
 
-pub const RULE_HEADERS: &[&str] = &["ID", "RUNTIME", "HOST", "PATH", "CREDENTIAL", "INJECT", "VALUE"];
+pub const RULE_HEADERS: &[&str] = &[
+    "ID",
+    "RUNTIME",
+    "HOST",
+    "PATH",
+    "CREDENTIAL",
+    "INJECT",
+    "VALUE",
+];

@@ -198,7 +198,12 @@ mod tests {
 
     #[test]
     fn templates() {
-        for ok in ["${credential}", "Bearer ${credential}", "${credential}:${credential}", "$ ${credential}"] {
+        for ok in [
+            "${credential}",
+            "Bearer ${credential}",
+            "${credential}:${credential}",
+            "$ ${credential}",
+        ] {
             assert!(validate_template(ok).is_ok(), "{ok}");
         }
         for (bad, reason) in [
@@ -216,7 +221,12 @@ mod tests {
     #[test]
     fn secret_values_never_quoted() {
         assert!(validate_secret_value("sk-test\tx").is_ok());
-        for (bad, what) in [("sk-a\r\nb", "CR"), ("sk-a\nb", "LF"), ("sk-a\0b", "NUL"), ("", "empty")] {
+        for (bad, what) in [
+            ("sk-a\r\nb", "CR"),
+            ("sk-a\nb", "LF"),
+            ("sk-a\0b", "NUL"),
+            ("", "empty"),
+        ] {
             let err = validate_secret_value(bad).unwrap_err();
             assert!(err.contains(what), "{err}");
             assert!(!err.contains("sk-a"), "{err}");

@@ -168,15 +168,70 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (RuleDraft { host: "*", ..draft() }, "host"),
-            (RuleDraft { path: Some("v1"), ..draft() }, "path"),
-            (RuleDraft { runtime: "Bad", ..draft() }, "runtime"),
-            (RuleDraft { credential: "", ..draft() }, "injection.credential"),
-            (RuleDraft { header: Some("host"), ..draft() }, "injection.header"),
-            (RuleDraft { param: Some("k"), ..draft() }, "injection"),
-            (RuleDraft { header: None, ..draft() }, "injection"),
-            (RuleDraft { header: None, param: Some("a&b"), ..draft() }, "injection.param"),
-            (RuleDraft { value: Some("${x}"), ..draft() }, "injection.value"),
+            (
+                RuleDraft {
+                    host: "*",
+                    ..draft()
+                },
+                "host",
+            ),
+            (
+                RuleDraft {
+                    path: Some("v1"),
+                    ..draft()
+                },
+                "path",
+            ),
+            (
+                RuleDraft {
+                    runtime: "Bad",
+                    ..draft()
+                },
+                "runtime",
+            ),
+            (
+                RuleDraft {
+                    credential: "",
+                    ..draft()
+                },
+                "injection.credential",
+            ),
+            (
+                RuleDraft {
+                    header: Some("host"),
+                    ..draft()
+                },
+                "injection.header",
+            ),
+            (
+                RuleDraft {
+                    param: Some("k"),
+                    ..draft()
+                },
+                "injection",
+            ),
+            (
+                RuleDraft {
+                    header: None,
+                    ..draft()
+                },
+                "injection",
+            ),
+            (
+                RuleDraft {
+                    header: None,
+                    param: Some("a&b"),
+                    ..draft()
+                },
+                "injection.param",
+            ),
+            (
+                RuleDraft {
+                    value: Some("${x}"),
+                    ..draft()
+                },
+                "injection.value",
+            ),
         ];
         for (draft, field) in cases {
             let err = RuleSpec::from_draft(&draft, &FIELDS).unwrap_err();

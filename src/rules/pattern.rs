@@ -53,7 +53,10 @@ impl HostPattern {
                 input.escape_default()
             ));
         }
-        if let Some(c) = input.chars().find(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+        if let Some(c) = input
+            .chars()
+            .find(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+        {
             return Err(format!(
                 "'{}' must not contain white space or control characters (found '{}')",
                 input.escape_default(),
@@ -107,7 +110,9 @@ fn strip_url(input: &str) -> Result<&str, String> {
         ));
     }
     if authority.contains('@') {
-        return Err(format!("'{input}': a URL given as host may not carry user information"));
+        return Err(format!(
+            "'{input}': a URL given as host may not carry user information"
+        ));
     }
     Ok(authority)
 }
@@ -146,7 +151,9 @@ fn split_port(authority: &str) -> Result<(&str, Option<u16>), String> {
             text.parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0 && !text.starts_with('+'))
-                .ok_or_else(|| format!("'{authority}': port '{text}' is not a number from 1 to 65535"))?,
+                .ok_or_else(|| {
+                    format!("'{authority}': port '{text}' is not a number from 1 to 65535")
+                })?,
         ),
     };
     Ok((host, port))
@@ -162,10 +169,14 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
     }
     for label in name.split('.') {
         if label.is_empty() {
-            return Err(format!("'{name}' has an empty label (two dots, or a dot at an end)"));
+            return Err(format!(
+                "'{name}' has an empty label (two dots, or a dot at an end)"
+            ));
         }
         if label.len() > 63 {
-            return Err(format!("'{name}': the label '{label}' is longer than 63 characters"));
+            return Err(format!(
+                "'{name}': the label '{label}' is longer than 63 characters"
+            ));
         }
         if let Some(c) = label
             .chars()
@@ -180,7 +191,9 @@ fn validate_dns_name(name: &str) -> Result<(), String> {
             });
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("'{name}': the label '{label}' starts or ends with '-'"));
+            return Err(format!(
+                "'{name}': the label '{label}' starts or ends with '-'"
+            ));
         }
     }
     Ok(())
@@ -291,7 +304,11 @@ mod tests {
             ("[::1]:8080", "[::1]:8080"),
             ("my_host.internal.example", "my_host.internal.example"),
         ] {
-            assert_eq!(HostPattern::parse(input).unwrap().to_string(), want, "{input}");
+            assert_eq!(
+                HostPattern::parse(input).unwrap().to_string(),
+                want,
+                "{input}"
+            );
         }
     }
 

@@ -14,7 +14,11 @@ impl Store {
         })
     }
 
-    pub async fn list_api_keys(&self, tenant_id: &str, page: &Page) -> Result<Paged<ApiKeyRow>, StoreError> {
+    pub async fn list_api_keys(
+        &self,
+        tenant_id: &str,
+        page: &Page,
+    ) -> Result<Paged<ApiKeyRow>, StoreError> {
         let rows = with_conn!(self, conn => {
             let mut query = api_keys::table
                 .filter(api_keys::tenant_id.eq(tenant_id))

@@ -15,7 +15,11 @@ impl Store {
         })
     }
 
-    pub async fn list_secrets(&self, tenant_id: &str, page: &Page) -> Result<Paged<SecretRow>, StoreError> {
+    pub async fn list_secrets(
+        &self,
+        tenant_id: &str,
+        page: &Page,
+    ) -> Result<Paged<SecretRow>, StoreError> {
         let rows = with_conn!(self, conn => {
             let mut query = secrets::table
                 .filter(secrets::tenant_id.eq(tenant_id))
@@ -30,7 +34,11 @@ impl Store {
         Ok(Paged::from_rows(rows, page, |s| &s.id))
     }
 
-    pub async fn get_secret(&self, tenant_id: &str, name: &str) -> Result<Option<SecretRow>, StoreError> {
+    pub async fn get_secret(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<SecretRow>, StoreError> {
         with_conn!(self, conn => {
             Ok(secrets::table
                 .filter(secrets::tenant_id.eq(tenant_id))

@@ -8,7 +8,11 @@ use super::{ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, TenantRow, wit
 
 impl Store {
     /// Creates a tenant and its first API key, both or neither.
-    pub async fn create_tenant(&self, tenant: &TenantRow, key: &NewApiKey) -> Result<(), StoreError> {
+    pub async fn create_tenant(
+        &self,
+        tenant: &TenantRow,
+        key: &NewApiKey,
+    ) -> Result<(), StoreError> {
         with_conn!(self, conn => {
             conn.transaction::<_, StoreError, _>(async |conn| {
                 diesel::insert_into(tenants::table).values(tenant).execute(conn).await?;

@@ -4,7 +4,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::schema::runtime_tokens;
-use super::{NewRuntimeToken, Page, Paged, RuntimeTokenRow, Store, StoreError, now_millis, with_conn};
+use super::{
+    NewRuntimeToken, Page, Paged, RuntimeTokenRow, Store, StoreError, now_millis, with_conn,
+};
 
 impl Store {
     pub async fn create_runtime_token(&self, token: &NewRuntimeToken) -> Result<(), StoreError> {
@@ -36,7 +38,11 @@ impl Store {
     }
 
     /// Revokes a token of the tenant. Revoking a revoked token changes nothing.
-    pub async fn revoke_runtime_token(&self, tenant_id: &str, id: &str) -> Result<RuntimeTokenRow, StoreError> {
+    pub async fn revoke_runtime_token(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<RuntimeTokenRow, StoreError> {
         with_conn!(self, conn => {
             diesel::update(
                 runtime_tokens::table
@@ -57,7 +63,10 @@ impl Store {
     }
 
     /// The token a presented egress credential (by hash) is, revoked or not.
-    pub async fn find_runtime_token(&self, token_hash: &[u8]) -> Result<Option<RuntimeTokenRow>, StoreError> {
+    pub async fn find_runtime_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<RuntimeTokenRow>, StoreError> {
         with_conn!(self, conn => {
             Ok(runtime_tokens::table
                 .filter(runtime_tokens::token_hash.eq(token_hash))

@@ -1,0 +1,489 @@
+//! The `runta` binary as a user runs it: `runta serve` on the embedded default in a fresh
+//! directory, the seed's commands verbatim through a shell, exit codes, the quickstart files,
+//! and the secret values grepped for in every output, the server log and the database files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_runta");
+
+/// A `runta serve` process on a free port, stopped (SIGTERM, then kill) when dropped.
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+    url: String,
+}
+
+impl Server {
+    /// Starts `runta serve` in `dir` with no configuration but a free admin port.
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        let log = dir.join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .current_dir(dir)
+            .env_remove("RUNTA_API_KEY")
+            .env_remove("RUNTA_DATA_DIR")
+            .env_remove("RUNTA_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut server = Self {
+            child,
+            dir: dir.to_owned(),
+            log,
+            url: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+            if let Some(rest) = text.split("admin API listening on ").nth(1) {
+                server.url = rest.split_whitespace().next().unwrap().to_owned();
+                return server;
+            }
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("runta serve exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runta serve did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `runta ARGS` against this server from its directory.
+    fn runta(&self, args: &[&str]) -> Output {
+        self.command(BIN).args(args).output().unwrap()
+    }
+
+    /// Runs a shell line (the seed's commands as written) with `runta` on the PATH.
+    fn shell(&self, line: &str) -> Output {
+        self.command("bash").args(["-c", line]).output().unwrap()
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let bin_dir = Path::new(BIN).parent().unwrap();
+        let mut command = Command::new(program);
+        command
+            .current_dir(&self.dir)
+            .env(
+                "PATH",
+                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("RUNTA_API_URL", &self.url)
+            .env_remove("RUNTA_API_KEY")
+            .env_remove("RUNTA_OPERATOR_TOKEN")
+            .env_remove("RUNTA_DATA_DIR")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    fn stop(mut self) -> String {
+        self.terminate();
+        self.log_text()
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
+    }
+}
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+// Obviously fake values; each has a unique marker to grep for.
+const OPENAI: &str = "sk-example-MARKER-openai-5c3e";
+const GITHUB: &str = "ghp-example-MARKER-github-91ab";
+const INTERNAL: &str = "internal-MARKER-prompt-d00d";
+const MARKERS: &[&str] = &[
+    "MARKER-openai-5c3e",
+    "MARKER-github-91ab",
+    "MARKER-prompt-d00d",
+];
+
+fn assert_no_value(what: &str, text: &str) {
+    for marker in MARKERS {
+        assert!(
+            !text.contains(marker),
+            "a secret value ({marker}) appears in {what}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn seed_walkthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut outputs = Vec::new();
+
+    // Store a secret, three ways.
+    let out = server.shell(&format!(
+        "export OPENAI_API_KEY={OPENAI}\nrunta secret add openai-api-key --value-env OPENAI_API_KEY"
+    ));
+    outputs.push(all_output(&out));
+    assert!(ok(&out).contains("openai-api-key"));
+    let out = server.shell(&format!(
+        "GITHUB_TOKEN={GITHUB}\nprintf '%s' \"$GITHUB_TOKEN\" | runta secret add github-token --value-stdin"
+    ));
+    outputs.push(all_output(&out));
+    ok(&out);
+    let out = server
+        .command("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/scripts/pty_answer.py"
+        ))
+        .args([
+            "Value for secret",
+            "--",
+            BIN,
+            "secret",
+            "add",
+            "internal-api",
+            "--prompt",
+            "--cache-ttl-secs",
+            "300",
+        ])
+        .env("PTY_ANSWER", INTERNAL)
+        .output()
+        .unwrap();
+    let screen = ok(&out);
+    assert!(screen.contains("Value for secret internal-api"), "{screen}");
+    assert!(screen.contains("Created secret internal-api"), "{screen}");
+    outputs.push(screen);
+
+    // List: metadata, never values.
+    let out = server.shell("runta secret list");
+    let list = ok(&out);
+    for name in ["openai-api-key", "github-token", "internal-api"] {
+        assert!(list.contains(name), "{list}");
+    }
+    assert!(list.contains("300"));
+    outputs.push(list);
+    let out = server.runta(&["secret", "get", "internal-api", "--output", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(json["cache_ttl_secs"], 300);
+    assert_eq!(json["version"], 1);
+    outputs.push(json.to_string());
+
+    // The stdin value lost its trailing newline only when there was one: printf '%s' adds none.
+    // Delete, as the seed does, then store it again for the rule.
+    ok(&server.shell("runta secret delete openai-api-key"));
+    let out = server.shell(&format!(
+        "printf '%s\\n' '{OPENAI}' | runta secret add openai-api-key --value-stdin"
+    ));
+    outputs.push(all_output(&out));
+    ok(&out);
+
+    // Add an injection rule: the seed's command, line breaks and all.
+    let out = server.shell(
+        "runta secret rule add \\\n  worker \\\n  --host api.openai.com \\\n  --path '/v1/*' \\\n  --credential openai-api-key \\\n  --inject-header Authorization \\\n  --inject-value 'Bearer ${credential}'",
+    );
+    let added = ok(&out);
+    assert!(added.contains("rule_"), "{added}");
+
+    // Rule files.
+    std::fs::write(
+        dir.path().join("openai-rule.yaml"),
+        "rules:\n  - runtime: worker\n    host: api.openai.com\n    path: /v1/*\n    credential: openai-api-key\n    inject:\n      header: Authorization\n      value: Bearer ${credential}\n",
+    )
+    .unwrap();
+    ok(&server.shell("runta secret rule add -f openai-rule.yaml"));
+
+    // List and delete rules.
+    let out = server.shell("runta secret rule list worker");
+    let table = ok(&out);
+    assert_eq!(table.lines().count(), 3, "a header and two rules:\n{table}");
+    assert!(
+        table.contains("Bearer ${credential}") && table.contains("/v1/*"),
+        "{table}"
+    );
+    let out = server.runta(&["secret", "rule", "list", "worker", "--output", "json"]);
+    let rules: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let id = rules[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(rules[0]["host_pattern"], "api.openai.com");
+    ok(&server.shell(&format!("runta secret rule delete {id}")));
+    let out = server.runta(&["secret", "rule", "list", "--output", "json"]);
+    let rules: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(
+        rules.as_array().unwrap().len(),
+        1,
+        "tenant-wide list after the delete"
+    );
+
+    // A secret in use cannot be deleted: exit 1 with the server's message naming the rule.
+    let out = server.shell("runta secret delete openai-api-key");
+    assert_eq!(out.status.code(), Some(1));
+    let remaining = rules[0]["id"].as_str().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(remaining));
+
+    // Update through the CLI: a new version.
+    let out = server.shell("printf 'ghp-example-MARKER-github-91ab-v2' | runta secret update github-token --value-stdin");
+    assert!(ok(&out).contains("version 2"));
+
+    // Values never appear: CLI output, server log, database files.
+    for text in &outputs {
+        assert_no_value("the CLI's output", text);
+    }
+    let data_dir = dir.path().join("runta-data");
+    let log = server.stop();
+    assert!(log.contains("admin API listening"));
+    assert_no_value("the server log", &log);
+    for entry in std::fs::read_dir(&data_dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert_no_value("the data directory", &String::from_utf8_lossy(&bytes));
+    }
+}
+
+#[test]
+fn quickstart_files_are_private_and_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let data = dir.path().join("runta-data");
+    let names = [
+        "runta.db",
+        "master.key",
+        "api-key",
+        "operator-token",
+        "gateway-token",
+    ];
+    let before: Vec<Vec<u8>> = names
+        .iter()
+        .skip(1)
+        .map(|n| std::fs::read(data.join(n)).unwrap())
+        .collect();
+    for name in names {
+        let mode = std::fs::metadata(data.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    let log = server.log_text();
+    for name in &names[1..] {
+        assert!(log.contains(name), "the log names {name}:\n{log}");
+    }
+    for (name, contents) in names.iter().skip(1).zip(&before) {
+        let token = String::from_utf8_lossy(contents).trim().to_owned();
+        assert!(
+            !log.contains(&token),
+            "the contents of {name} are in the log"
+        );
+    }
+    ok(&server.shell("KEPT=sk-test-kept runta secret add kept --value-env KEPT"));
+    drop(server);
+
+    // A restart keeps every file, and the stored secret stays readable with the same key.
+    let server = Server::start(dir.path(), &[]);
+    let after: Vec<Vec<u8>> = names
+        .iter()
+        .skip(1)
+        .map(|n| std::fs::read(data.join(n)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    assert!(ok(&server.runta(&["secret", "list"])).contains("kept"));
+    // The operator token from the data directory manages tenants.
+    let out = server.runta(&["tenant", "create", "second", "--output", "json"]);
+    let created: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let key = created["api_key"].as_str().unwrap();
+    let out = server.runta(&["secret", "list", "--api-key", key, "-o", "json"]);
+    assert_eq!(
+        ok(&out).trim(),
+        "[]",
+        "the new tenant sees none of the default tenant's secrets"
+    );
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+
+    // 1: an API error, with the server's message.
+    let out = server.runta(&["secret", "get", "missing"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no secret named 'missing'"));
+    let out = server.runta(&[
+        "secret",
+        "rule",
+        "add",
+        "worker",
+        "--host",
+        "*",
+        "--credential",
+        "x",
+        "--inject-header",
+        "a",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host"));
+    let out = server.runta(&["secret", "list", "--api-key", "runta_ak_wrong"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid API key"));
+    // 1: usage errors, including a missing value source and an unset variable.
+    let out = server.runta(&["secret", "add", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--value-env"));
+    let out = server.runta(&["secret", "add", "x", "--value-env", "RUNTA_SURELY_UNSET"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUNTA_SURELY_UNSET"));
+    let out = server.runta(&["secret", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = server.runta(&["secret", "add", "x", "--value-stdin", "--prompt"]);
+    assert_eq!(out.status.code(), Some(1));
+    // --prompt with no terminal says what to do instead.
+    let out = server.runta(&["secret", "add", "x", "--prompt"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--value-stdin"));
+    // 0: help.
+    assert_eq!(
+        server
+            .runta(&["secret", "rule", "add", "--help"])
+            .status
+            .code(),
+        Some(0)
+    );
+    // 2: nobody listening.
+    let url = server.url.clone();
+    drop(server);
+    let out = Command::new(BIN)
+        .args(["secret", "list", "--api-url", &url])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
+
+#[test]
+fn bad_configuration_stops_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env, key) in [
+        (vec!["--admin-listen", "nowhere"], vec![], "admin.listen"),
+        (vec!["--database-url", "mysql://x"], vec![], "database.url"),
+        (
+            vec![],
+            vec![("RUNTA_DATABASE__MAX_CONNECTIONS", "0")],
+            "database.max_connections",
+        ),
+        (
+            vec!["--database-url", "postgres://127.0.0.1:1/x"],
+            vec![],
+            "encryption.keys",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .arg("serve")
+            .args(&args)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{args:?}: {stderr}");
+    }
+    let config = dir.path().join("runta.toml");
+    std::fs::write(&config, "[admin]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+}
+
+#[test]
+fn keys_generate_and_rotate_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    ok(&server.shell("ONE=sk-test-one runta secret add one --value-env ONE"));
+    drop(server);
+    ok(&Command::new(BIN)
+        .args(["keys", "generate", "--out", "k2.key"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap());
+    std::fs::write(
+        dir.path().join("runta.toml"),
+        "[encryption]\nactive_key = \"k2\"\n\n[[encryption.keys]]\nid = \"master\"\nkey_file = \"runta-data/master.key\"\n\n[[encryption.keys]]\nid = \"k2\"\nkey_file = \"k2.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "rotate", "--config", "runta.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(
+        text.contains("re-encrypted 1 secret(s) under key 'k2'"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("master "),
+        "nothing is left under the old key:\n{text}"
+    );
+    // The server runs with the new keyring and still serves the secret's metadata.
+    let server = Server::start(dir.path(), &["--config", "runta.toml"]);
+    assert!(server.log_text().contains("active_key=\"k2\"") || server.log_text().contains("k2"));
+    assert!(ok(&server.runta(&["secret", "get", "one"])).contains("one"));
+}

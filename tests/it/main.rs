@@ -1,0 +1,8 @@
+//! One integration-test binary (one link): the admin API on both backends, encryption at rest,
+//! the CLI against a running `runta serve`, and the OpenAPI document against the routes.
+
+mod api;
+mod at_rest;
+mod cli;
+mod openapi;
+mod support;

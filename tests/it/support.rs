@@ -1,0 +1,279 @@
+//! The test harness: an in-process `TestApp` (the real router over a real database: a SQLite
+//! file or a fresh PostgreSQL database), and `backend_tests!`, which runs one test body on both.
+//!
+//! PostgreSQL comes from `RUNTA_TEST_DATABASE_URL` (a server `scripts/test` starts). Without it
+//! the PostgreSQL half is skipped locally, and fails under CI (`CI=true`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use http_body_util::BodyExt;
+use runta::admin::{self, AppState};
+use runta::crypto::{Keyring, MasterKey};
+use runta::metrics::Metrics;
+use runta::store::Store;
+use secrecy::SecretString;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const OPERATOR_TOKEN: &str = "runta_op_test-operator-token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a test's database lives; removed (SQLite) when the test ends.
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String },
+}
+
+impl TestDb {
+    /// A fresh, empty database on the backend, or `None` when PostgreSQL is not available
+    /// outside CI.
+    pub async fn create(backend: Backend) -> Option<(Self, String)> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("runta.db").display());
+                Some((Self::Sqlite(dir), url))
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_url()?;
+                let name = format!(
+                    "runta_test_{}",
+                    runta::crypto::new_id("db")
+                        .to_lowercase()
+                        .replace("db_", "")
+                );
+                let mut conn = AsyncPgConnection::establish(&admin_url)
+                    .await
+                    .expect("connect to the test PostgreSQL server");
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create a test database");
+                let url = replace_database(&admin_url, &name);
+                Some((Self::Postgres { url: url.clone() }, url))
+            }
+        }
+    }
+
+    /// The SQLite directory (database and journal files), if this is SQLite.
+    pub fn sqlite_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Sqlite(dir) => Some(dir.path()),
+            Self::Postgres { .. } => None,
+        }
+    }
+
+    pub fn postgres_url(&self) -> Option<&str> {
+        match self {
+            Self::Postgres { url } => Some(url),
+            Self::Sqlite(_) => None,
+        }
+    }
+}
+
+/// The PostgreSQL server URL for tests; panics under CI when there is none.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("RUNTA_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!(
+                "CI=true but RUNTA_TEST_DATABASE_URL is not set: run the suite with scripts/test, which starts PostgreSQL"
+            )
+        }
+        _ => {
+            eprintln!(
+                "skipping the PostgreSQL half: RUNTA_TEST_DATABASE_URL is not set (scripts/test sets it)"
+            );
+            None
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+/// The real admin router over a real, migrated database.
+pub struct TestApp {
+    pub router: Router,
+    pub store: Store,
+    pub keyring: Arc<Keyring>,
+    pub db: TestDb,
+    pub backend: Backend,
+}
+
+/// A tenant made through the operator API, with its first API key.
+pub struct TestTenant {
+    pub id: String,
+    pub key: String,
+}
+
+pub fn keyring_with(ids: &[&str], active: &str) -> Keyring {
+    Keyring::new(
+        ids.iter().map(|id| (id.to_string(), MasterKey::generate())),
+        active,
+    )
+    .unwrap()
+}
+
+impl TestApp {
+    pub async fn new(backend: Backend) -> Option<Self> {
+        Self::with_keyring(backend, keyring_with(&["k1"], "k1")).await
+    }
+
+    pub async fn with_keyring(backend: Backend, keyring: Keyring) -> Option<Self> {
+        let (db, url) = TestDb::create(backend).await?;
+        let store = Store::connect(&url, 4).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let keyring = Arc::new(keyring);
+        let state = AppState {
+            store: store.clone(),
+            keyring: keyring.clone(),
+            operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
+            metrics: Arc::new(Metrics::new()),
+            max_body_bytes: 64 * 1024,
+        };
+        Some(Self {
+            router: admin::router(state),
+            store,
+            keyring,
+            db,
+            backend,
+        })
+    }
+
+    /// Sends a request through the router; answers the status and the JSON body (`Null` when
+    /// empty, a string when not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string().into_bytes());
+        self.call_raw(method, path, key, body).await
+    }
+
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    pub async fn tenant(&self, name: &str) -> TestTenant {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(OPERATOR_TOKEN),
+                Some(serde_json::json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        TestTenant {
+            id: body["tenant"]["id"].as_str().unwrap().to_owned(),
+            key: body["api_key"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Creates a secret, asserting success.
+    pub async fn secret(&self, tenant: &TestTenant, name: &str, value: &str) -> Value {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/secrets",
+                Some(&tenant.key),
+                Some(serde_json::json!({"name": name, "value": value})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+}
+
+/// Asserts an error answer: its status, the one error shape, and words its message contains.
+#[track_caller]
+pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, words: &[&str]) {
+    let (got, body) = answer;
+    assert_eq!(*got, status, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {body}"));
+    assert!(body["error"]["code"].is_string(), "{body}");
+    for word in words {
+        assert!(
+            message.contains(word),
+            "'{message}' does not mention '{word}'"
+        );
+    }
+}
+
+/// Runs each `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::support::{Backend, TestApp};
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let app = TestApp::new(Backend::Sqlite).await.expect("SQLite is always there");
+                    super::$name(app).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(app) = TestApp::new(Backend::Postgres).await {
+                        super::$name(app).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+pub(crate) use backend_tests;
