@@ -17,6 +17,9 @@ use crate::names::validate_name;
 use crate::rules::injection::validate_secret_value;
 use crate::store::{SecretChanges, SecretRow, StoreError, now_millis};
 
+// Field names are snake_case; the camelCase spellings a TypeScript client may send
+// (`cacheTtlSecs`, `displayName`) are accepted as aliases.
+
 /// Default and largest `cache_ttl_secs`.
 pub const DEFAULT_CACHE_TTL_SECS: i64 = 300;
 pub const MAX_CACHE_TTL_SECS: i64 = 86_400;
@@ -26,9 +29,9 @@ pub const MAX_CACHE_TTL_SECS: i64 = 86_400;
 pub struct CreateSecret {
     name: String,
     value: SecretString,
-    #[serde(default)]
+    #[serde(default, alias = "displayName")]
     display_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, alias = "cacheTtlSecs")]
     cache_ttl_secs: Option<i64>,
 }
 
@@ -38,9 +41,9 @@ pub struct UpdateSecret {
     #[serde(default)]
     value: Option<SecretString>,
     /// Absent: unchanged; `null`: cleared.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, alias = "displayName", deserialize_with = "present")]
     display_name: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(default, alias = "cacheTtlSecs")]
     cache_ttl_secs: Option<i64>,
 }
 

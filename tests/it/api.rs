@@ -20,6 +20,7 @@ backend_tests!(
     api_keys,
     runtime_tokens,
     health_metrics_and_routing_errors,
+    seed_sdk_calls,
 );
 
 const VALUE: &str = "sk-test-VALUE-4f1d2a9c";
@@ -1004,4 +1005,104 @@ async fn health_metrics_and_routing_errors(app: TestApp) {
         .call(Method::PATCH, "/v1/secrets", Some(&t.key), None)
         .await;
     assert_error(&answer, StatusCode::METHOD_NOT_ALLOWED, &["PATCH"]);
+}
+
+/// The seed's SDK calls, as the JSON they send.
+async fn seed_sdk_calls(app: TestApp) {
+    let t = app.tenant("acme").await;
+    let key = Some(t.key.as_str());
+    // Python: runta.secrets.create("openai-api-key", os.environ["OPENAI_API_KEY"], cache_ttl_secs=0)
+    let (status, secret) = app
+        .call(
+            Method::POST,
+            "/v1/secrets",
+            key,
+            Some(json!({"name": "openai-api-key", "value": VALUE, "cache_ttl_secs": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{secret}");
+    assert_eq!(secret["cache_ttl_secs"], 0);
+    // TypeScript: runta.secrets.create("github-token", value, { cacheTtlSecs: 0 })
+    let (status, secret) = app
+        .call(
+            Method::POST,
+            "/v1/secrets",
+            key,
+            Some(json!({"name": "github-token", "value": VALUE, "cacheTtlSecs": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{secret}");
+    assert_eq!(secret["cache_ttl_secs"], 0);
+    // runtime.secrets.create_rule("https://api.openai.com", path="/v1/*", injection=Injection(...)),
+    // with the unset field sent as null.
+    let (status, rule) = app
+        .call(
+            Method::POST,
+            "/v1/runtimes/worker/rules",
+            key,
+            Some(json!({"host": "https://api.openai.com", "path": "/v1/*", "injection": {
+                "credential": "openai-api-key", "header": "Authorization", "param": null, "value": "Bearer ${credential}"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
+    // for rule in runtime.secrets.list_rules(): print(rule.id, rule.host_pattern, rule.path_pattern)
+    let (_, rules) = app
+        .call(Method::GET, "/v1/runtimes/worker/rules", key, None)
+        .await;
+    assert_eq!(rules["data"][0]["host_pattern"], "api.openai.com");
+    assert_eq!(rules["data"][0]["path_pattern"], "/v1/*");
+    // runta.secrets.list_rules() (tenant-wide), then runtime.secrets.delete_rules(rule.id)
+    let (_, all) = app.call(Method::GET, "/v1/rules", key, None).await;
+    assert_eq!(all["data"][0]["id"], rule["id"]);
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/rules/{}", rule["id"].as_str().unwrap()),
+            key,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// A database nobody answers on: 503 with the error shape, and readiness says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_unavailable_is_503() {
+    use std::sync::Arc;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store =
+        runta::store::Store::connect(&format!("postgres://runta@127.0.0.1:{port}/runta"), 2)
+            .await
+            .unwrap();
+    let state = runta::admin::AppState {
+        store,
+        keyring: Arc::new(crate::support::keyring_with(&["k1"], "k1")),
+        operator_token: None,
+        metrics: Arc::new(runta::metrics::Metrics::new()),
+        max_body_bytes: 1024 * 1024,
+    };
+    let router = runta::admin::router(state);
+    for (path, key) in [("/readyz", None), ("/v1/secrets", Some("runta_ak_any"))] {
+        let mut request = axum::http::Request::builder().uri(path);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let response = tower::ServiceExt::oneshot(
+            router.clone(),
+            request.body(axum::body::Body::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["code"], "store_unavailable", "{path}");
+    }
 }

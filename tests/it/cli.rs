@@ -487,3 +487,45 @@ fn keys_generate_and_rotate_through_the_cli() {
     assert!(server.log_text().contains("active_key=\"k2\"") || server.log_text().contains("k2"));
     assert!(ok(&server.runta(&["secret", "get", "one"])).contains("one"));
 }
+
+#[test]
+fn runtime_tokens_tenants_and_api_keys_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let out = server.runta(&["runtime", "token", "create", "worker"]);
+    let text = ok(&out);
+    let token = text.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("runta_rt_"), "{text}");
+    let out = server.runta(&["runtime", "token", "list", "worker", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(
+        !list.to_string().contains(&token),
+        "a token is shown only once"
+    );
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    assert!(ok(&server.runta(&["runtime", "token", "revoke", &id])).contains(&id));
+    let table = ok(&server.runta(&["runtime", "token", "list", "worker"]));
+    assert!(
+        table.lines().nth(1).unwrap().contains(&id)
+            && !table.lines().nth(1).unwrap().ends_with('-'),
+        "{table}"
+    );
+
+    let out = server.runta(&["tenant", "create", "acme"]);
+    assert!(ok(&out).contains("runta_ak_"));
+    let out = server.runta(&["tenant", "create", "acme"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert!(ok(&server.runta(&["tenant", "list"])).contains("acme"));
+    // A tenant key is not the operator token.
+    let key = std::fs::read_to_string(dir.path().join("runta-data/api-key")).unwrap();
+    let out = server.runta(&["tenant", "list", "--operator-token", key.trim()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("operator token"));
+
+    let out = server.runta(&["api-key", "create", "--name", "ci", "-o", "json"]);
+    let created: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert!(created["key"].as_str().unwrap().starts_with("runta_ak_"));
+    assert_eq!(ok(&server.runta(&["api-key", "list"])).lines().count(), 3);
+}
