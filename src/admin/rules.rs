@@ -69,24 +69,6 @@ pub struct InjectBody {
     value: Option<String>,
 }
 
-const SINGLE_FIELDS: DraftFields = DraftFields {
-    runtime: "runtime",
-    credential: "injection.credential",
-    header: "injection.header",
-    param: "injection.param",
-    value: "injection.value",
-    injection: "injection",
-};
-
-const BATCH_FIELDS: DraftFields = DraftFields {
-    runtime: "runtime",
-    credential: "credential",
-    header: "inject.header",
-    param: "inject.param",
-    value: "inject.value",
-    injection: "inject",
-};
-
 fn new_row(tenant_id: &str, spec: RuleSpec, created_at: i64) -> RuleRow {
     let (header, param) = match spec.target {
         Target::Header(h) => (Some(h), None),
@@ -126,7 +108,7 @@ pub async fn create_rule(
         param: body.injection.param.as_deref(),
         value: body.injection.value.as_deref(),
     };
-    let spec = RuleSpec::from_draft(&draft, &SINGLE_FIELDS)?;
+    let spec = RuleSpec::from_draft(&draft, &DraftFields::SINGLE)?;
     let row = new_row(&auth.tenant.id, spec, now_millis());
     match state
         .store
@@ -172,7 +154,7 @@ pub async fn create_rules_batch(
             param: rule.inject.param.as_deref(),
             value: rule.inject.value.as_deref(),
         };
-        let spec = RuleSpec::from_draft(&draft, &BATCH_FIELDS)
+        let spec = RuleSpec::from_draft(&draft, &DraftFields::BATCH)
             .map_err(|e: FieldError| e.within(&format!("rules[{i}]")))?;
         rows.push(new_row(&auth.tenant.id, spec, now));
     }

@@ -60,6 +60,28 @@ pub struct DraftFields {
     pub injection: &'static str,
 }
 
+impl DraftFields {
+    /// A single rule: `{host, path, injection: {credential, header, param, value}}`.
+    pub const SINGLE: Self = Self {
+        runtime: "runtime",
+        credential: "injection.credential",
+        header: "injection.header",
+        param: "injection.param",
+        value: "injection.value",
+        injection: "injection",
+    };
+
+    /// A rule of a batch or rule file: `{runtime, host, path, credential, inject: {...}}`.
+    pub const BATCH: Self = Self {
+        runtime: "runtime",
+        credential: "credential",
+        header: "inject.header",
+        param: "inject.param",
+        value: "inject.value",
+        injection: "inject",
+    };
+}
+
 /// A valid rule, normalised, ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
@@ -123,14 +145,7 @@ impl RuleSpec {
 mod tests {
     use super::*;
 
-    const FIELDS: DraftFields = DraftFields {
-        runtime: "runtime",
-        credential: "injection.credential",
-        header: "injection.header",
-        param: "injection.param",
-        value: "injection.value",
-        injection: "injection",
-    };
+    const FIELDS: DraftFields = DraftFields::SINGLE;
 
     fn draft() -> RuleDraft<'static> {
         RuleDraft {

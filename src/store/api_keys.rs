@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::api_keys;
-use super::{ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, with_conn};
+use super::{ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, load_page, with_conn};
 
 impl Store {
     pub async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
@@ -20,15 +20,9 @@ impl Store {
         page: &Page,
     ) -> Result<Paged<ApiKeyRow>, StoreError> {
         let rows = with_conn!(self, conn => {
-            let mut query = api_keys::table
+            load_page!(api_keys::table
                 .filter(api_keys::tenant_id.eq(tenant_id))
-                .select(ApiKeyRow::as_select())
-                .order(api_keys::id)
-                .into_boxed();
-            if let Some(cursor) = &page.cursor {
-                query = query.filter(api_keys::id.gt(cursor));
-            }
-            query.limit(page.limit + 1).load(conn).await?
+                .select(ApiKeyRow::as_select()).into_boxed(), api_keys::id, page, conn)
         });
         Ok(Paged::from_rows(rows, page, |k| &k.id))
     }

@@ -148,6 +148,19 @@ macro_rules! with_conn {
 }
 pub(crate) use with_conn;
 
+/// Loads one page of `$query` (a boxed select on the table whose key column is `$id`),
+/// ordered by id, after the page's cursor, with one extra row that tells whether there is more.
+macro_rules! load_page {
+    ($query:expr, $id:expr, $page:expr, $conn:expr) => {{
+        let mut query = $query.order($id);
+        if let Some(cursor) = &$page.cursor {
+            query = query.filter($id.gt(cursor));
+        }
+        query.limit($page.limit + 1).load($conn).await?
+    }};
+}
+pub(crate) use load_page;
+
 /// A page request: at most `limit` items with ids after `cursor`.
 #[derive(Debug, Clone, Default)]
 pub struct Page {

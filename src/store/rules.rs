@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::{rules, secrets};
-use super::{Page, Paged, RuleRow, Store, StoreError, with_conn};
+use super::{Page, Paged, RuleRow, Store, StoreError, load_page, with_conn};
 
 impl Store {
     /// Inserts rules of one tenant, all or none. `UnknownCredential` if any names a secret the
@@ -47,15 +47,11 @@ impl Store {
             let mut query = rules::table
                 .filter(rules::tenant_id.eq(tenant_id))
                 .select(RuleRow::as_select())
-                .order(rules::id)
                 .into_boxed();
             if let Some(runtime) = runtime {
                 query = query.filter(rules::runtime.eq(runtime));
             }
-            if let Some(cursor) = &page.cursor {
-                query = query.filter(rules::id.gt(cursor));
-            }
-            query.limit(page.limit + 1).load(conn).await?
+            load_page!(query, rules::id, page, conn)
         });
         Ok(Paged::from_rows(rows, page, |r| &r.id))
     }

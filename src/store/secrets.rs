@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::{rules, secrets};
-use super::{Page, Paged, SecretChanges, SecretRow, Store, StoreError, with_conn};
+use super::{Page, Paged, SecretChanges, SecretRow, Store, StoreError, load_page, with_conn};
 
 impl Store {
     pub async fn insert_secret(&self, secret: &SecretRow) -> Result<(), StoreError> {
@@ -21,15 +21,9 @@ impl Store {
         page: &Page,
     ) -> Result<Paged<SecretRow>, StoreError> {
         let rows = with_conn!(self, conn => {
-            let mut query = secrets::table
+            load_page!(secrets::table
                 .filter(secrets::tenant_id.eq(tenant_id))
-                .select(SecretRow::as_select())
-                .order(secrets::id)
-                .into_boxed();
-            if let Some(cursor) = &page.cursor {
-                query = query.filter(secrets::id.gt(cursor));
-            }
-            query.limit(page.limit + 1).load(conn).await?
+                .select(SecretRow::as_select()).into_boxed(), secrets::id, page, conn)
         });
         Ok(Paged::from_rows(rows, page, |s| &s.id))
     }

@@ -4,7 +4,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::{api_keys, tenants};
-use super::{ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, TenantRow, with_conn};
+use super::{
+    ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, TenantRow, load_page, with_conn,
+};
 
 impl Store {
     /// Creates a tenant and its first API key, both or neither.
@@ -25,11 +27,7 @@ impl Store {
 
     pub async fn list_tenants(&self, page: &Page) -> Result<Paged<TenantRow>, StoreError> {
         let rows = with_conn!(self, conn => {
-            let mut query = tenants::table.select(TenantRow::as_select()).order(tenants::id).into_boxed();
-            if let Some(cursor) = &page.cursor {
-                query = query.filter(tenants::id.gt(cursor));
-            }
-            query.limit(page.limit + 1).load(conn).await?
+            load_page!(tenants::table.select(TenantRow::as_select()).into_boxed(), tenants::id, page, conn)
         });
         Ok(Paged::from_rows(rows, page, |t| &t.id))
     }

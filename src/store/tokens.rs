@@ -5,7 +5,8 @@ use diesel_async::RunQueryDsl;
 
 use super::schema::runtime_tokens;
 use super::{
-    NewRuntimeToken, Page, Paged, RuntimeTokenRow, Store, StoreError, now_millis, with_conn,
+    NewRuntimeToken, Page, Paged, RuntimeTokenRow, Store, StoreError, load_page, now_millis,
+    with_conn,
 };
 
 impl Store {
@@ -23,16 +24,10 @@ impl Store {
         page: &Page,
     ) -> Result<Paged<RuntimeTokenRow>, StoreError> {
         let rows = with_conn!(self, conn => {
-            let mut query = runtime_tokens::table
+            load_page!(runtime_tokens::table
                 .filter(runtime_tokens::tenant_id.eq(tenant_id))
                 .filter(runtime_tokens::runtime.eq(runtime))
-                .select(RuntimeTokenRow::as_select())
-                .order(runtime_tokens::id)
-                .into_boxed();
-            if let Some(cursor) = &page.cursor {
-                query = query.filter(runtime_tokens::id.gt(cursor));
-            }
-            query.limit(page.limit + 1).load(conn).await?
+                .select(RuntimeTokenRow::as_select()).into_boxed(), runtime_tokens::id, page, conn)
         });
         Ok(Paged::from_rows(rows, page, |t| &t.id))
     }
