@@ -108,6 +108,20 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
             "gateway token",
         )?);
     }
+    let client_certificates = config
+        .grpc
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    if gateway_tokens.is_empty() && !client_certificates && !config.grpc.insecure_no_auth {
+        return Err(ConfigError {
+            key: "grpc.gateway_tokens".into(),
+            message: "no way for gateways to authenticate: set grpc.gateway_tokens (or \
+                      grpc.gateway_token_file), or grpc.tls.client_ca_file"
+                .into(),
+        }
+        .into());
+    }
     Ok(Resolved {
         database_url,
         backend,

@@ -104,13 +104,20 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
-    /// Address of the ext_proc gRPC service.
+    /// Address of the ext_proc gRPC service: `HOST:PORT`, or `unix:PATH` for a Unix socket.
     pub listen: String,
     /// Tokens gateways authenticate with (`authorization: Bearer ...`).
     #[serde(skip_serializing)]
     pub gateway_tokens: Vec<SecretString>,
     #[serde(skip_serializing)]
     pub gateway_token_file: Option<PathBuf>,
+    /// TLS for the gRPC listener; with `client_ca_file`, a client certificate signed by that
+    /// CA authenticates a gateway.
+    pub tls: Option<GrpcTlsConfig>,
+    /// Development only: answer every caller, authenticated or not.
+    pub insecure_no_auth: bool,
+    /// HTTP/2 streams per gateway connection (one per in-flight request).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for GrpcConfig {
@@ -119,7 +126,34 @@ impl Default for GrpcConfig {
             listen: "127.0.0.1:50051".into(),
             gateway_tokens: Vec::new(),
             gateway_token_file: None,
+            tls: None,
+            insecure_no_auth: false,
+            max_concurrent_streams: 4096,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Where the gRPC service listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Parses `grpc.listen`.
+pub fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
+    match text.strip_prefix("unix:") {
+        Some("") => Err("'unix:' needs a socket path, as in unix:/run/runta/extproc.sock".into()),
+        Some(path) => Ok(GrpcListen::Unix(PathBuf::from(path))),
+        None => parse_listen(text).map(GrpcListen::Tcp),
     }
 }
 
@@ -141,11 +175,23 @@ pub struct KeyConfig {
     pub key_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InjectionConfig {
     /// What happens to a request whose runtime cannot be identified.
     pub unidentified: Unidentified,
+    /// Full reload of the rule snapshot every so many seconds: the safety net behind the
+    /// reload that follows every change made through this process.
+    pub reload_interval_secs: u64,
+}
+
+impl Default for InjectionConfig {
+    fn default() -> Self {
+        Self {
+            unidentified: Unidentified::Pass,
+            reload_interval_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -256,7 +302,26 @@ impl Config {
     /// Checks everything that can be checked without touching the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
         parse_listen(&self.admin.listen).map_err(|m| ConfigError::new("admin.listen", m))?;
-        parse_listen(&self.grpc.listen).map_err(|m| ConfigError::new("grpc.listen", m))?;
+        let grpc =
+            parse_grpc_listen(&self.grpc.listen).map_err(|m| ConfigError::new("grpc.listen", m))?;
+        if self.grpc.tls.is_some() && matches!(grpc, GrpcListen::Unix(_)) {
+            return Err(ConfigError::new(
+                "grpc.tls",
+                "TLS is for TCP listeners; a Unix socket is protected by its file permissions",
+            ));
+        }
+        if self.grpc.max_concurrent_streams == 0 {
+            return Err(ConfigError::new(
+                "grpc.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        if self.injection.reload_interval_secs == 0 {
+            return Err(ConfigError::new(
+                "injection.reload_interval_secs",
+                "must be at least 1",
+            ));
+        }
         if self.database.url.is_some() && self.database.url_file.is_some() {
             return Err(ConfigError::new(
                 "database.url",

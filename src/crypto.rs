@@ -280,12 +280,27 @@ pub fn tokens_equal(a: &str, b: &SecretString) -> bool {
 
 const CROCKFORD: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
+/// The last id value handed out in this process: ids made in the same millisecond count up
+/// from it, so they still sort in creation order.
+static LAST_ID: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
+
 /// A new id: `prefix_` and 26 Crockford base32 characters, 48 bits of milliseconds then 80
 /// random bits, so ids sort by creation time (lists and cursors rely on that ordering).
 pub fn new_id(prefix: &str) -> String {
     let millis = chrono::Utc::now().timestamp_millis().max(0) as u128;
-    let random: u128 = rand::rng().random::<u128>() & ((1u128 << 80) - 1);
+    // Random bits with the top one clear, so counting up within a millisecond cannot carry
+    // into the time bits.
+    let random: u128 = rand::rng().random::<u128>() & ((1u128 << 79) - 1);
     let mut value = (millis << 80) | random;
+    {
+        let mut last = LAST_ID
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if value <= *last {
+            value = *last + 1;
+        }
+        *last = value;
+    }
     let mut chars = [0u8; 26];
     for slot in chars.iter_mut().rev() {
         *slot = CROCKFORD[(value & 31) as usize];

@@ -2,7 +2,9 @@
 //!
 //! The map: `config` (load and validate once) and `bootstrap` (keys, tokens, quickstart
 //! files), `crypto` (sealing secrets, tokens, ids), `names` and `rules` (what is valid),
-//! `store` (the database, SQLite or PostgreSQL), `admin` (the REST API), `metrics`,
+//! `store` (the database, SQLite or PostgreSQL), `engine` (rule snapshot and secret cache),
+//! `extproc` (the gRPC service Envoy calls: `decide` and its plumbing), `admin` (the REST API),
+//! `metrics`,
 //! `serve` (start-up and shutdown), `cli` (the `runta` command).
 
 #![forbid(unsafe_code)]
@@ -12,6 +14,8 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod engine;
+pub mod extproc;
 pub mod keys;
 pub mod metrics;
 pub mod names;

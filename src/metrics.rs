@@ -1,9 +1,13 @@
 //! Every metric the service exports, declared once and registered into a registry the app
 //! owns (no global registry). Labels are bounded: routes are the router's patterns, never raw
-//! paths; no tenant, host or path labels.
+//! paths; outcomes and kinds are fixed sets; no tenant, host or path labels.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// The service's metrics.
@@ -13,19 +17,39 @@ pub struct Metrics {
     pub admin_requests: IntCounterVec,
     /// Admin API latency by route pattern.
     pub admin_request_seconds: HistogramVec,
+    /// ext_proc decisions by outcome.
+    pub decisions: IntCounterVec,
+    /// Values injected, by kind (header, param).
+    pub injections: IntCounterVec,
+    /// Time from request headers received to answer ready.
+    pub decision_seconds: Histogram,
+    /// ext_proc streams open now.
+    pub active_streams: IntGauge,
+    /// ext_proc calls refused for want of gateway authentication.
+    pub grpc_unauthenticated: IntCounter,
+    /// Secret cache lookups by result (hit, miss).
+    pub secret_cache: IntCounterVec,
+    /// Rules in the current snapshot.
+    pub rules_loaded: IntGauge,
+    /// Seconds since the current snapshot was built (computed when scraped).
+    snapshot_age_seconds: IntGauge,
+    snapshot_built_unix: AtomicI64,
+    /// Snapshot reloads by result (ok, error).
+    pub reloads: IntCounterVec,
+    /// Store errors on the injection path, by operation.
+    pub store_errors: IntCounterVec,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let admin_requests = IntCounterVec::new(
-            Opts::new(
-                "runta_admin_requests_total",
-                "Admin API requests by route, method and status.",
-            ),
-            &["route", "method", "status"],
-        )
-        .expect("valid metric");
         let admin_request_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "runta_admin_request_duration_seconds",
@@ -37,21 +61,100 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(admin_requests.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(admin_request_seconds.clone()))
-            .expect("registered once");
-        Self {
-            registry,
-            admin_requests,
+        let decision_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "runta_extproc_decision_duration_seconds",
+                "Time from request headers received to the answer, per request.",
+            )
+            .buckets(vec![
+                0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+                0.0025, 0.005, 0.01, 0.05,
+            ]),
+        )
+        .expect("valid metric");
+        let metrics = Self {
+            registry: Registry::new(),
+            admin_requests: counter_vec(
+                "runta_admin_requests_total",
+                "Admin API requests by route, method and status.",
+                &["route", "method", "status"],
+            ),
             admin_request_seconds,
+            decisions: counter_vec(
+                "runta_extproc_decisions_total",
+                "ext_proc decisions by outcome.",
+                &["outcome"],
+            ),
+            injections: counter_vec(
+                "runta_injections_total",
+                "Values injected, by kind.",
+                &["kind"],
+            ),
+            decision_seconds,
+            active_streams: gauge("runta_extproc_active_streams", "ext_proc streams open now."),
+            grpc_unauthenticated: IntCounter::new(
+                "runta_extproc_unauthenticated_total",
+                "ext_proc calls refused for want of gateway authentication.",
+            )
+            .expect("valid metric"),
+            secret_cache: counter_vec(
+                "runta_secret_cache_total",
+                "Secret cache lookups by result.",
+                &["result"],
+            ),
+            rules_loaded: gauge("runta_rules_loaded", "Rules in the current snapshot."),
+            snapshot_age_seconds: gauge(
+                "runta_rules_snapshot_age_seconds",
+                "Seconds since the rule snapshot was built.",
+            ),
+            snapshot_built_unix: AtomicI64::new(0),
+            reloads: counter_vec(
+                "runta_snapshot_reloads_total",
+                "Rule snapshot reloads by result.",
+                &["result"],
+            ),
+            store_errors: counter_vec(
+                "runta_store_errors_total",
+                "Store errors on the injection path, by operation.",
+                &["operation"],
+            ),
+        };
+        let collectors: [Box<dyn Collector>; 12] = [
+            Box::new(metrics.admin_requests.clone()),
+            Box::new(metrics.admin_request_seconds.clone()),
+            Box::new(metrics.decisions.clone()),
+            Box::new(metrics.injections.clone()),
+            Box::new(metrics.decision_seconds.clone()),
+            Box::new(metrics.active_streams.clone()),
+            Box::new(metrics.grpc_unauthenticated.clone()),
+            Box::new(metrics.secret_cache.clone()),
+            Box::new(metrics.rules_loaded.clone()),
+            Box::new(metrics.snapshot_age_seconds.clone()),
+            Box::new(metrics.reloads.clone()),
+            Box::new(metrics.store_errors.clone()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("registered once");
         }
+        metrics
+    }
+
+    /// Notes that a new rule snapshot was just swapped in.
+    pub fn mark_snapshot_built(&self) {
+        self.snapshot_built_unix
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition of everything registered.
     pub fn render(&self) -> String {
+        let built = self.snapshot_built_unix.load(Ordering::Relaxed);
+        if built > 0 {
+            self.snapshot_age_seconds
+                .set(chrono::Utc::now().timestamp() - built);
+        }
         let mut buffer = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buffer)

@@ -1,16 +1,23 @@
 //! `runta serve`: start-up in a fixed order (configuration validated, keys and files resolved,
-//! database migrated, default tenant ensured, then ports bound), serving until SIGINT/SIGTERM,
-//! then a graceful shutdown.
+//! database migrated, default tenant ensured, rule snapshot loaded, then the ext_proc and admin
+//! ports bound), serving until SIGINT/SIGTERM, then a graceful shutdown of both.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin::{self, AppState};
 use crate::bootstrap::{self, BootstrapError};
-use crate::config::{Config, LogFormat, parse_listen};
+use crate::config::{Config, GrpcListen, LogFormat, parse_grpc_listen, parse_listen};
+use crate::engine::Engine;
+use crate::extproc::ExtProc;
+use crate::extproc::auth::GatewayAuth;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -61,8 +68,52 @@ pub async fn open_store(
     Ok(store)
 }
 
-/// Runs the server until a shutdown signal.
-pub async fn run(config: Config) -> Result<(), ServeError> {
+/// Where a running server listens.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub admin: SocketAddr,
+    pub grpc: GrpcListen,
+}
+
+/// A started server: its addresses and the handle that stops it.
+pub struct Running {
+    pub addresses: Addresses,
+    pub engine: Arc<Engine>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl Running {
+    /// Stops both listeners gracefully and waits for them.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(true);
+        let mut result = Ok(());
+        for task in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => result = Err(err),
+                Err(join) => result = Err(ServeError::Serve(std::io::Error::other(join))),
+            }
+        }
+        if let GrpcListen::Unix(path) = &self.addresses.grpc {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn shutdown_future(
+    rx: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Starts the server: everything resolved and loaded, then both ports bound.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
     let resolved = bootstrap::resolve(&config)?;
     let store = open_store(&config, &resolved).await?;
     if resolved.embedded {
@@ -73,13 +124,108 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             "no operator token configured (admin.operator_token): tenant management is disabled"
         );
     }
+    let metrics = Arc::new(Metrics::new());
+    let keyring = Arc::new(resolved.keyring);
+    let engine = Arc::new(Engine::new(store.clone(), keyring.clone(), metrics.clone()));
+    engine.reload().await.map_err(BootstrapError::Store)?;
+    let auth = if config.grpc.insecure_no_auth {
+        tracing::warn!(
+            "INSECURE: grpc.insecure_no_auth is set: ANY caller that reaches the ext_proc port gets secrets injected. Never use this outside development."
+        );
+        GatewayAuth::insecure()
+    } else {
+        GatewayAuth::new(
+            &resolved.gateway_tokens,
+            config
+                .grpc
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some()),
+        )
+    };
+    let extproc = ExtProc::new(
+        engine.clone(),
+        auth,
+        config.injection.unidentified,
+        metrics.clone(),
+    );
     let state = AppState {
         store,
-        keyring: Arc::new(resolved.keyring),
+        keyring,
         operator_token: resolved.operator_token.map(Arc::new),
-        metrics: Arc::new(Metrics::new()),
+        metrics,
+        engine: engine.clone(),
         max_body_bytes: config.admin.max_body_bytes,
     };
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let grpc_listen = parse_grpc_listen(&config.grpc.listen).expect("validated");
+    let mut grpc_server = Server::builder()
+        .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true);
+    if let Some(tls) = &config.grpc.tls {
+        grpc_server = grpc_server.tls_config(server_tls(tls)?).map_err(|e| {
+            BootstrapError::Config(crate::config::ConfigError {
+                key: "grpc.tls".into(),
+                message: e.to_string(),
+            })
+        })?;
+    }
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ExternalProcessorServer<ExtProc>>()
+        .await;
+    let router = grpc_server
+        .add_service(health_service)
+        .add_service(ExternalProcessorServer::new(extproc));
+    let mut tasks = Vec::new();
+    let grpc_bound = match &grpc_listen {
+        GrpcListen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: "grpc.listen",
+                    addr: config.grpc.listen.clone(),
+                    source,
+                })?;
+            let bound = listener.local_addr().map_err(ServeError::Serve)?;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let stop = shutdown_future(&shutdown_rx);
+            tasks.push(tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                    .map_err(|e| ServeError::Serve(std::io::Error::other(e)))
+            }));
+            GrpcListen::Tcp(bound)
+        }
+        GrpcListen::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path).map_err(|source| ServeError::Bind {
+                    what: "grpc.listen",
+                    addr: config.grpc.listen.clone(),
+                    source,
+                })?;
+            }
+            let listener =
+                tokio::net::UnixListener::bind(path).map_err(|source| ServeError::Bind {
+                    what: "grpc.listen",
+                    addr: config.grpc.listen.clone(),
+                    source,
+                })?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            let stop = shutdown_future(&shutdown_rx);
+            tasks.push(tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stop)
+                    .await
+                    .map_err(|e| ServeError::Serve(std::io::Error::other(e)))
+            }));
+            GrpcListen::Unix(path.clone())
+        }
+    };
+
     let admin_addr: SocketAddr = parse_listen(&config.admin.listen).expect("validated");
     let listener = TcpListener::bind(admin_addr)
         .await
@@ -88,19 +234,73 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             addr: config.admin.listen.clone(),
             source,
         })?;
-    let bound = listener.local_addr().map_err(ServeError::Serve)?;
+    let admin_bound = listener.local_addr().map_err(ServeError::Serve)?;
+    let backend = state.store.kind();
+    let active_key = state.keyring.active_key_id().to_owned();
+    let stop = shutdown_future(&shutdown_rx);
+    tasks.push(tokio::spawn(async move {
+        axum::serve(listener, admin::router(state))
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(ServeError::Serve)
+    }));
+    let reloader = engine.clone();
+    let interval = Duration::from_secs(config.injection.reload_interval_secs);
+    let stop = shutdown_future(&shutdown_rx);
+    tasks.push(tokio::spawn(async move {
+        reloader.reload_periodically(interval, stop).await;
+        Ok(())
+    }));
+    let grpc_text = match &grpc_bound {
+        GrpcListen::Tcp(addr) => addr.to_string(),
+        GrpcListen::Unix(path) => format!("unix:{}", path.display()),
+    };
+    tracing::info!(address = %grpc_text, tls = config.grpc.tls.is_some(), "ext_proc gRPC listening on {grpc_text}");
     tracing::info!(
-        address = %bound,
-        backend = ?state.store.kind(),
-        active_key = state.keyring.active_key_id(),
-        "admin API listening on http://{bound}"
+        address = %admin_bound,
+        ?backend,
+        active_key = %active_key,
+        rules = engine.snapshot().rule_count(),
+        "admin API listening on http://{admin_bound}"
     );
-    axum::serve(listener, admin::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)?;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Running {
+        addresses: Addresses {
+            admin: admin_bound,
+            grpc: grpc_bound,
+        },
+        engine,
+        shutdown,
+        tasks,
+    })
+}
+
+fn server_tls(tls: &crate::config::GrpcTlsConfig) -> Result<ServerTlsConfig, BootstrapError> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            BootstrapError::Config(crate::config::ConfigError {
+                key: key.into(),
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        })
+    };
+    let identity = Identity::from_pem(
+        read("grpc.tls.cert_file", &tls.cert_file)?,
+        read("grpc.tls.key_file", &tls.key_file)?,
+    );
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config
+            .client_ca_root(Certificate::from_pem(read("grpc.tls.client_ca_file", ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), ServeError> {
+    let running = start(config).await?;
+    shutdown_signal().await;
+    running.stop().await
 }
 
 async fn shutdown_signal() {

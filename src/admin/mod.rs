@@ -26,6 +26,7 @@ use axum::routing::{MethodFilter, MethodRouter};
 use secrecy::SecretString;
 
 use crate::crypto::Keyring;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use error::ApiError;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub operator_token: Option<Arc<SecretString>>,
     pub metrics: Arc<Metrics>,
+    /// The ext_proc engine: told about every change so the next request sees it.
+    pub engine: Arc<Engine>,
     pub max_body_bytes: usize,
 }
 

@@ -121,6 +121,7 @@ pub async fn create_rule(
         )),
         other => other.map_err(ApiError::from),
     }?;
+    state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
     Ok((StatusCode::CREATED, Json(row.into())))
 }
@@ -170,6 +171,7 @@ pub async fn create_rules_batch(
         }
         other => other.map_err(ApiError::from),
     }?;
+    state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
     Ok((
         StatusCode::CREATED,
@@ -225,6 +227,7 @@ pub async fn delete_rule(
         Err(StoreError::NotFound) => Err(ApiError::not_found(format!("no rule with id '{id}'"))),
         other => other.map_err(ApiError::from),
     }?;
+    state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)
 }

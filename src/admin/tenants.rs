@@ -53,6 +53,7 @@ pub async fn create_tenant(
         )),
         other => other.map_err(ApiError::from),
     }?;
+    state.engine.changed().await;
     tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
     Ok((
         StatusCode::CREATED,

@@ -38,6 +38,7 @@ pub async fn create_runtime_token(
         created_at: now_millis(),
     };
     state.store.create_runtime_token(&row).await?;
+    state.engine.changed().await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedRuntimeToken {
@@ -76,6 +77,7 @@ pub async fn revoke_runtime_token(
             "no runtime token with id '{id}'"
         ))),
         Ok(row) => {
+            state.engine.changed().await;
             tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
             Ok(StatusCode::NO_CONTENT)
         }

@@ -4,6 +4,8 @@
 
 pub mod injection;
 pub mod pattern;
+pub mod request;
+pub mod snapshot;
 
 pub use injection::{PLACEHOLDER, Target};
 pub use pattern::{HostName, HostPattern, PathPattern};

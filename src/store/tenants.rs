@@ -58,4 +58,11 @@ impl Store {
                 .optional()?)
         })
     }
+
+    /// Every tenant.
+    pub async fn all_tenants(&self) -> Result<Vec<TenantRow>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(tenants::table.select(TenantRow::as_select()).order(tenants::id).load(conn).await?)
+        })
+    }
 }

@@ -71,4 +71,15 @@ impl Store {
                 .optional()?)
         })
     }
+
+    /// Every runtime token of every tenant with its hash: what identity is resolved from.
+    pub async fn all_runtime_tokens(&self) -> Result<Vec<(RuntimeTokenRow, Vec<u8>)>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(runtime_tokens::table
+                .select((RuntimeTokenRow::as_select(), runtime_tokens::token_hash))
+                .order(runtime_tokens::id)
+                .load(conn)
+                .await?)
+        })
+    }
 }

@@ -1078,11 +1078,19 @@ async fn store_unavailable_is_503() {
         runta::store::Store::connect(&format!("postgres://runta@127.0.0.1:{port}/runta"), 2)
             .await
             .unwrap();
+    let keyring = Arc::new(crate::support::keyring_with(&["k1"], "k1"));
+    let metrics = Arc::new(runta::metrics::Metrics::new());
+    let engine = Arc::new(runta::engine::Engine::new(
+        store.clone(),
+        keyring.clone(),
+        metrics.clone(),
+    ));
     let state = runta::admin::AppState {
         store,
-        keyring: Arc::new(crate::support::keyring_with(&["k1"], "k1")),
+        keyring,
         operator_token: None,
-        metrics: Arc::new(runta::metrics::Metrics::new()),
+        metrics,
+        engine,
         max_body_bytes: 1024 * 1024,
     };
     let router = runta::admin::router(state);

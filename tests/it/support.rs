@@ -147,11 +147,18 @@ impl TestApp {
         let store = Store::connect(&url, 4).await.expect("connect");
         store.migrate().await.expect("migrate");
         let keyring = Arc::new(keyring);
+        let metrics = Arc::new(Metrics::new());
+        let engine = Arc::new(runta::engine::Engine::new(
+            store.clone(),
+            keyring.clone(),
+            metrics.clone(),
+        ));
         let state = AppState {
             store: store.clone(),
             keyring: keyring.clone(),
             operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            engine,
             max_body_bytes: 64 * 1024,
         };
         Some(Self {

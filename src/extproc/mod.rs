@@ -1,0 +1,361 @@
+//! The ext_proc gRPC service Envoy calls for every outbound request.
+//!
+//! Thin plumbing around `decide`: authenticate the gateway (once per stream), read the sidecar
+//! identity from the stream's metadata, and for each request-headers message take the current
+//! snapshot, decide, fetch the chosen rules' secrets, and answer with the mutation. Every
+//! decision is one log line and counts in the metrics, never with a value.
+//!
+//! Fail closed: a rule that matched but whose secret cannot be had answers 503 naming the
+//! rule; the request is never forwarded without its credential. A stream Envoy cancels after
+//! our answer is normal and is not logged as an error.
+
+pub mod auth;
+pub mod decide;
+pub mod mutation;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HeaderMutation, ProcessingRequest, ProcessingResponse,
+};
+use futures_util::Stream;
+use secrecy::ExposeSecret;
+use tonic::{Request, Response, Status, Streaming};
+
+use self::auth::GatewayAuth;
+use self::decide::{Decision, Outcome, RequestView, Sidecar, decide};
+use crate::config::Unidentified;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::rules::Target;
+
+/// Metadata keys a sidecar's Envoy sets (`grpc_service.initial_metadata`).
+pub const TENANT_METADATA: &str = "x-runta-tenant";
+pub const RUNTIME_METADATA: &str = "x-runta-runtime";
+
+/// The ext_proc service.
+#[derive(Clone)]
+pub struct ExtProc {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<Engine>,
+    auth: GatewayAuth,
+    unidentified: Unidentified,
+    metrics: Arc<Metrics>,
+}
+
+impl ExtProc {
+    pub fn new(
+        engine: Arc<Engine>,
+        auth: GatewayAuth,
+        unidentified: Unidentified,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                auth,
+                unidentified,
+                metrics,
+            }),
+        }
+    }
+}
+
+/// The identity in the stream's metadata, if a sidecar set both keys.
+#[derive(Debug, Clone)]
+struct SidecarIdentity {
+    tenant: String,
+    runtime: String,
+}
+
+fn sidecar_identity(metadata: &tonic::metadata::MetadataMap) -> Option<SidecarIdentity> {
+    let get = |key: &str| {
+        metadata
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    match (get(TENANT_METADATA), get(RUNTIME_METADATA)) {
+        (Some(tenant), Some(runtime)) if !tenant.is_empty() && !runtime.is_empty() => {
+            Some(SidecarIdentity {
+                tenant: tenant.to_owned(),
+                runtime: runtime.to_owned(),
+            })
+        }
+        (None, None) => None,
+        _ => {
+            tracing::warn!(
+                "ext_proc stream carries only one of {TENANT_METADATA} and {RUNTIME_METADATA}; treated as unidentified"
+            );
+            None
+        }
+    }
+}
+
+/// Counts a stream as active for as long as it lives.
+struct ActiveStream(Arc<Metrics>);
+
+impl ActiveStream {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.active_streams.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        self.0.active_streams.dec();
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProc {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        if let Err(status) = self.inner.auth.check(&request) {
+            self.inner.metrics.grpc_unauthenticated.inc();
+            return Err(status);
+        }
+        let sidecar = sidecar_identity(request.metadata());
+        let inbound = request.into_inner();
+        let state = (
+            inbound,
+            self.inner.clone(),
+            sidecar,
+            ActiveStream::new(self.inner.metrics.clone()),
+        );
+        // The stream answers each message as it is polled: no task or channel per stream.
+        let stream = futures_util::stream::unfold(
+            state,
+            |(mut inbound, inner, sidecar, guard)| async move {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(message)) => {
+                            if let Some(response) = inner.handle(message, sidecar.as_ref()).await {
+                                return Some((Ok(response), (inbound, inner, sidecar, guard)));
+                            }
+                        }
+                        Ok(None) => return None,
+                        Err(status) if status.code() == tonic::Code::Cancelled => return None,
+                        Err(status) => {
+                            tracing::debug!(code = ?status.code(), "ext_proc stream ended by the gateway");
+                            return None;
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl Inner {
+    /// The answer to one message; `None` in observability mode (Envoy expects none).
+    async fn handle(
+        &self,
+        message: ProcessingRequest,
+        sidecar: Option<&SidecarIdentity>,
+    ) -> Option<ProcessingResponse> {
+        let observe_only = message.observability_mode;
+        let response = match &message.request {
+            Some(Message::RequestHeaders(headers)) => {
+                self.request_headers(headers.headers.as_ref(), sidecar)
+                    .await
+            }
+            Some(other) => mutation::continue_other(other),
+            None => mutation::continue_request(None),
+        };
+        (!observe_only).then_some(response)
+    }
+
+    async fn request_headers(
+        &self,
+        headers: Option<&HeaderMap>,
+        sidecar: Option<&SidecarIdentity>,
+    ) -> ProcessingResponse {
+        let started = Instant::now();
+        let snapshot = self.engine.snapshot();
+        let view = headers.map(request_view).unwrap_or_default();
+        let sidecar = sidecar.map(|s| Sidecar {
+            tenant: &s.tenant,
+            runtime: &s.runtime,
+        });
+        let decision = decide(&snapshot, sidecar, &view, self.unidentified);
+        let (response, outcome) = self.respond(&decision, &view).await;
+        let elapsed = started.elapsed();
+        self.record(&snapshot, &decision, outcome, elapsed);
+        response
+    }
+
+    /// Turns a decision into Envoy's answer, fetching the secrets it needs.
+    async fn respond(
+        &self,
+        decision: &Decision<'_>,
+        view: &RequestView<'_>,
+    ) -> (ProcessingResponse, &'static str) {
+        match decision.outcome {
+            Outcome::BadToken => {
+                let headers = vec![mutation::set_header(
+                    "proxy-authenticate",
+                    b"Basic realm=\"runta\"".to_vec(),
+                )];
+                let response = mutation::immediate(
+                    407,
+                    headers,
+                    "runta: the proxy credentials are not a valid runtime token\n".into(),
+                    "runta_bad_runtime_token",
+                );
+                return (response, Outcome::BadToken.as_str());
+            }
+            Outcome::Denied => {
+                let response = mutation::immediate(
+                    403,
+                    Vec::new(),
+                    "runta: this request does not come from an identified runtime\n".into(),
+                    "runta_unidentified",
+                );
+                return (response, Outcome::Denied.as_str());
+            }
+            _ => {}
+        }
+        let mut set_headers = Vec::with_capacity(decision.rules.len() + 1);
+        let mut params: Vec<(&str, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
+        for rule in &decision.rules {
+            let value = match self
+                .engine
+                .secret(&rule.secret_key, &rule.tenant_id, &rule.credential)
+                .await
+            {
+                Ok(value) => value,
+                Err(err) => {
+                    tracing::error!(rule = %rule.id, credential = %rule.credential, error = %err, "a matched rule's secret is unavailable; refusing the request");
+                    let response = mutation::immediate(
+                        503,
+                        Vec::new(),
+                        format!(
+                            "runta: the credential for rule {} is unavailable\n",
+                            rule.id
+                        ),
+                        "runta_secret_unavailable",
+                    );
+                    return (response, "secret_unavailable");
+                }
+            };
+            let rendered = rule.template.render(value.expose_secret());
+            match &rule.target {
+                Target::Header(name) => {
+                    set_headers.push(mutation::set_header(name, rendered.to_vec()));
+                    self.metrics.injections.with_label_values(&["header"]).inc();
+                }
+                Target::Param(name) => {
+                    params.push((name, rendered));
+                    self.metrics.injections.with_label_values(&["param"]).inc();
+                }
+            }
+        }
+        if !params.is_empty()
+            && let Some(path) = view.path
+        {
+            let pairs: Vec<(&str, &[u8])> =
+                params.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            set_headers.push(mutation::set_header(
+                ":path",
+                mutation::rewrite_query(path, &pairs).to_vec(),
+            ));
+        }
+        let remove_headers = if decision.strip_proxy_authorization {
+            vec!["proxy-authorization".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let mutation =
+            (!set_headers.is_empty() || !remove_headers.is_empty()).then_some(HeaderMutation {
+                set_headers,
+                remove_headers,
+            });
+        (
+            mutation::continue_request(mutation),
+            decision.outcome.as_str(),
+        )
+    }
+
+    fn record(
+        &self,
+        snapshot: &crate::rules::snapshot::Snapshot,
+        decision: &Decision<'_>,
+        outcome: &str,
+        elapsed: std::time::Duration,
+    ) {
+        self.metrics.decisions.with_label_values(&[outcome]).inc();
+        self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
+        let identity = decision.identity.as_ref();
+        let tenant = identity
+            .and_then(|i| snapshot.tenant_name(i.tenant_id))
+            .unwrap_or("-");
+        let runtime = identity.map_or("-", |i| i.runtime);
+        let rules: Vec<&str> = decision.rules.iter().map(|r| r.id.as_str()).collect();
+        let credentials: Vec<&str> = decision
+            .rules
+            .iter()
+            .map(|r| r.credential.as_str())
+            .collect();
+        tracing::info!(
+            target: "runta::decision",
+            tenant,
+            runtime,
+            rules = ?rules,
+            credentials = ?credentials,
+            host = %decision.host,
+            path = %decision.path,
+            outcome,
+            micros = elapsed.as_micros() as u64,
+            "ext_proc decision"
+        );
+    }
+}
+
+/// The headers decide reads, from Envoy's header map (values in `raw_value`; `value` as a
+/// fallback for older data planes).
+fn request_view(headers: &HeaderMap) -> RequestView<'_> {
+    let mut view = RequestView::default();
+    let mut host = "";
+    for header in &headers.headers {
+        let value = if header.raw_value.is_empty() {
+            header.value.as_str()
+        } else {
+            match std::str::from_utf8(&header.raw_value) {
+                Ok(v) => v,
+                Err(_) => continue,
+            }
+        };
+        match header.key.as_str() {
+            ":method" => view.method = value,
+            ":scheme" => view.scheme = value,
+            ":authority" => view.authority = value,
+            ":path" => view.path = Some(value),
+            "host" => host = value,
+            k if k.eq_ignore_ascii_case("proxy-authorization") => {
+                view.proxy_authorization = Some(value)
+            }
+            _ => {}
+        }
+    }
+    if view.authority.is_empty() {
+        view.authority = host;
+    }
+    view
+}

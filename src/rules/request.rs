@@ -1,0 +1,196 @@
+//! The destination of a request as matching sees it: host (lowercase, no port), effective
+//! port, and the path without its query, normalised the way rule patterns are (dot segments
+//! removed, `//` merged, unreserved percent-escapes decoded). A path holding an encoded `/` or
+//! `\` is flagged: it never matches a rule that has a path pattern.
+//!
+//! Normalisation allocates only when the path needs changing.
+
+use std::borrow::Cow;
+
+/// A request's destination, ready for matching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination<'a> {
+    /// Lowercase host name without port or trailing dot (IPv6 literals keep their brackets).
+    pub host: Cow<'a, str>,
+    /// The explicit port, else the scheme's default (80 for http, 443 for https).
+    pub port: Option<u16>,
+    /// The normalised path, without query.
+    pub path: Cow<'a, str>,
+    /// The path held `%2F` or `%5C`: no path pattern may match it.
+    pub encoded_separator: bool,
+}
+
+impl<'a> Destination<'a> {
+    /// Builds the destination from `:authority` (or `host`), `:scheme` and `:path`.
+    pub fn parse(authority: &'a str, scheme: &str, raw_path: &'a str) -> Self {
+        let (host, port) = split_authority(authority);
+        let port = port.or(match scheme {
+            s if s.eq_ignore_ascii_case("https") => Some(443),
+            s if s.eq_ignore_ascii_case("http") => Some(80),
+            _ => None,
+        });
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        let without_query = raw_path.split(['?', '#']).next().unwrap_or("");
+        let (path, encoded_separator) = normalise_path(without_query);
+        Self {
+            host,
+            port,
+            path,
+            encoded_separator,
+        }
+    }
+}
+
+fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => {
+                let port = authority[end + 1..]
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok());
+                (&authority[..=end], port)
+            }
+            None => (authority, None),
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (host, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// Normalises a path (no query). Answers the path and whether it held an encoded separator.
+pub fn normalise_path(path: &str) -> (Cow<'_, str>, bool) {
+    let needs_work = path.contains('%')
+        || path.contains("//")
+        || path.contains("/./")
+        || path.contains("/../")
+        || path.ends_with("/.")
+        || path.ends_with("/..")
+        || !path.starts_with('/');
+    if !needs_work {
+        return (Cow::Borrowed(path), false);
+    }
+    let mut encoded_separator = false;
+    // Decode unreserved escapes; keep (and upper-case) the others.
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len() + 1);
+    if !path.starts_with('/') {
+        decoded.push('/');
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%'
+            && let Some(value) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            if value == b'/' || value == b'\\' {
+                encoded_separator = true;
+            }
+            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(value as char);
+            } else {
+                decoded.push('%');
+                decoded.push(hex_digit(value >> 4));
+                decoded.push(hex_digit(value & 15));
+            }
+            i += 3;
+            continue;
+        }
+        // Non-ASCII bytes are kept as they are (the input is valid UTF-8 text).
+        let ch_len = utf8_len(b);
+        decoded.push_str(&path[i..i + ch_len]);
+        i += ch_len;
+    }
+    // Remove dot segments and merge slashes (RFC 3986 5.2.4, with empty segments dropped).
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/').skip(1) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing_slash =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    (Cow::Owned(out), encoded_separator)
+}
+
+fn hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16)
+        .expect("a nibble")
+        .to_ascii_uppercase()
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalise() {
+        for (input, want, encoded) in [
+            ("/v1/chat", "/v1/chat", false),
+            ("/v1//chat", "/v1/chat", false),
+            ("/v1/./chat", "/v1/chat", false),
+            ("/v1/x/../chat", "/v1/chat", false),
+            ("/../../v1", "/v1", false),
+            ("/v1/", "/v1/", false),
+            ("/v1/x/..", "/v1/", false),
+            ("/%76%31/chat", "/v1/chat", false),
+            ("/v1/%2e%2e/admin", "/admin", false),
+            ("/a%2fb", "/a%2Fb", true),
+            ("/a%5Cb", "/a%5Cb", true),
+            ("/a%20b", "/a%20b", false),
+            ("", "/", false),
+            ("/", "/", false),
+        ] {
+            let (path, flag) = normalise_path(input);
+            assert_eq!((path.as_ref(), flag), (want, encoded), "{input}");
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        let d = Destination::parse("API.OpenAI.com", "https", "/v1/x?key=1");
+        assert_eq!(
+            (d.host.as_ref(), d.port, d.path.as_ref()),
+            ("api.openai.com", Some(443), "/v1/x")
+        );
+        let d = Destination::parse("api.example.com:8443", "http", "/");
+        assert_eq!((d.host.as_ref(), d.port), ("api.example.com", Some(8443)));
+        let d = Destination::parse("api.example.com.", "http", "/");
+        assert_eq!((d.host.as_ref(), d.port), ("api.example.com", Some(80)));
+        let d = Destination::parse("[::1]:8080", "http", "/");
+        assert_eq!((d.host.as_ref(), d.port), ("[::1]", Some(8080)));
+    }
+}

@@ -1,0 +1,412 @@
+//! The in-memory rule snapshot the ext_proc hot path reads: immutable, indexed, swapped whole.
+//!
+//! Index: tenant id → runtime → host. Within a runtime, exact hosts are a hash map and wildcard
+//! suffixes another, probed once per label of the request host, so the cost of a lookup depends
+//! on the rules of that runtime for that host, never on other runtimes' or tenants' rules.
+//! The snapshot also holds what identity needs without the database: tenant names and the
+//! hashes of runtime tokens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::request::Destination;
+use super::{HostName, HostPattern, PathPattern, Target};
+use crate::store::{RuleRow, RuntimeTokenRow, TenantRow};
+
+/// A path glob, split at its `*`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathGlob {
+    /// Literal pieces between stars; `first` must start the path, `last` end it (unless the
+    /// pattern ends with `*`).
+    pieces: Vec<String>,
+    ends_with_star: bool,
+}
+
+impl PathGlob {
+    pub fn new(pattern: &PathPattern) -> Self {
+        let text = pattern.as_str();
+        Self {
+            pieces: text.split('*').map(str::to_owned).collect(),
+            ends_with_star: text.ends_with('*'),
+        }
+    }
+
+    /// Length of the literal text before the first `*`: the specificity of a path pattern.
+    pub fn literal_prefix_len(&self) -> usize {
+        self.pieces[0].len()
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        let first = &self.pieces[0];
+        if self.pieces.len() == 1 {
+            return path == first;
+        }
+        let Some(mut rest) = path.strip_prefix(first.as_str()) else {
+            return false;
+        };
+        let last_index = self.pieces.len() - 1;
+        for piece in &self.pieces[1..last_index] {
+            match rest.find(piece.as_str()) {
+                Some(at) => rest = &rest[at + piece.len()..],
+                None => return false,
+            }
+        }
+        if self.ends_with_star {
+            true
+        } else {
+            rest.ends_with(self.pieces[last_index].as_str())
+        }
+    }
+}
+
+/// A value template split at its placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// Literal pieces; the secret goes between each two.
+    pieces: Vec<String>,
+}
+
+impl Template {
+    pub fn new(template: &str) -> Self {
+        Self {
+            pieces: template
+                .split(super::PLACEHOLDER)
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    /// The template with the secret in place of every placeholder.
+    pub fn render(&self, secret: &str) -> zeroize::Zeroizing<Vec<u8>> {
+        let literal: usize = self.pieces.iter().map(String::len).sum();
+        let mut out = Vec::with_capacity(literal + secret.len() * (self.pieces.len() - 1));
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(secret.as_bytes());
+            }
+            out.extend_from_slice(piece.as_bytes());
+        }
+        zeroize::Zeroizing::new(out)
+    }
+}
+
+/// What a rule targets, lowercased for comparison: two rules conflict when these are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetKey {
+    Header(String),
+    Param(String),
+}
+
+/// A rule ready for matching.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub id: String,
+    pub tenant_id: String,
+    pub runtime: String,
+    pub host: HostPattern,
+    pub path: Option<PathGlob>,
+    pub credential: String,
+    /// Where the value goes, as the rule was written (header name case kept).
+    pub target: Target,
+    pub key: TargetKey,
+    pub template: Template,
+    /// `tenant_id/credential`: the secret cache's key, kept here so lookups do not allocate.
+    pub secret_key: Arc<str>,
+    /// Orders rules of the same target: the greatest wins.
+    pub specificity: Specificity,
+}
+
+/// DESIGN.md's precedence, as an ordered key: exact host over wildcard (longer suffix first),
+/// a port over none, a longer literal path prefix, then the older rule (smaller id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    exact_host: bool,
+    suffix_len: usize,
+    has_port: bool,
+    path_prefix_len: usize,
+    /// Reversed id order: the older rule (smaller id) compares greater.
+    older: std::cmp::Reverse<String>,
+}
+
+impl CompiledRule {
+    /// Compiles a stored rule; `None` (and a log line) for a row that no longer parses.
+    pub fn from_row(row: &RuleRow) -> Option<Self> {
+        let host = HostPattern::parse(&row.host_pattern).ok()?;
+        let path = match &row.path_pattern {
+            Some(p) => Some(PathGlob::new(&PathPattern::parse(p).ok()?)),
+            None => None,
+        };
+        let (target, key) = match (&row.header, &row.param) {
+            (Some(h), None) => (
+                Target::Header(h.clone()),
+                TargetKey::Header(h.to_ascii_lowercase()),
+            ),
+            (None, Some(p)) => (Target::Param(p.clone()), TargetKey::Param(p.clone())),
+            _ => return None,
+        };
+        let specificity = Specificity {
+            exact_host: matches!(host.name, HostName::Exact(_)),
+            suffix_len: match &host.name {
+                HostName::Exact(name) => name.len(),
+                HostName::Wildcard(suffix) => suffix.len(),
+            },
+            has_port: host.port.is_some(),
+            path_prefix_len: path.as_ref().map_or(0, PathGlob::literal_prefix_len),
+            older: std::cmp::Reverse(row.id.clone()),
+        };
+        Some(Self {
+            id: row.id.clone(),
+            tenant_id: row.tenant_id.clone(),
+            runtime: row.runtime.clone(),
+            host,
+            path,
+            credential: row.credential.clone(),
+            target,
+            key,
+            template: Template::new(&row.value_template),
+            secret_key: secret_key(&row.tenant_id, &row.credential),
+            specificity,
+        })
+    }
+
+    /// Whether the rule applies to this destination (host already matched by the index).
+    fn matches_port_and_path(&self, dest: &Destination<'_>) -> bool {
+        if let Some(port) = self.host.port
+            && dest.port != Some(port)
+        {
+            return false;
+        }
+        match &self.path {
+            None => true,
+            Some(_) if dest.encoded_separator => false,
+            Some(glob) => glob.matches(&dest.path),
+        }
+    }
+}
+
+/// The secret cache key of a tenant's secret.
+pub fn secret_key(tenant_id: &str, name: &str) -> Arc<str> {
+    Arc::from(format!("{tenant_id}/{name}"))
+}
+
+/// The rules of one runtime, indexed by host.
+#[derive(Debug, Default)]
+pub struct RuntimeRules {
+    rules: Vec<CompiledRule>,
+    exact: HashMap<String, Vec<usize>>,
+    /// Keyed by the suffix after `*.` (`example.com` for `*.example.com`).
+    wildcard: HashMap<String, Vec<usize>>,
+}
+
+impl RuntimeRules {
+    fn push(&mut self, rule: CompiledRule) {
+        let index = self.rules.len();
+        match &rule.host.name {
+            HostName::Exact(name) => self.exact.entry(name.clone()).or_default().push(index),
+            HostName::Wildcard(suffix) => {
+                self.wildcard.entry(suffix.clone()).or_default().push(index)
+            }
+        }
+        self.rules.push(rule);
+    }
+
+    /// Every rule of this runtime matching the destination, best first per target; one rule
+    /// per target (the most specific).
+    pub fn matching<'s>(&'s self, dest: &Destination<'_>, out: &mut Vec<&'s CompiledRule>) {
+        let host: &str = &dest.host;
+        let mut consider = |indexes: &Vec<usize>| {
+            for &i in indexes {
+                let rule = &self.rules[i];
+                if !rule.matches_port_and_path(dest) {
+                    continue;
+                }
+                match out.iter_mut().find(|r| r.key == rule.key) {
+                    Some(best) if best.specificity >= rule.specificity => {}
+                    Some(best) => *best = rule,
+                    None => out.push(rule),
+                }
+            }
+        };
+        if let Some(indexes) = self.exact.get(host) {
+            consider(indexes);
+        }
+        if !self.wildcard.is_empty() {
+            // Every proper suffix after a dot: a.b.example.com → b.example.com, example.com, com.
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if let Some(indexes) = self.wildcard.get(rest) {
+                    consider(indexes);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// What a runtime token identifies.
+#[derive(Debug, Clone)]
+pub struct TokenEntry {
+    pub token_id: String,
+    pub tenant_id: String,
+    pub runtime: String,
+    pub revoked: bool,
+}
+
+/// Everything the hot path needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// tenant id → runtime → rules.
+    rules: HashMap<String, HashMap<String, RuntimeRules>>,
+    /// tenant name → tenant id (sidecars name their tenant).
+    tenant_ids: HashMap<String, String>,
+    /// tenant id → tenant name (for log lines).
+    tenant_names: HashMap<String, String>,
+    /// SHA-256 of a runtime token → what it identifies.
+    tokens: HashMap<Vec<u8>, TokenEntry>,
+    rule_count: usize,
+    skipped: usize,
+    pub built_at: Instant,
+}
+
+impl Snapshot {
+    /// An empty snapshot (before the first load).
+    pub fn empty() -> Self {
+        Self::build(&[], &[], Vec::new())
+    }
+
+    /// Builds the index from stored rows. `tokens` pairs each token row with its hash.
+    pub fn build(
+        tenants: &[TenantRow],
+        rules: &[RuleRow],
+        tokens: Vec<(RuntimeTokenRow, Vec<u8>)>,
+    ) -> Self {
+        let mut index: HashMap<String, HashMap<String, RuntimeRules>> = HashMap::new();
+        let mut skipped = 0;
+        for row in rules {
+            match CompiledRule::from_row(row) {
+                Some(rule) => index
+                    .entry(rule.tenant_id.clone())
+                    .or_default()
+                    .entry(rule.runtime.clone())
+                    .or_default()
+                    .push(rule),
+                None => {
+                    tracing::error!(rule = %row.id, "a stored rule does not compile; it is not applied");
+                    skipped += 1;
+                }
+            }
+        }
+        Self {
+            rules: index,
+            tenant_ids: tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.id.clone()))
+                .collect(),
+            tenant_names: tenants
+                .iter()
+                .map(|t| (t.id.clone(), t.name.clone()))
+                .collect(),
+            tokens: tokens
+                .into_iter()
+                .map(|(row, hash)| {
+                    (
+                        hash,
+                        TokenEntry {
+                            token_id: row.id,
+                            tenant_id: row.tenant_id,
+                            runtime: row.runtime,
+                            revoked: row.revoked_at.is_some(),
+                        },
+                    )
+                })
+                .collect(),
+            rule_count: rules.len() - skipped,
+            skipped,
+            built_at: Instant::now(),
+        }
+    }
+
+    pub fn runtime_rules(&self, tenant_id: &str, runtime: &str) -> Option<&RuntimeRules> {
+        self.rules.get(tenant_id)?.get(runtime)
+    }
+
+    pub fn tenant_id(&self, name: &str) -> Option<&str> {
+        self.tenant_ids.get(name).map(String::as_str)
+    }
+
+    pub fn tenant_name(&self, id: &str) -> Option<&str> {
+        self.tenant_names.get(id).map(String::as_str)
+    }
+
+    pub fn token(&self, hash: &[u8]) -> Option<&TokenEntry> {
+        self.tokens.get(hash)
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rule_count
+    }
+
+    /// Stored rules that did not compile (should be none).
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glob(p: &str) -> PathGlob {
+        PathGlob::new(&PathPattern::parse(p).unwrap())
+    }
+
+    #[test]
+    fn globs() {
+        for (pattern, path, want) in [
+            ("/v1/*", "/v1/", true),
+            ("/v1/*", "/v1/chat/completions", true),
+            ("/v1/*", "/v1", false),
+            ("/v1/*", "/v10/x", false),
+            ("/v1", "/v1", true),
+            ("/v1", "/v1/", false),
+            ("/*/models", "/v1/models", true),
+            ("/*/models", "/v1/x/models", true),
+            ("/*/models", "/v1/models/x", false),
+            ("/a*b*c", "/abc", true),
+            ("/a*b*c", "/a-b-c", true),
+            ("/a*b*c", "/a-c-b", false),
+            ("/*", "/", true),
+        ] {
+            assert_eq!(glob(pattern).matches(path), want, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn templates_render() {
+        assert_eq!(
+            Template::new("Bearer ${credential}")
+                .render("sk")
+                .as_slice(),
+            b"Bearer sk"
+        );
+        assert_eq!(
+            Template::new("${credential}").render("sk").as_slice(),
+            b"sk"
+        );
+        assert_eq!(
+            Template::new("${credential}:${credential}")
+                .render("a")
+                .as_slice(),
+            b"a:a"
+        );
+    }
+}
