@@ -163,6 +163,24 @@ impl ExternalProcessor for ExtProc {
     }
 }
 
+impl ExtProc {
+    /// The answer to one request-headers message, as the stream gives it: the whole hot path
+    /// (snapshot, decide, secrets, mutation, log line and metrics) without the transport.
+    pub async fn answer_headers(
+        &self,
+        headers: &HeaderMap,
+        sidecar: Option<(&str, &str)>,
+    ) -> ProcessingResponse {
+        let sidecar = sidecar.map(|(tenant, runtime)| SidecarIdentity {
+            tenant: tenant.to_owned(),
+            runtime: runtime.to_owned(),
+        });
+        self.inner
+            .request_headers(Some(headers), sidecar.as_ref())
+            .await
+    }
+}
+
 impl Inner {
     /// The answer to one message; `None` in observability mode (Envoy expects none).
     async fn handle(
@@ -315,13 +333,13 @@ impl Inner {
             .collect();
         tracing::info!(
             target: "runta::decision",
-            tenant,
-            runtime,
+            tenant = %tenant,
+            runtime = %runtime,
             rules = ?rules,
             credentials = ?credentials,
             host = %decision.host,
             path = %decision.path,
-            outcome,
+            outcome = %outcome,
             micros = elapsed.as_micros() as u64,
             "ext_proc decision"
         );

@@ -529,3 +529,70 @@ fn runtime_tokens_tenants_and_api_keys_through_the_cli() {
     assert!(created["key"].as_str().unwrap().starts_with("runta_ak_"));
     assert_eq!(ok(&server.runta(&["api-key", "list"])).lines().count(), 3);
 }
+
+/// One decision through the real binary's ext_proc port: the log line names the rule and the
+/// credential, never the value, nor the query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_are_logged_without_values() {
+    use crate::extproc::{Caller, Outcome, call, get};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    ok(&server.shell(&format!(
+        "export OPENAI_API_KEY={OPENAI}\nrunta secret add openai-api-key --value-env OPENAI_API_KEY"
+    )));
+    ok(&server.shell(
+        "runta secret rule add worker --host api.openai.com --path '/v1/*' --credential openai-api-key --inject-header Authorization --inject-value 'Bearer ${credential}'",
+    ));
+    let log = server.log_text();
+    let grpc = log
+        .split("ext_proc gRPC listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let gateway_token =
+        std::fs::read_to_string(dir.path().join("runta-data/gateway-token")).unwrap();
+    let mut client = envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
+        format!("http://{grpc}"),
+    )
+    .await
+    .unwrap();
+    let caller = Caller {
+        gateway_token: Some(gateway_token.trim()),
+        sidecar: Some(("default", "worker")),
+    };
+    let outcome = call(
+        &mut client,
+        caller,
+        &get("api.openai.com", "/v1/chat?api_key=QUERYMARKER"),
+    )
+    .await;
+    let Outcome::Continue(mutation) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        mutation.set,
+        [("authorization".to_owned(), format!("Bearer {OPENAI}"))]
+    );
+    let log = server.stop();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ext_proc decision"))
+        .expect("a decision line");
+    for field in [
+        "tenant=default",
+        "runtime=worker",
+        "rule_",
+        "openai-api-key",
+        "host=api.openai.com",
+        "path=/v1/chat",
+        "outcome=inject",
+        "micros=",
+    ] {
+        assert!(line.contains(field), "{field} missing from: {line}");
+    }
+    assert!(!log.contains("QUERYMARKER"), "the query string is logged");
+    assert_no_value("the server log", &log);
+}

@@ -4,5 +4,6 @@
 mod api;
 mod at_rest;
 mod cli;
+mod extproc;
 mod openapi;
 mod support;
