@@ -9,6 +9,11 @@
 //!   it at once, and a fetch that raced with that invalidation does not put the old value back.
 //! - Values are `SecretString`s: zeroized when the last reference is dropped.
 //! - No lock is held across an `.await` (the reload mutex only serialises reloads).
+//! - Several replicas on one PostgreSQL database: every change made through one is announced
+//!   with `NOTIFY` (`store::CHANGES_CHANNEL`, payload `<replica> rules` or
+//!   `<replica> secret <tenant id>/<name>`), and each replica follows the channel on a
+//!   dedicated connection; after a reconnect it reloads everything and drops its cached
+//!   values, since notifications may have been missed. The periodic reload is the safety net.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +54,8 @@ pub struct Engine {
     /// Bumped by every invalidation; a fetch caches its result only if it did not move.
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
+    /// This process's id in change notifications (its own are ignored when they come back).
+    replica: String,
 }
 
 impl Engine {
@@ -62,6 +69,7 @@ impl Engine {
             secrets: DashMap::new(),
             generation: AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
+            replica: crate::crypto::new_id("replica"),
         }
     }
 
@@ -105,18 +113,123 @@ impl Engine {
         Ok(())
     }
 
-    /// After a change through the admin API: the next request must see it. A failed reload
-    /// is logged; the periodic reload retries.
+    /// After a change of rules, tokens or tenants through the admin API: the next request
+    /// must see it, here and (announced) on the other replicas. A failed reload is logged; the
+    /// periodic reload retries.
     pub async fn changed(&self) {
         if let Err(err) = self.reload().await {
             tracing::error!(error = %err, "reloading rules after a change failed; the periodic reload will retry");
         }
+        self.announce(&format!("{} rules", self.replica)).await;
     }
 
-    /// Drops a cached secret value (after an update or delete).
+    /// After a secret's value changed or it was deleted: drop the cached value here and on
+    /// the other replicas.
+    pub async fn secret_changed(&self, tenant_id: &str, name: &str) {
+        self.invalidate_secret(tenant_id, name);
+        self.announce(&format!("{} secret {tenant_id}/{name}", self.replica))
+            .await;
+    }
+
+    async fn announce(&self, payload: &str) {
+        if let Err(err) = self.store.notify_change(payload).await {
+            self.metrics
+                .store_errors
+                .with_label_values(&["notify"])
+                .inc();
+            tracing::warn!(error = %err, "could not announce a change to other replicas; they catch up at their periodic reload");
+        }
+    }
+
+    /// Drops a cached secret value.
     pub fn invalidate_secret(&self, tenant_id: &str, name: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.secrets.remove(secret_key(tenant_id, name).as_ref());
+    }
+
+    /// Applies a change another replica announced.
+    async fn apply_announcement(&self, payload: &str) {
+        let mut words = payload.splitn(3, ' ');
+        let (Some(replica), Some(kind)) = (words.next(), words.next()) else {
+            return;
+        };
+        if replica == self.replica {
+            return;
+        }
+        match (kind, words.next()) {
+            ("rules", _) => {
+                if let Err(err) = self.reload().await {
+                    tracing::warn!(error = %err, "reload after another replica's change failed");
+                }
+            }
+            ("secret", Some(key)) => {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                self.secrets.remove(key);
+            }
+            _ => tracing::debug!(%payload, "ignoring an unknown change notification"),
+        }
+    }
+
+    /// Follows other replicas' announcements on a dedicated PostgreSQL connection until
+    /// `shutdown`, reconnecting (and catching up) after failures.
+    pub async fn follow_changes(
+        self: Arc<Self>,
+        database_url: SecretString,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        use futures_util::StreamExt;
+        use secrecy::ExposeSecret;
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let connected = async {
+                let mut conn = AsyncPgConnection::establish(database_url.expose_secret())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                diesel::sql_query(format!("LISTEN {}", crate::store::CHANGES_CHANNEL))
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(conn)
+            };
+            let mut conn = tokio::select! {
+                result = connected => match result {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot follow change notifications; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = &mut shutdown => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return,
+            };
+            backoff = Duration::from_millis(250);
+            // Whatever was announced while not listening is lost: catch up.
+            self.invalidate_all_secrets();
+            if let Err(err) = self.reload().await {
+                tracing::warn!(error = %err, "reload after (re)connecting to change notifications failed");
+            }
+            tracing::debug!("following change notifications");
+            let mut notifications = std::pin::pin!(conn.notifications_stream());
+            loop {
+                tokio::select! {
+                    next = notifications.next() => match next {
+                        Some(Ok(notification)) => self.apply_announcement(&notification.payload).await,
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "change notification connection failed; reconnecting");
+                            break;
+                        }
+                        None => break,
+                    },
+                    () = &mut shutdown => return,
+                }
+            }
+        }
     }
 
     /// Drops every cached value (after a key rotation, or on request).

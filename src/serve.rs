@@ -251,6 +251,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         reloader.reload_periodically(interval, stop).await;
         Ok(())
     }));
+    if resolved.backend == crate::store::BackendKind::Postgres {
+        let follower = engine.clone();
+        let url = resolved.database_url.clone();
+        let stop = shutdown_future(&shutdown_rx);
+        tasks.push(tokio::spawn(async move {
+            follower.follow_changes(url, stop).await;
+            Ok(())
+        }));
+    }
     let grpc_text = match &grpc_bound {
         GrpcListen::Tcp(addr) => addr.to_string(),
         GrpcListen::Unix(path) => format!("unix:{}", path.display()),

@@ -215,7 +215,7 @@ pub async fn update_secret(
         )),
         other => other.map_err(ApiError::from),
     }?;
-    state.engine.invalidate_secret(&auth.tenant.id, &name);
+    state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, version = row.version, "secret updated");
     Ok(Json(row.into()))
 }
@@ -236,7 +236,7 @@ pub async fn delete_secret(
         )),
         other => other.map_err(ApiError::from),
     }?;
-    state.engine.invalidate_secret(&auth.tenant.id, &name);
+    state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
     Ok(StatusCode::NO_CONTENT)
 }

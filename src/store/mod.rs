@@ -34,6 +34,9 @@ const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/po
 
 type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 
+/// The PostgreSQL channel replicas announce changes on.
+pub const CHANGES_CHANNEL: &str = "runta_changes";
+
 /// Why a store call failed, classified for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -247,6 +250,24 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(pool) => run_migrations(pool.get().await?, SQLITE_MIGRATIONS),
             Backend::Postgres(pool) => run_migrations(pool.get().await?, POSTGRES_MIGRATIONS),
+        }
+    }
+
+    /// Tells the other replicas sharing this database that something changed (PostgreSQL
+    /// `NOTIFY` on `CHANGES_CHANNEL`). SQLite serves one replica: nothing to tell.
+    pub async fn notify_change(&self, payload: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(pool) => {
+                use diesel::sql_types::Text;
+                let mut conn = pool.get().await?;
+                diesel::sql_query("SELECT pg_notify($1, $2)")
+                    .bind::<Text, _>(CHANGES_CHANNEL)
+                    .bind::<Text, _>(payload)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
         }
     }
 

@@ -87,6 +87,43 @@ impl Gateway {
         })
     }
 
+    /// Another replica on the same (PostgreSQL) database and key, whose periodic reload never
+    /// fires during a test: only change notifications can keep it current.
+    pub async fn replica(&self) -> Self {
+        let url = self
+            .db
+            .postgres_url()
+            .expect("replicas share a PostgreSQL database")
+            .to_owned();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        config.database.url = Some(SecretString::from(url.clone()));
+        config.admin.listen = "127.0.0.1:0".into();
+        config.admin.operator_token = Some(SecretString::from(OPERATOR));
+        config.grpc.listen = "127.0.0.1:0".into();
+        config.grpc.gateway_tokens = vec![SecretString::from(GATEWAY_TOKEN)];
+        config.injection.reload_interval_secs = 3600;
+        config.encryption.keys = vec![KeyConfig {
+            id: "k1".into(),
+            key: Some(SecretString::from(self.key_text.clone())),
+            key_file: None,
+        }];
+        let running = serve::start(config).await.expect("the replica starts");
+        let admin = format!("http://{}", running.addresses.admin);
+        Self {
+            running: Some(running),
+            http: reqwest::Client::new(),
+            admin,
+            key: self.key.clone(),
+            key_text: self.key_text.clone(),
+            db: TestDb::Postgres { url },
+            _dir: dir,
+        }
+    }
+
     pub fn grpc_addr(&self) -> String {
         match &self.running.as_ref().unwrap().addresses.grpc {
             runta::config::GrpcListen::Tcp(addr) => format!("http://{addr}"),
@@ -975,4 +1012,58 @@ async fn client_certificates_authenticate_gateways() {
         );
     }
     gw.stop().await;
+}
+
+/// Two replicas on one PostgreSQL database: a change made through one reaches the other's
+/// snapshot and secret cache through LISTEN/NOTIFY, not a periodic reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_follow_each_other() {
+    let Some(first) = Gateway::start_with(Backend::Postgres, |c| {
+        c.injection.reload_interval_secs = 3600
+    })
+    .await
+    else {
+        return;
+    };
+    let second = first.replica().await;
+    let mut client = second.client().await;
+    let request = get("api.openai.com", "/v1/models");
+    assert_eq!(call(&mut client, WORKER, &request).await, unchanged());
+
+    async fn eventually(
+        client: &mut ExternalProcessorClient<Channel>,
+        request: &[(String, String)],
+        want: &Outcome,
+    ) -> bool {
+        for _ in 0..100 {
+            if call(client, WORKER, request).await == *want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+    first.secret("openai-api-key", VALUE, 3600).await;
+    first.rule("worker", seed_rule()).await;
+    let want = set("authorization", &format!("Bearer {VALUE}"));
+    assert!(
+        eventually(&mut client, &request, &want).await,
+        "the rule never reached the other replica"
+    );
+    // The value is now cached there for an hour; an update through the first replica drops it.
+    let (status, _) = first
+        .api(
+            reqwest::Method::PUT,
+            "/v1/secrets/openai-api-key",
+            Some(json!({"value": "sk-test-replicated"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let want = set("authorization", "Bearer sk-test-replicated");
+    assert!(
+        eventually(&mut client, &request, &want).await,
+        "the other replica kept serving the old value"
+    );
+    second.stop().await;
+    first.stop().await;
 }
