@@ -26,11 +26,19 @@ const SIZES: [usize; 3] = [10, 1_000, 100_000];
 const RUNTIMES: usize = 1_000;
 const TENANT: &str = "ten_bench";
 
-/// `count` rules over up to 1,000 runtimes; runtime `rt-0` has a rule for api.openai.com.
+/// Rules of the measured runtime `rt-0`: the same at every size (one matches the request).
+const OWN_RULES: usize = 10;
+
+/// `count` rules: `rt-0`'s ten, then the rest spread over 999 other runtimes, so sizes differ
+/// only in the rules of other runtimes.
 fn rules(count: usize) -> Vec<RuleRow> {
     (0..count)
         .map(|i| {
-            let runtime = format!("rt-{}", i % RUNTIMES);
+            let runtime = if i < OWN_RULES {
+                "rt-0".to_owned()
+            } else {
+                format!("rt-{}", 1 + i % (RUNTIMES - 1))
+            };
             let host = if i == 0 {
                 "api.openai.com".to_owned()
             } else if i % 3 == 0 {
@@ -209,7 +217,9 @@ fn main() {
         }
         group.finish();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: the migration harness needs it. One worker: one core measured.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();

@@ -191,13 +191,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 })?;
             let bound = listener.local_addr().map_err(ServeError::Serve)?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let stop = shutdown_future(&shutdown_rx);
-            tasks.push(tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, stop)
-                    .await
-                    .map_err(|e| ServeError::Serve(std::io::Error::other(e)))
-            }));
+            tasks.push(spawn_grpc(router, incoming, shutdown_future(&shutdown_rx)));
             GrpcListen::Tcp(bound)
         }
         GrpcListen::Unix(path) => {
@@ -215,13 +209,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                     source,
                 })?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            let stop = shutdown_future(&shutdown_rx);
-            tasks.push(tokio::spawn(async move {
-                router
-                    .serve_with_incoming_shutdown(incoming, stop)
-                    .await
-                    .map_err(|e| ServeError::Serve(std::io::Error::other(e)))
-            }));
+            tasks.push(spawn_grpc(router, incoming, shutdown_future(&shutdown_rx)));
             GrpcListen::Unix(path.clone())
         }
     };
@@ -280,6 +268,30 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         engine,
         shutdown,
         tasks,
+    })
+}
+
+/// Serves the gRPC router on a stream of accepted connections (TCP or Unix) until `stop`.
+fn spawn_grpc<I, IO>(
+    router: tonic::transport::server::Router,
+    incoming: I,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), ServeError>>
+where
+    I: futures_util::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(|e| ServeError::Serve(std::io::Error::other(e)))
     })
 }
 

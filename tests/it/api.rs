@@ -139,85 +139,52 @@ async fn secret_lifecycle(app: TestApp) {
 async fn secret_value_never_in_answers(app: TestApp) {
     let t = app.tenant("acme").await;
     let key = Some(t.key.as_str());
-    let mut answers = vec![
-        app.call(
+    let calls = [
+        (
             Method::POST,
             "/v1/secrets",
-            key,
             Some(json!({"name": "s1", "value": VALUE, "display_name": "one"})),
-        )
-        .await,
-    ];
-    answers.push(app.call(Method::GET, "/v1/secrets", key, None).await);
-    answers.push(app.call(Method::GET, "/v1/secrets/s1", key, None).await);
-    answers.push(
-        app.call(
-            Method::PUT,
-            "/v1/secrets/s1",
-            key,
-            Some(json!({"value": VALUE})),
-        )
-        .await,
-    );
-    // Errors must not quote the value either: duplicate, bad characters, wrong types.
-    answers.push(
-        app.call(
+        ),
+        (Method::GET, "/v1/secrets", None),
+        (Method::GET, "/v1/secrets/s1", None),
+        (Method::PUT, "/v1/secrets/s1", Some(json!({"value": VALUE}))),
+        // Errors must not quote the value either: duplicate, bad characters, wrong types.
+        (
             Method::POST,
             "/v1/secrets",
-            key,
             Some(json!({"name": "s1", "value": VALUE})),
-        )
-        .await,
-    );
-    answers.push(
-        app.call(
+        ),
+        (
             Method::POST,
             "/v1/secrets",
-            key,
             Some(json!({"name": "s2", "value": format!("{VALUE}\r\nX: y")})),
-        )
-        .await,
-    );
-    answers.push(
-        app.call(
+        ),
+        (
             Method::POST,
             "/v1/secrets",
-            key,
             Some(json!({"name": "Bad Name", "value": VALUE})),
-        )
-        .await,
-    );
-    answers.push(
-        app.call(
+        ),
+        (
             Method::POST,
             "/v1/secrets",
-            key,
             Some(json!({"name": "s3", "value": [VALUE]})),
-        )
-        .await,
-    );
-    answers.push(
-        app.call(Method::POST, "/v1/secrets", key, Some(json!(VALUE)))
-            .await,
-    );
-    answers.push(
-        app.call(
+        ),
+        (Method::POST, "/v1/secrets", Some(json!(VALUE))),
+        (
             Method::POST,
             "/v1/secrets",
-            key,
             Some(json!({"name": "s4", "value": VALUE, "cache_ttl_secs": -1})),
-        )
-        .await,
-    );
-    answers.push(
-        app.call(
+        ),
+        (
             Method::PUT,
             "/v1/secrets/s1",
-            key,
             Some(json!({"value": VALUE, "extra": 1})),
-        )
-        .await,
-    );
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (method, path, body) in calls {
+        answers.push(app.call(method, path, key, body).await);
+    }
     for (status, body) in &answers {
         assert!(!body.to_string().contains("4f1d2a9c"), "{status}: {body}");
     }
