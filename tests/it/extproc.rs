@@ -1067,3 +1067,52 @@ async fn replicas_follow_each_other() {
     second.stop().await;
     first.stop().await;
 }
+
+/// Policy `deny`: a request of no known runtime is refused with 403; identified ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidentified_requests_denied_by_policy() {
+    let gw = Gateway::start_with(Backend::Sqlite, |c| {
+        c.injection.unidentified = runta::config::Unidentified::Deny
+    })
+    .await
+    .unwrap();
+    let mut client = gw.client().await;
+    let request = get("api.openai.com", "/v1/models");
+    match call(&mut client, EDGE, &request).await {
+        Outcome::Immediate { status, .. } => assert_eq!(status, 403),
+        other => panic!("{other:?}"),
+    }
+    let stranger = Caller {
+        sidecar: Some(("nope", "worker")),
+        ..WORKER
+    };
+    assert!(matches!(
+        call(&mut client, stranger, &request).await,
+        Outcome::Immediate { status: 403, .. }
+    ));
+    assert_eq!(call(&mut client, WORKER, &request).await, unchanged());
+    gw.stop().await;
+}
+
+/// The development switch: no gateway authentication at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_switch_answers_anyone() {
+    let gw = Gateway::start_with(Backend::Sqlite, |c| {
+        c.grpc.gateway_tokens.clear();
+        c.grpc.insecure_no_auth = true;
+    })
+    .await
+    .unwrap();
+    gw.secret("openai-api-key", VALUE, 300).await;
+    gw.rule("worker", seed_rule()).await;
+    let mut client = gw.client().await;
+    let anyone = Caller {
+        gateway_token: None,
+        sidecar: Some(("acme", "worker")),
+    };
+    assert_eq!(
+        call(&mut client, anyone, &get("api.openai.com", "/v1/models")).await,
+        set("authorization", &format!("Bearer {VALUE}"))
+    );
+    gw.stop().await;
+}
