@@ -132,6 +132,28 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
     })
 }
 
+/// The gateway token Envoy should present, without creating anything: the first configured
+/// one, else the token file, else the embedded default's `gateway-token` if it exists.
+pub fn existing_gateway_token(config: &Config) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(token) = config.grpc.gateway_tokens.first() {
+        return Ok(Some(token.clone()));
+    }
+    if let Some(file) = &config.grpc.gateway_token_file {
+        return read_secret_file(file).map(Some).map_err(|m| ConfigError {
+            key: "grpc.gateway_token_file".into(),
+            message: m,
+        });
+    }
+    let path = config.data_dir.join(GATEWAY_TOKEN_FILE);
+    if path.exists() {
+        return read_secret_file(&path).map(Some).map_err(|m| ConfigError {
+            key: "data_dir".into(),
+            message: m,
+        });
+    }
+    Ok(None)
+}
+
 /// The keyring from `encryption.keys`; with none configured, the embedded default's
 /// generated `master.key`, and a PostgreSQL deployment refuses to start.
 pub fn load_keyring(config: &Config, embedded: bool) -> Result<Keyring, BootstrapError> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod engine;
+pub mod envoy;
 pub mod extproc;
 pub mod keys;
 pub mod metrics;

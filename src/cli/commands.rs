@@ -58,7 +58,88 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Tenant(command) => tenant(command, &client()?, g.output).await,
         Command::ApiKey(command) => api_key(command, &client()?, g.output).await,
+        Command::Envoy(super::EnvoyCommand::Bootstrap(args)) => envoy_bootstrap(&args, &cli.global),
     }
+}
+
+fn envoy_bootstrap(
+    args: &super::EnvoyBootstrapArgs,
+    global: &super::GlobalArgs,
+) -> Result<(), CliError> {
+    use crate::envoy::{Bootstrap, ExtprocAddress, Mode};
+    use secrecy::ExposeSecret;
+    let mode = match args.mode {
+        super::EnvoyMode::Gateway => Mode::Gateway,
+        super::EnvoyMode::Sidecar => {
+            let tenant = args.tenant.clone().unwrap_or_default();
+            let runtime = args.runtime.clone().unwrap_or_default();
+            crate::names::validate_name(&tenant)
+                .map_err(|m| CliError::Usage(format!("--tenant: {m}")))?;
+            crate::names::validate_name(&runtime)
+                .map_err(|m| CliError::Usage(format!("--runtime: {m}")))?;
+            Mode::Sidecar { tenant, runtime }
+        }
+    };
+    let mut bootstrap = Bootstrap::defaults(mode);
+    let listen = crate::config::parse_listen(&args.listen)
+        .map_err(|m| CliError::Usage(format!("--listen: {m}")))?;
+    bootstrap.listen_host = listen.ip().to_string();
+    bootstrap.listen_port = listen.port();
+    bootstrap.ca_bundle = args.ca_bundle.clone();
+    bootstrap.message_timeout_ms = args.message_timeout_ms.max(1);
+    if let Some(socket) = &args.admin_socket {
+        bootstrap.admin_socket = socket.clone();
+    }
+    if let Some(resolver) = &args.dns_resolver {
+        let addr = crate::config::parse_listen(resolver)
+            .map_err(|m| CliError::Usage(format!("--dns-resolver: {m}")))?;
+        bootstrap.dns_resolver = Some((addr.ip().to_string(), addr.port()));
+    }
+    if !args.example || args.extproc_address.is_none() {
+        // The server's own configuration: where it listens, and its gateway token.
+        let config = if args.example {
+            None
+        } else {
+            Some(load_config(&args.server, global)?)
+        };
+        let extproc = match (&args.extproc_address, &config) {
+            (Some(address), _) => address.clone(),
+            (None, Some(config)) => {
+                match crate::config::parse_grpc_listen(&config.grpc.listen).map_err(usage)? {
+                    crate::config::GrpcListen::Unix(path) => format!("unix:{}", path.display()),
+                    crate::config::GrpcListen::Tcp(addr) if addr.ip().is_unspecified() => {
+                        format!("127.0.0.1:{}", addr.port())
+                    }
+                    crate::config::GrpcListen::Tcp(addr) => addr.to_string(),
+                }
+            }
+            (None, None) => "127.0.0.1:50051".to_owned(),
+        };
+        bootstrap.extproc = ExtprocAddress::parse(&extproc)
+            .map_err(|m| CliError::Usage(format!("--extproc-address: {m}")))?;
+        if let Some(config) = &config {
+            let token = bootstrap::existing_gateway_token(config).map_err(usage)?.ok_or_else(|| {
+                CliError::Usage(format!(
+                    "no gateway token: configure grpc.gateway_tokens, or run `runta serve` once so that it writes {}",
+                    config.data_dir.join(bootstrap::GATEWAY_TOKEN_FILE).display()
+                ))
+            })?;
+            bootstrap.gateway_token = token.expose_secret().to_owned();
+        }
+    } else if let Some(address) = &args.extproc_address {
+        bootstrap.extproc = ExtprocAddress::parse(address)
+            .map_err(|m| CliError::Usage(format!("--extproc-address: {m}")))?;
+    }
+    let yaml = bootstrap.render();
+    match &args.out {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            bootstrap::write_new_file(path, yaml.trim_end().as_bytes()).map_err(usage)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
 }
 
 fn usage(err: impl std::fmt::Display) -> CliError {

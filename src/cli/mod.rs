@@ -82,6 +82,62 @@ pub enum Command {
     /// API keys of your tenant.
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+    /// Envoy configurations pointing at this server.
+    #[command(subcommand)]
+    Envoy(EnvoyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvoyCommand {
+    /// Print a ready Envoy configuration: a per-runtime sidecar or the shared edge gateway.
+    Bootstrap(EnvoyBootstrapArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvoyMode {
+    /// One Envoy per runtime; the runtime is named in the ext_proc metadata.
+    Sidecar,
+    /// One Envoy for many runtimes, identified by runtime tokens (proxy credentials).
+    Gateway,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvoyBootstrapArgs {
+    #[arg(long, value_enum)]
+    pub mode: EnvoyMode,
+    /// The tenant (sidecar mode).
+    #[arg(long, required_if_eq("mode", "sidecar"))]
+    pub tenant: Option<String>,
+    /// The runtime (sidecar mode).
+    #[arg(long, required_if_eq("mode", "sidecar"))]
+    pub runtime: Option<String>,
+    /// The proxy listener runtimes use as HTTP_PROXY.
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    pub listen: String,
+    /// runta's ext_proc address as Envoy reaches it, HOST:PORT or unix:PATH [default: the
+    /// server's grpc.listen].
+    #[arg(long)]
+    pub extproc_address: Option<String>,
+    /// CA certificates upstream servers are validated against.
+    #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
+    pub ca_bundle: String,
+    /// A DNS server (HOST:PORT) for upstream names [default: the system's resolver].
+    #[arg(long)]
+    pub dns_resolver: Option<String>,
+    /// Envoy's admin interface, a Unix socket [default: /tmp/runta-envoy-MODE-admin.sock].
+    #[arg(long)]
+    pub admin_socket: Option<String>,
+    /// How long runta may take per request before Envoy fails it.
+    #[arg(long, default_value_t = 500)]
+    pub message_timeout_ms: u32,
+    /// Use the placeholder gateway token of the examples in envoy/ instead of the server's.
+    #[arg(long)]
+    pub example: bool,
+    /// Write the configuration to this file (mode 0600: it holds the gateway token).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// How the server is configured.

@@ -6,19 +6,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_runta");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_runta");
 
 /// A `runta serve` process on a free port, stopped (SIGTERM, then kill) when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     dir: PathBuf,
     log: PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
     /// Starts `runta serve` in `dir` with no configuration but a free admin port.
-    fn start(dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start(dir: &Path, extra: &[&str]) -> Self {
         let log = dir.join(format!(
             "serve-{}.log",
             std::time::SystemTime::now()
@@ -26,14 +26,16 @@ impl Server {
                 .unwrap()
                 .as_nanos()
         ));
+        // Free ports unless the caller names its own.
+        let mut args = vec!["serve"];
+        if !extra.contains(&"--admin-listen") {
+            args.extend(["--admin-listen", "127.0.0.1:0"]);
+        }
+        if !extra.contains(&"--grpc-listen") {
+            args.extend(["--grpc-listen", "127.0.0.1:0"]);
+        }
         let child = Command::new(BIN)
-            .args([
-                "serve",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--grpc-listen",
-                "127.0.0.1:0",
-            ])
+            .args(&args)
             .args(extra)
             .current_dir(dir)
             .env_remove("RUNTA_API_KEY")
@@ -68,12 +70,12 @@ impl Server {
     }
 
     /// Runs `runta ARGS` against this server from its directory.
-    fn runta(&self, args: &[&str]) -> Output {
+    pub(crate) fn runta(&self, args: &[&str]) -> Output {
         self.command(BIN).args(args).output().unwrap()
     }
 
     /// Runs a shell line (the seed's commands as written) with `runta` on the PATH.
-    fn shell(&self, line: &str) -> Output {
+    pub(crate) fn shell(&self, line: &str) -> Output {
         self.command("bash").args(["-c", line]).output().unwrap()
     }
 
@@ -94,11 +96,11 @@ impl Server {
         command
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap()
     }
 
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         self.terminate();
         self.log_text()
     }
@@ -128,7 +130,7 @@ impl Drop for Server {
 }
 
 #[track_caller]
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -543,15 +545,7 @@ async fn decisions_are_logged_without_values() {
     ok(&server.shell(
         "runta secret rule add worker --host api.openai.com --path '/v1/*' --credential openai-api-key --inject-header Authorization --inject-value 'Bearer ${credential}'",
     ));
-    let log = server.log_text();
-    let grpc = log
-        .split("ext_proc gRPC listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let grpc = server.grpc_addr();
     let gateway_token =
         std::fs::read_to_string(dir.path().join("runta-data/gateway-token")).unwrap();
     let mut client = envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
@@ -595,4 +589,18 @@ async fn decisions_are_logged_without_values() {
     }
     assert!(!log.contains("QUERYMARKER"), "the query string is logged");
     assert_no_value("the server log", &log);
+}
+
+impl Server {
+    /// The ext_proc address the server logged.
+    pub(crate) fn grpc_addr(&self) -> String {
+        self.log_text()
+            .split("ext_proc gRPC listening on ")
+            .nth(1)
+            .expect("the gRPC listener is logged")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
 }

@@ -4,6 +4,7 @@
 mod api;
 mod at_rest;
 mod cli;
+mod e2e;
 mod extproc;
 mod openapi;
 mod support;
