@@ -410,6 +410,25 @@ fn edge_gateway_end_to_end() {
     assert!(reply.header("proxy-authorization").is_empty());
     assert_eq!(reply.path(), "/v1/chat/completions?stream=true");
 
+    // The same through the environment, as a runtime's tools are configured
+    // (curl reads the lower-case http_proxy; most other clients either spelling).
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "15"])
+        .arg(world.url("api.openai.com", "/v1/models"))
+        .env("http_proxy", envoy.proxy(Some(&worker)))
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY")
+        .output()
+        .unwrap();
+    let echo: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        echo["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "authorization" && h[1] == format!("Bearer {OPENAI}"))
+    );
+
     // A parameter rule: the value encoded in place of the runtime's, the rest untouched.
     let reply = curl(
         &envoy.proxy(Some(&worker)),
