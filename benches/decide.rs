@@ -20,59 +20,12 @@ use runta::extproc::auth::GatewayAuth;
 use runta::extproc::decide::{RequestView, Sidecar, decide};
 use runta::metrics::Metrics;
 use runta::rules::snapshot::Snapshot;
-use runta::store::{RuleRow, SecretRow, Store, TenantRow};
+use runta::store::{SecretRow, Store};
 
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
-const RUNTIMES: usize = 1_000;
-const TENANT: &str = "ten_bench";
+const TENANT: &str = runta::bench_support::TENANT_ID;
 
-/// Rules of the measured runtime `rt-0`: the same at every size (one matches the request).
-const OWN_RULES: usize = 10;
-
-/// `count` rules: `rt-0`'s ten, then the rest spread over 999 other runtimes, so sizes differ
-/// only in the rules of other runtimes.
-fn rules(count: usize) -> Vec<RuleRow> {
-    (0..count)
-        .map(|i| {
-            let runtime = if i < OWN_RULES {
-                "rt-0".to_owned()
-            } else {
-                format!("rt-{}", 1 + i % (RUNTIMES - 1))
-            };
-            let host = if i == 0 {
-                "api.openai.com".to_owned()
-            } else if i % 3 == 0 {
-                format!("*.svc{i}.example.com")
-            } else {
-                format!("api{i}.example.com")
-            };
-            RuleRow {
-                id: format!("rule_{i:08}"),
-                tenant_id: TENANT.into(),
-                runtime,
-                host_pattern: host,
-                path_pattern: Some(if i % 2 == 0 {
-                    "/v1/*".into()
-                } else {
-                    format!("/p{i}/*")
-                }),
-                credential: "openai-api-key".into(),
-                header: Some("Authorization".into()),
-                param: None,
-                value_template: "Bearer ${credential}".into(),
-                created_at: 0,
-            }
-        })
-        .collect()
-}
-
-fn tenants() -> Vec<TenantRow> {
-    vec![TenantRow {
-        id: TENANT.into(),
-        name: "bench".into(),
-        created_at: 0,
-    }]
-}
+use runta::bench_support::{rules, tenants};
 
 fn request() -> RequestView<'static> {
     RequestView {

@@ -248,14 +248,14 @@ impl Engine {
     ) -> Result<Arc<SecretString>, SecretError> {
         if let Some(entry) = self.secrets.get(key.as_ref()) {
             if entry.expires > Instant::now() {
-                self.metrics.secret_cache.with_label_values(&["hit"]).inc();
+                self.metrics.hot.cache_hits.inc();
                 return Ok(entry.value.clone());
             }
             drop(entry);
             self.secrets
                 .remove_if(key.as_ref(), |_, e| e.expires <= Instant::now());
         }
-        self.metrics.secret_cache.with_label_values(&["miss"]).inc();
+        self.metrics.hot.cache_misses.inc();
         let generation = self.generation.load(Ordering::SeqCst);
         let row = match self.store.get_secret(tenant_id, name).await {
             Ok(Some(row)) => row,

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;

@@ -38,6 +38,24 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Store errors on the injection path, by operation.
     pub store_errors: IntCounterVec,
+    /// The per-request counters, resolved once: a labelled lookup hashes the label values and
+    /// takes a lock, which showed in the hot path's profile.
+    pub hot: HotCounters,
+}
+
+/// Children of the labelled counters the ext_proc hot path bumps on every request.
+pub struct HotCounters {
+    pub inject: IntCounter,
+    pub no_match: IntCounter,
+    pub unidentified: IntCounter,
+    pub tunnel: IntCounter,
+    pub denied: IntCounter,
+    pub bad_token: IntCounter,
+    pub secret_unavailable: IntCounter,
+    pub header_injections: IntCounter,
+    pub param_injections: IntCounter,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -72,6 +90,34 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let decisions = counter_vec(
+            "runta_extproc_decisions_total",
+            "ext_proc decisions by outcome.",
+            &["outcome"],
+        );
+        let injections = counter_vec(
+            "runta_injections_total",
+            "Values injected, by kind.",
+            &["kind"],
+        );
+        let secret_cache = counter_vec(
+            "runta_secret_cache_total",
+            "Secret cache lookups by result.",
+            &["result"],
+        );
+        let hot = HotCounters {
+            inject: decisions.with_label_values(&["inject"]),
+            no_match: decisions.with_label_values(&["no_match"]),
+            unidentified: decisions.with_label_values(&["unidentified"]),
+            tunnel: decisions.with_label_values(&["tunnel"]),
+            denied: decisions.with_label_values(&["denied"]),
+            bad_token: decisions.with_label_values(&["bad_token"]),
+            secret_unavailable: decisions.with_label_values(&["secret_unavailable"]),
+            header_injections: injections.with_label_values(&["header"]),
+            param_injections: injections.with_label_values(&["param"]),
+            cache_hits: secret_cache.with_label_values(&["hit"]),
+            cache_misses: secret_cache.with_label_values(&["miss"]),
+        };
         let metrics = Self {
             registry: Registry::new(),
             admin_requests: counter_vec(
@@ -80,16 +126,8 @@ impl Metrics {
                 &["route", "method", "status"],
             ),
             admin_request_seconds,
-            decisions: counter_vec(
-                "runta_extproc_decisions_total",
-                "ext_proc decisions by outcome.",
-                &["outcome"],
-            ),
-            injections: counter_vec(
-                "runta_injections_total",
-                "Values injected, by kind.",
-                &["kind"],
-            ),
+            decisions,
+            injections,
             decision_seconds,
             active_streams: gauge("runta_extproc_active_streams", "ext_proc streams open now."),
             grpc_unauthenticated: IntCounter::new(
@@ -97,11 +135,7 @@ impl Metrics {
                 "ext_proc calls refused for want of gateway authentication.",
             )
             .expect("valid metric"),
-            secret_cache: counter_vec(
-                "runta_secret_cache_total",
-                "Secret cache lookups by result.",
-                &["result"],
-            ),
+            secret_cache,
             rules_loaded: gauge("runta_rules_loaded", "Rules in the current snapshot."),
             snapshot_age_seconds: gauge(
                 "runta_rules_snapshot_age_seconds",
@@ -118,6 +152,7 @@ impl Metrics {
                 "Store errors on the injection path, by operation.",
                 &["operation"],
             ),
+            hot,
         };
         let collectors: [Box<dyn Collector>; 12] = [
             Box::new(metrics.admin_requests.clone()),

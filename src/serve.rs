@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use futures_util::StreamExt as _;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -162,8 +163,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let grpc_listen = parse_grpc_listen(&config.grpc.listen).expect("validated");
     let mut grpc_server = Server::builder()
         .max_concurrent_streams(Some(config.grpc.max_concurrent_streams))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true);
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(tls) = &config.grpc.tls {
         grpc_server = grpc_server.tls_config(server_tls(tls)?).map_err(|e| {
             BootstrapError::Config(crate::config::ConfigError {
@@ -190,7 +190,13 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                     source,
                 })?;
             let bound = listener.local_addr().map_err(ServeError::Serve)?;
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Nagle's algorithm would hold small answers back for a delayed ACK (~40 ms):
+            // every accepted connection gets TCP_NODELAY.
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+                let stream = stream?;
+                stream.set_nodelay(true)?;
+                Ok(stream)
+            });
             tasks.push(spawn_grpc(router, incoming, shutdown_future(&shutdown_rx)));
             GrpcListen::Tcp(bound)
         }

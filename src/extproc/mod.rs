@@ -33,6 +33,7 @@ use crate::config::Unidentified;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::rules::Target;
+use crate::rules::snapshot::CompiledRule;
 
 /// Metadata keys a sidecar's Envoy sets (`grpc_service.initial_metadata`).
 pub const TENANT_METADATA: &str = "x-runta-tenant";
@@ -273,15 +274,16 @@ impl Inner {
                     return (response, "secret_unavailable");
                 }
             };
-            let rendered = rule.template.render(value.expose_secret());
             match &rule.target {
                 Target::Header(name) => {
-                    set_headers.push(mutation::set_header(name, rendered.to_vec()));
-                    self.metrics.injections.with_label_values(&["header"]).inc();
+                    // Rendered straight into the answer's buffer: it is sent as it is.
+                    let rendered = rule.template.render_plain(value.expose_secret());
+                    set_headers.push(mutation::set_header(name, rendered));
+                    self.metrics.hot.header_injections.inc();
                 }
                 Target::Param(name) => {
-                    params.push((name, rendered));
-                    self.metrics.injections.with_label_values(&["param"]).inc();
+                    params.push((name, rule.template.render(value.expose_secret())));
+                    self.metrics.hot.param_injections.inc();
                 }
             }
         }
@@ -318,31 +320,47 @@ impl Inner {
         outcome: &str,
         elapsed: std::time::Duration,
     ) {
-        self.metrics.decisions.with_label_values(&[outcome]).inc();
+        let hot = &self.metrics.hot;
+        match outcome {
+            "inject" => &hot.inject,
+            "no_match" => &hot.no_match,
+            "unidentified" => &hot.unidentified,
+            "tunnel" => &hot.tunnel,
+            "denied" => &hot.denied,
+            "bad_token" => &hot.bad_token,
+            _ => &hot.secret_unavailable,
+        }
+        .inc();
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
         let identity = decision.identity.as_ref();
         let tenant = identity
             .and_then(|i| snapshot.tenant_name(i.tenant_id))
             .unwrap_or("-");
         let runtime = identity.map_or("-", |i| i.runtime);
-        let rules: Vec<&str> = decision.rules.iter().map(|r| r.id.as_str()).collect();
-        let credentials: Vec<&str> = decision
-            .rules
-            .iter()
-            .map(|r| r.credential.as_str())
-            .collect();
         tracing::info!(
             target: "runta::decision",
             tenant = %tenant,
             runtime = %runtime,
-            rules = ?rules,
-            credentials = ?credentials,
+            rules = ?RuleField(&decision.rules, |r| &r.id),
+            credentials = ?RuleField(&decision.rules, |r| &r.credential),
             host = %decision.host,
             path = %decision.path,
             outcome = %outcome,
             micros = elapsed.as_micros() as u64,
             "ext_proc decision"
         );
+    }
+}
+
+/// One field of every applied rule, as a log value: formatted only if the line is written,
+/// without collecting into a vector first.
+struct RuleField<'a>(&'a [&'a CompiledRule], fn(&CompiledRule) -> &String);
+
+impl std::fmt::Debug for RuleField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|r| (self.1)(r)))
+            .finish()
     }
 }
 

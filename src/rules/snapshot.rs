@@ -77,8 +77,13 @@ impl Template {
         }
     }
 
-    /// The template with the secret in place of every placeholder.
+    /// The template with the secret in place of every placeholder, zeroized when dropped.
     pub fn render(&self, secret: &str) -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(self.render_plain(secret))
+    }
+
+    /// The same, for a value that goes straight into a message sent on (not kept).
+    pub fn render_plain(&self, secret: &str) -> Vec<u8> {
         let literal: usize = self.pieces.iter().map(String::len).sum();
         let mut out = Vec::with_capacity(literal + secret.len() * (self.pieces.len() - 1));
         for (i, piece) in self.pieces.iter().enumerate() {
@@ -87,7 +92,7 @@ impl Template {
             }
             out.extend_from_slice(piece.as_bytes());
         }
-        zeroize::Zeroizing::new(out)
+        out
     }
 }
 
@@ -102,15 +107,16 @@ pub enum TargetKey {
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
     pub id: String,
-    pub tenant_id: String,
-    pub runtime: String,
+    /// Shared by all rules of the tenant.
+    pub tenant_id: Arc<str>,
     pub host: HostPattern,
     pub path: Option<PathGlob>,
     pub credential: String,
     /// Where the value goes, as the rule was written (header name case kept).
     pub target: Target,
     pub key: TargetKey,
-    pub template: Template,
+    /// Shared by all rules with the same template.
+    pub template: Arc<Template>,
     /// `tenant_id/credential`: the secret cache's key, kept here so lookups do not allocate.
     pub secret_key: Arc<str>,
     /// Orders rules of the same target: the greatest wins.
@@ -125,13 +131,15 @@ pub struct Specificity {
     suffix_len: usize,
     has_port: bool,
     path_prefix_len: usize,
-    /// Reversed id order: the older rule (smaller id) compares greater.
-    older: std::cmp::Reverse<String>,
+    /// Reversed load order (rules are loaded in id order, ids sort by creation): the older
+    /// rule compares greater. An ordinal rather than the id: one string less per rule.
+    older: std::cmp::Reverse<u32>,
 }
 
 impl CompiledRule {
-    /// Compiles a stored rule; `None` (and a log line) for a row that no longer parses.
-    pub fn from_row(row: &RuleRow) -> Option<Self> {
+    /// Compiles a stored rule (the `ordinal`-th in id order); `None` for a row that no
+    /// longer parses. `interner` shares strings and templates between rules.
+    fn from_row(row: &RuleRow, ordinal: u32, interner: &mut Interner) -> Option<Self> {
         let host = HostPattern::parse(&row.host_pattern).ok()?;
         let path = match &row.path_pattern {
             Some(p) => Some(PathGlob::new(&PathPattern::parse(p).ok()?)),
@@ -153,19 +161,18 @@ impl CompiledRule {
             },
             has_port: host.port.is_some(),
             path_prefix_len: path.as_ref().map_or(0, PathGlob::literal_prefix_len),
-            older: std::cmp::Reverse(row.id.clone()),
+            older: std::cmp::Reverse(ordinal),
         };
         Some(Self {
             id: row.id.clone(),
-            tenant_id: row.tenant_id.clone(),
-            runtime: row.runtime.clone(),
+            tenant_id: interner.text(&row.tenant_id),
             host,
             path,
             credential: row.credential.clone(),
             target,
             key,
-            template: Template::new(&row.value_template),
-            secret_key: secret_key(&row.tenant_id, &row.credential),
+            template: interner.template(&row.value_template),
+            secret_key: interner.secret_key(&row.tenant_id, &row.credential),
             specificity,
         })
     }
@@ -182,6 +189,42 @@ impl CompiledRule {
             Some(_) if dest.encoded_separator => false,
             Some(glob) => glob.matches(&dest.path),
         }
+    }
+}
+
+/// Shares equal strings, templates and secret keys between the rules of one snapshot: at a
+/// million rules, per-rule copies were most of the memory.
+#[derive(Default)]
+struct Interner {
+    texts: HashMap<String, Arc<str>>,
+    templates: HashMap<String, Arc<Template>>,
+    secret_keys: HashMap<(String, String), Arc<str>>,
+}
+
+impl Interner {
+    fn text(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.texts.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.texts.insert(text.to_owned(), shared.clone());
+        shared
+    }
+
+    fn template(&mut self, text: &str) -> Arc<Template> {
+        if let Some(shared) = self.templates.get(text) {
+            return shared.clone();
+        }
+        let shared = Arc::new(Template::new(text));
+        self.templates.insert(text.to_owned(), shared.clone());
+        shared
+    }
+
+    fn secret_key(&mut self, tenant_id: &str, name: &str) -> Arc<str> {
+        self.secret_keys
+            .entry((tenant_id.to_owned(), name.to_owned()))
+            .or_insert_with(|| secret_key(tenant_id, name))
+            .clone()
     }
 }
 
@@ -283,20 +326,22 @@ impl Snapshot {
         Self::build(&[], &[], Vec::new())
     }
 
-    /// Builds the index from stored rows. `tokens` pairs each token row with its hash.
+    /// Builds the index from stored rows, given in id order (older first; precedence relies
+    /// on it). `tokens` pairs each token row with its hash.
     pub fn build(
         tenants: &[TenantRow],
         rules: &[RuleRow],
         tokens: Vec<(RuntimeTokenRow, Vec<u8>)>,
     ) -> Self {
         let mut index: HashMap<String, HashMap<String, RuntimeRules>> = HashMap::new();
+        let mut interner = Interner::default();
         let mut skipped = 0;
-        for row in rules {
-            match CompiledRule::from_row(row) {
+        for (ordinal, row) in rules.iter().enumerate() {
+            match CompiledRule::from_row(row, ordinal as u32, &mut interner) {
                 Some(rule) => index
-                    .entry(rule.tenant_id.clone())
+                    .entry(row.tenant_id.clone())
                     .or_default()
-                    .entry(rule.runtime.clone())
+                    .entry(row.runtime.clone())
                     .or_default()
                     .push(rule),
                 None => {

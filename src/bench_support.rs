@@ -1,0 +1,57 @@
+//! Synthetic rule sets for benchmarks and scale measurements (not used by the service).
+//!
+//! `rules(count)`: runtime `rt-0` of tenant `ten_bench` always has the same ten rules, one of
+//! which matches `POST http://api.openai.com/v1/chat/completions`; the other rules are spread
+//! over 999 other runtimes. Sizes then differ only in other runtimes' rules.
+
+use crate::store::{RuleRow, TenantRow};
+
+pub const TENANT_ID: &str = "ten_bench";
+pub const TENANT_NAME: &str = "bench";
+pub const RUNTIME: &str = "rt-0";
+pub const CREDENTIAL: &str = "openai-api-key";
+const OWN_RULES: usize = 10;
+const RUNTIMES: usize = 1_000;
+
+pub fn tenants() -> Vec<TenantRow> {
+    vec![TenantRow {
+        id: TENANT_ID.into(),
+        name: TENANT_NAME.into(),
+        created_at: 0,
+    }]
+}
+
+pub fn rules(count: usize) -> Vec<RuleRow> {
+    (0..count)
+        .map(|i| {
+            let runtime = if i < OWN_RULES {
+                RUNTIME.to_owned()
+            } else {
+                format!("rt-{}", 1 + i % (RUNTIMES - 1))
+            };
+            let host = if i == 0 {
+                "api.openai.com".to_owned()
+            } else if i % 3 == 0 {
+                format!("*.svc{i}.example.com")
+            } else {
+                format!("api{i}.example.com")
+            };
+            RuleRow {
+                id: format!("rule_{i:08}"),
+                tenant_id: TENANT_ID.into(),
+                runtime,
+                host_pattern: host,
+                path_pattern: Some(if i % 2 == 0 {
+                    "/v1/*".into()
+                } else {
+                    format!("/p{i}/*")
+                }),
+                credential: CREDENTIAL.into(),
+                header: Some("Authorization".into()),
+                param: None,
+                value_template: "Bearer ${credential}".into(),
+                created_at: 0,
+            }
+        })
+        .collect()
+}
