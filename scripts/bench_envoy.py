@@ -11,6 +11,7 @@ generator (wrk, one thread, fixed connections and duration):
   4. runta-tcp     ext_proc to `runta serve`, TCP; the matching rule among 10,000 rules of
                    1,000 runtimes, secret cached
   5. runta-unix    the same over a Unix socket
+  6. runta-logged  runta over TCP with its default log level (info): one log line per decision
 
 Then, without Envoy, examples/grpc_load straight against runta and the null processor at 1,
 16 and 256 concurrent streams, and examples/scale at 1,000, 100,000 and 1,000,000 rules.
@@ -218,6 +219,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run every configuration this many times, interleaved; report medians")
     parser.add_argument("--json")
     args = parser.parse_args()
     for tool in (RUNTA, NULL, GRPC_LOAD, SCALE, ENVOY):
@@ -257,9 +260,14 @@ def main():
         # The Unix-socket server: a second runta on the same data (read-only use here).
         runta_unix = start([RUNTA, "serve", "--data-dir", data, "--admin-listen", "127.0.0.1:0",
                             "--grpc-listen", f"unix:{socket_path}"], env=env, stderr=subprocess.DEVNULL)
+        logged_port = free_port()
+        runta_logged = start([RUNTA, "serve", "--data-dir", data, "--admin-listen", "127.0.0.1:0",
+                              "--grpc-listen", f"127.0.0.1:{logged_port}"],
+                             env=dict(os.environ, RUNTA_LOG__LEVEL="info"), stderr=subprocess.DEVNULL)
         null_port = free_port()
         null = start([NULL, f"127.0.0.1:{null_port}"], stdout=subprocess.DEVNULL)
         wait_port(null_port)
+        wait_port(logged_port)
         deadline = time.time() + 30
         while not os.path.exists(socket_path) and time.time() < deadline:
             time.sleep(0.05)
@@ -276,28 +284,47 @@ def main():
             ("null-extproc", EXTPROC_FILTER % {"token": token, "runtime": RUNTIME}, EXTPROC_CLUSTER % {"address": tcp(null_port)}, null),
             ("runta-tcp", EXTPROC_FILTER % {"token": token, "runtime": RUNTIME}, EXTPROC_CLUSTER % {"address": tcp(grpc_port)}, runta_tcp),
             ("runta-unix", EXTPROC_FILTER % {"token": token, "runtime": RUNTIME}, EXTPROC_CLUSTER % {"address": pipe(socket_path)}, runta_unix),
+            ("runta-logged", EXTPROC_FILTER % {"token": token, "runtime": RUNTIME}, EXTPROC_CLUSTER % {"address": tcp(logged_port)}, runta_logged),
         ]
-        results["envoy"] = {}
+        # Every configuration gets its own Envoy; rounds interleave them, so that drift of a
+        # shared machine spreads over all of them, and the median of each is reported.
+        envoys = {}
         for name, filters, clusters, processor in configs:
             path, port = envoy_config(work, name, filters, clusters)
-            envoy = start([ENVOY, "-c", path, "--concurrency", "1", "--use-dynamic-base-id", "-l", "error"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            envoys[name] = (start([ENVOY, "-c", path, "--concurrency", "1", "--use-dynamic-base-id", "-l", "error"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port, processor)
+        for name, (_, port, _) in envoys.items():
             wait_port(port)
             wrk(port, 2, args.connections)  # warm up (and fill runta's secret cache)
-            cpu_before = cpu_seconds(processor.pid) if processor else None
-            result = wrk(port, args.seconds, args.connections)
-            if processor:
-                used = cpu_seconds(processor.pid) - cpu_before
-                result["processor_cpu_s_per_1000"] = round(used / result["requests"] * 1000, 4)
-            results["envoy"][name] = result
+        runs = {name: [] for name in envoys}
+        for round_ in range(args.rounds):
+            for name, (_, port, processor) in envoys.items():
+                cpu_before = cpu_seconds(processor.pid) if processor else None
+                result = wrk(port, args.seconds, args.connections)
+                if processor:
+                    used = cpu_seconds(processor.pid) - cpu_before
+                    result["processor_cpu_s_per_1000"] = round(used / result["requests"] * 1000, 4)
+                runs[name].append(result)
+                print(f"round {round_ + 1} {name:13} {result}", file=sys.stderr)
+        def median(values):
+            values = sorted(values)
+            return values[len(values) // 2]
+        results["envoy"] = {}
+        for name, rounds in runs.items():
+            results["envoy"][name] = {
+                key: median([r[key] for r in rounds]) for key in rounds[0]
+            }
+            results["envoy"][name]["rps_all_rounds"] = [r["rps"] for r in rounds]
+        for envoy, _, _ in envoys.values():
             envoy.send_signal(signal.SIGTERM)
             envoy.wait()
-            print(f"{name:13} {result}", file=sys.stderr)
         e = results["envoy"]
         results["ratios"] = {
             "runta_tcp_vs_null_rps": round(e["runta-tcp"]["rps"] / e["null-extproc"]["rps"], 3),
             "runta_tcp_vs_native_rps": round(e["runta-tcp"]["rps"] / e["native"]["rps"], 3),
             "runta_tcp_vs_null_cpu": round(e["runta-tcp"]["processor_cpu_s_per_1000"] / e["null-extproc"]["processor_cpu_s_per_1000"], 3),
+            "runta_logged_vs_null_rps": round(e["runta-logged"]["rps"] / e["null-extproc"]["rps"], 3),
+            "runta_logged_vs_null_cpu": round(e["runta-logged"]["processor_cpu_s_per_1000"] / e["null-extproc"]["processor_cpu_s_per_1000"], 3),
         }
 
         results["grpc"] = {}
