@@ -50,7 +50,7 @@ pub struct Engine {
     keyring: Arc<Keyring>,
     metrics: Arc<Metrics>,
     snapshot: ArcSwap<Snapshot>,
-    secrets: DashMap<Arc<str>, CachedSecret>,
+    secrets: DashMap<Arc<str>, CachedSecret, foldhash::fast::RandomState>,
     /// Bumped by every invalidation; a fetch caches its result only if it did not move.
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
@@ -66,7 +66,7 @@ impl Engine {
             keyring,
             metrics,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
-            secrets: DashMap::new(),
+            secrets: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             generation: AtomicU64::new(0),
             reload_lock: tokio::sync::Mutex::new(()),
             replica: crate::crypto::new_id("replica"),

@@ -69,13 +69,13 @@ fn split_authority(authority: &str) -> (&str, Option<u16>) {
 
 /// Normalises a path (no query). Answers the path and whether it held an encoded separator.
 pub fn normalise_path(path: &str) -> (Cow<'_, str>, bool) {
-    let needs_work = path.contains('%')
-        || path.contains("//")
-        || path.contains("/./")
-        || path.contains("/../")
-        || path.ends_with("/.")
-        || path.ends_with("/..")
-        || !path.starts_with('/');
+    // One pass over the bytes: is anything to decode, merge or remove? (Five substring
+    // searches here were a fifth of `decide`'s instructions in a profile.)
+    let bytes = path.as_bytes();
+    let needs_work = !path.starts_with('/')
+        || bytes.iter().enumerate().any(|(i, &b)| {
+            b == b'%' || (b == b'/' && matches!(bytes.get(i + 1), Some(b'/') | Some(b'.')))
+        });
     if !needs_work {
         return (Cow::Borrowed(path), false);
     }
