@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion};
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use runta::config::Unidentified;
 use runta::crypto::{Keyring, MasterKey, SealContext, new_id};
 use runta::engine::Engine;
@@ -47,16 +47,7 @@ fn header_map() -> HeaderMap {
         ("user-agent", "bench/1.0"),
         ("accept", "*/*"),
     ];
-    HeaderMap {
-        headers: pairs
-            .iter()
-            .map(|(k, v)| HeaderValue {
-                key: k.to_string(),
-                value: String::new(),
-                raw_value: v.as_bytes().to_vec(),
-            })
-            .collect(),
-    }
+    runta::bench_support::header_map(&pairs)
 }
 
 /// A store holding `count` rules and the secret, and a served-path `ExtProc` over it, warm.

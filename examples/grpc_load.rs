@@ -6,10 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingRequest;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
-use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
-use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
 use tonic::transport::{Channel, Endpoint};
 
 async fn connect(address: &str) -> Channel {
@@ -46,23 +44,7 @@ fn message(host: &str, path: &str) -> ProcessingRequest {
         ("content-type", "application/json"),
         ("user-agent", "grpc_load/1.0"),
     ];
-    ProcessingRequest {
-        request: Some(Message::RequestHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: pairs
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: k.to_string(),
-                        value: String::new(),
-                        raw_value: v.as_bytes().to_vec(),
-                    })
-                    .collect(),
-            }),
-            end_of_stream: true,
-            ..HttpHeaders::default()
-        })),
-        ..ProcessingRequest::default()
-    }
+    runta::bench_support::request_headers(&pairs)
 }
 
 #[tokio::main]

@@ -1,10 +1,41 @@
-//! Synthetic rule sets for benchmarks and scale measurements (not used by the service).
+//! Synthetic rule sets and Envoy-shaped messages for benchmarks, load generators and tests
+//! (not used by the service).
 //!
 //! `rules(count)`: runtime `rt-0` of tenant `ten_bench` always has the same ten rules, one of
 //! which matches `POST http://api.openai.com/v1/chat/completions`; the other rules are spread
 //! over 999 other runtimes. Sizes then differ only in other runtimes' rules.
 
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
+
 use crate::store::{RuleRow, TenantRow};
+
+/// Request headers as Envoy sends them: values in `raw_value`.
+pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    HeaderMap {
+        headers: pairs
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: (*k).to_owned(),
+                value: String::new(),
+                raw_value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// A request-headers message as Envoy sends it, for a request without a body.
+pub fn request_headers(pairs: &[(&str, &str)]) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(Message::RequestHeaders(HttpHeaders {
+            headers: Some(header_map(pairs)),
+            end_of_stream: true,
+            ..HttpHeaders::default()
+        })),
+        ..ProcessingRequest::default()
+    }
+}
 
 pub const TENANT_ID: &str = "ten_bench";
 pub const TENANT_NAME: &str = "bench";

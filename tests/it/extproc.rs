@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+    HttpBody, ProcessingRequest, ProcessingResponse,
 };
 use runta::config::{Config, KeyConfig};
 use runta::crypto::{Keyring, MasterKey, SealContext};
@@ -210,23 +209,7 @@ impl Gateway {
 
 /// Request headers as Envoy sends them: values in `raw_value`.
 pub fn headers(pairs: &[(&str, &str)]) -> ProcessingRequest {
-    ProcessingRequest {
-        request: Some(Message::RequestHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: pairs
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: k.to_string(),
-                        value: String::new(),
-                        raw_value: v.as_bytes().to_vec(),
-                    })
-                    .collect(),
-            }),
-            end_of_stream: true,
-            ..HttpHeaders::default()
-        })),
-        ..ProcessingRequest::default()
-    }
+    runta::bench_support::request_headers(pairs)
 }
 
 pub fn get(authority: &str, path: &str) -> Vec<(String, String)> {
