@@ -95,40 +95,38 @@ fn envoy_bootstrap(
             .map_err(|m| CliError::Usage(format!("--dns-resolver: {m}")))?;
         bootstrap.dns_resolver = Some((addr.ip().to_string(), addr.port()));
     }
-    if !args.example || args.extproc_address.is_none() {
-        // The server's own configuration: where it listens, and its gateway token.
-        let config = if args.example {
-            None
-        } else {
-            Some(load_config(&args.server, global)?)
-        };
-        let extproc = match (&args.extproc_address, &config) {
-            (Some(address), _) => address.clone(),
-            (None, Some(config)) => {
-                match crate::config::parse_grpc_listen(&config.grpc.listen).map_err(usage)? {
-                    crate::config::GrpcListen::Unix(path) => format!("unix:{}", path.display()),
-                    crate::config::GrpcListen::Tcp(addr) if addr.ip().is_unspecified() => {
-                        format!("127.0.0.1:{}", addr.port())
-                    }
-                    crate::config::GrpcListen::Tcp(addr) => addr.to_string(),
+    // The server's own configuration gives the address and the real gateway token; an
+    // example uses neither.
+    let config = if args.example {
+        None
+    } else {
+        Some(load_config(&args.server, global)?)
+    };
+    let extproc = match (&args.extproc_address, &config) {
+        (Some(address), _) => Some(address.clone()),
+        (None, Some(config)) => Some(
+            match crate::config::parse_grpc_listen(&config.grpc.listen).map_err(usage)? {
+                crate::config::GrpcListen::Unix(path) => format!("unix:{}", path.display()),
+                crate::config::GrpcListen::Tcp(addr) if addr.ip().is_unspecified() => {
+                    format!("127.0.0.1:{}", addr.port())
                 }
-            }
-            (None, None) => "127.0.0.1:50051".to_owned(),
-        };
+                crate::config::GrpcListen::Tcp(addr) => addr.to_string(),
+            },
+        ),
+        (None, None) => None,
+    };
+    if let Some(extproc) = extproc {
         bootstrap.extproc = ExtprocAddress::parse(&extproc)
             .map_err(|m| CliError::Usage(format!("--extproc-address: {m}")))?;
-        if let Some(config) = &config {
-            let token = bootstrap::existing_gateway_token(config).map_err(usage)?.ok_or_else(|| {
-                CliError::Usage(format!(
-                    "no gateway token: configure grpc.gateway_tokens, or run `runta serve` once so that it writes {}",
-                    config.data_dir.join(bootstrap::GATEWAY_TOKEN_FILE).display()
-                ))
-            })?;
-            bootstrap.gateway_token = token.expose_secret().to_owned();
-        }
-    } else if let Some(address) = &args.extproc_address {
-        bootstrap.extproc = ExtprocAddress::parse(address)
-            .map_err(|m| CliError::Usage(format!("--extproc-address: {m}")))?;
+    }
+    if let Some(config) = &config {
+        let token = bootstrap::existing_gateway_token(config).map_err(usage)?.ok_or_else(|| {
+            CliError::Usage(format!(
+                "no gateway token: configure grpc.gateway_tokens, or run `runta serve` once so that it writes {}",
+                config.data_dir.join(bootstrap::GATEWAY_TOKEN_FILE).display()
+            ))
+        })?;
+        bootstrap.gateway_token = token.expose_secret().to_owned();
     }
     let yaml = bootstrap.render();
     match &args.out {
