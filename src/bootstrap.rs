@@ -225,26 +225,24 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
     if path.exists() {
         return Ok(());
     }
-    let key = crypto::generate_token(TokenKind::ApiKey);
-    let new_key = |tenant_id: &str| NewApiKey {
-        id: crypto::new_id("key"),
-        tenant_id: tenant_id.to_owned(),
-        name: Some("quickstart".into()),
-        key_hash: crypto::hash_token(key.expose_secret()),
-        created_at: now_millis(),
-    };
-    match store.find_tenant_by_name(DEFAULT_TENANT).await? {
-        Some(tenant) => store.create_api_key(&new_key(&tenant.id)).await?,
+    let key = match store.find_tenant_by_name(DEFAULT_TENANT).await? {
+        Some(tenant) => {
+            let (row, key) = NewApiKey::generate(&tenant.id, Some("quickstart".into()));
+            store.create_api_key(&row).await?;
+            key
+        }
         None => {
             let tenant = TenantRow {
                 id: crypto::new_id("ten"),
                 name: DEFAULT_TENANT.into(),
                 created_at: now_millis(),
             };
-            store.create_tenant(&tenant, &new_key(&tenant.id)).await?;
+            let (row, key) = NewApiKey::generate(&tenant.id, Some("quickstart".into()));
+            store.create_tenant(&tenant, &row).await?;
             tracing::info!(tenant = DEFAULT_TENANT, "created the default tenant");
+            key
         }
-    }
+    };
     write_new_file(&path, key.expose_secret().as_bytes())?;
     tracing::info!(path = %path.display(), tenant = DEFAULT_TENANT, "wrote an API key for the default tenant");
     Ok(())

@@ -293,7 +293,7 @@ impl Config {
             } else {
                 key
             };
-            ConfigError::new(key, e.kind.to_string())
+            ConfigError::new(key, describe_error(&e.kind))
         })?;
         config.validate()?;
         Ok(config)
@@ -409,6 +409,17 @@ impl Config {
             "sqlite://{}",
             self.data_dir.join("runta.db").display()
         )))
+    }
+}
+
+/// A figment error without the value it found: a token, key or URL written with the wrong
+/// type must not be echoed into a terminal or a log.
+fn describe_error(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(_, expected) => format!("invalid type, expected {expected}"),
+        Kind::InvalidValue(_, expected) => format!("invalid value, expected {expected}"),
+        other => other.to_string(),
     }
 }
 
@@ -549,6 +560,18 @@ mod tests {
             let err = load(file, &env, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn errors_do_not_echo_values() {
+        let err = load(
+            Some("[admin]\noperator_token = 123456789\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("admin.operator_token"), "{err}");
+        assert!(!err.to_string().contains("123456789"), "{err}");
     }
 
     #[test]

@@ -52,11 +52,11 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-/// Opens the store and brings its schema up to date.
+/// Opens the store and brings its schema up to date; answers how many migrations ran.
 pub async fn open_store(
     config: &Config,
     resolved: &bootstrap::Resolved,
-) -> Result<Store, BootstrapError> {
+) -> Result<(Store, usize), BootstrapError> {
     let store = Store::connect(
         resolved.database_url.expose_secret(),
         config.database.max_connections,
@@ -66,7 +66,7 @@ pub async fn open_store(
     if applied > 0 {
         tracing::info!(applied, backend = ?store.kind(), "database migrations applied");
     }
-    Ok(store)
+    Ok((store, applied))
 }
 
 /// Where a running server listens.
@@ -116,7 +116,7 @@ fn shutdown_future(
 /// Starts the server: everything resolved and loaded, then both ports bound.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let resolved = bootstrap::resolve(&config)?;
-    let store = open_store(&config, &resolved).await?;
+    let (store, _) = open_store(&config, &resolved).await?;
     if resolved.embedded {
         bootstrap::ensure_default_tenant(&store, &config.data_dir).await?;
     }

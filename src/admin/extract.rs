@@ -148,6 +148,17 @@ pub struct TenantAuth {
     pub key: ApiKeyRow,
 }
 
+impl TenantAuth {
+    /// The tenant and key a presented API key belongs to, if it is one.
+    async fn of_key(state: &AppState, token: &str) -> Result<Option<Self>, ApiError> {
+        let found = state
+            .store
+            .authenticate_api_key(&crypto::hash_token(token))
+            .await?;
+        Ok(found.map(|(tenant, key)| Self { tenant, key }))
+    }
+}
+
 impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
@@ -192,12 +203,7 @@ impl FromRequestParts<AppState> for OperatorAuth {
         if crypto::tokens_equal(token, operator) {
             return Ok(Self);
         }
-        if state
-            .store
-            .authenticate_api_key(&crypto::hash_token(token))
-            .await?
-            .is_some()
-        {
+        if TenantAuth::of_key(state, token).await?.is_some() {
             return Err(ApiError::forbidden(
                 "this call needs the operator token; a tenant's API key cannot manage tenants",
             ));

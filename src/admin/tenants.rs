@@ -10,7 +10,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ListParams, OperatorAuth, TenantAuth};
 use super::views::{ApiKey, List, Tenant};
-use crate::crypto::{self, TokenKind};
+use crate::crypto;
 use crate::names::validate_name;
 use crate::store::{NewApiKey, StoreError, TenantRow, now_millis};
 
@@ -38,14 +38,7 @@ pub async fn create_tenant(
         name: body.name,
         created_at: now,
     };
-    let key = crypto::generate_token(TokenKind::ApiKey);
-    let new_key = NewApiKey {
-        id: crypto::new_id("key"),
-        tenant_id: tenant.id.clone(),
-        name: Some("initial".into()),
-        key_hash: crypto::hash_token(key.expose_secret()),
-        created_at: now,
-    };
+    let (new_key, key) = NewApiKey::generate(&tenant.id, Some("initial".into()));
     match state.store.create_tenant(&tenant, &new_key).await {
         Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
             "already_exists",
@@ -96,14 +89,7 @@ pub async fn create_api_key(
     if let Some(name) = &body.name {
         validate_label(name).map_err(|m| ApiError::invalid("name", m))?;
     }
-    let key = crypto::generate_token(TokenKind::ApiKey);
-    let row = NewApiKey {
-        id: crypto::new_id("key"),
-        tenant_id: auth.tenant.id.clone(),
-        name: body.name,
-        key_hash: crypto::hash_token(key.expose_secret()),
-        created_at: now_millis(),
-    };
+    let (row, key) = NewApiKey::generate(&auth.tenant.id, body.name);
     state.store.create_api_key(&row).await?;
     Ok((
         StatusCode::CREATED,

@@ -41,13 +41,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Migrate(args) => {
             let config = load_config(&args, &cli.global)?;
             let resolved = bootstrap::resolve(&config).map_err(usage)?;
-            let store = crate::store::Store::connect(
-                secrecy::ExposeSecret::expose_secret(&resolved.database_url),
-                1,
-            )
-            .await
-            .map_err(usage)?;
-            let applied = store.migrate().await.map_err(usage)?;
+            let (_, applied) = serve::open_store(&config, &resolved).await.map_err(usage)?;
             println!("{applied} migration(s) applied; the schema is up to date");
             Ok(())
         }
@@ -217,7 +211,7 @@ async fn open_for_keys(
 ) -> Result<(crate::store::Store, crate::crypto::Keyring), CliError> {
     let config = load_config(args, global)?;
     let resolved = bootstrap::resolve(&config).map_err(usage)?;
-    let store = serve::open_store(&config, &resolved).await.map_err(usage)?;
+    let (store, _) = serve::open_store(&config, &resolved).await.map_err(usage)?;
     Ok((store, resolved.keyring))
 }
 
@@ -290,15 +284,9 @@ struct SecretUpdate<'a> {
 /// A path segment, percent-encoded (names are validated by the server; this keeps a bad one
 /// from changing the path).
 fn seg(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(text.len());
+    crate::extproc::mutation::percent_encode_into(&mut out, text.as_bytes());
+    String::from_utf8(out).expect("percent-encoding is ASCII")
 }
 
 async fn secret(command: SecretCommand, client: &Client, out: Output) -> Result<(), CliError> {

@@ -35,10 +35,7 @@ fn key_is(raw_key: &[u8], param: &str) -> bool {
     let mut i = 0;
     while i < raw_key.len() {
         if raw_key[i] == b'%'
-            && let Some(v) = raw_key
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            && let Some(v) = crate::rules::request::hex_pair(&raw_key[i + 1..])
         {
             decoded.push(v);
             i += 3;

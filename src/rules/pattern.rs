@@ -11,6 +11,8 @@
 use std::fmt;
 use std::net::Ipv6Addr;
 
+use super::request::{BadEscape, normalise_escapes};
+
 /// The name part of a host pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostName {
@@ -229,7 +231,13 @@ impl PathPattern {
         if input.contains('\\') {
             return Err(format!("'{input}': '\\' is not allowed in a path"));
         }
-        let normal = normalise_escapes(input).map_err(|e| format!("'{input}': {e}"))?;
+        let (normal, encoded_separator) =
+            normalise_escapes(input, BadEscape::Reject).map_err(|e| format!("'{input}': {e}"))?;
+        if encoded_separator {
+            return Err(format!(
+                "'{input}': an encoded '/' or '\\' (%2F, %5C) never matches"
+            ));
+        }
         for segment in normal.split('/').skip(1) {
             if segment == "." || segment == ".." {
                 return Err(format!(
@@ -254,36 +262,6 @@ impl fmt::Display for PathPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Decodes percent-escapes of unreserved characters and upper-cases the hex digits of the
-/// others (RFC 3986 section 6.2.2). An escaped `/` or `\` is an error: such a path never
-/// matches a rule.
-fn normalise_escapes(path: &str) -> Result<String, String> {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'%' {
-            out.push(bytes[i] as char);
-            i += 1;
-            continue;
-        }
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .ok_or("'%' must be followed by two hex digits")?;
-        match hex {
-            b'/' | b'\\' => return Err("an encoded '/' or '\\' (%2F, %5C) never matches".into()),
-            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
-                out.push(c as char)
-            }
-            c => out.push_str(&format!("%{c:02X}")),
-        }
-        i += 3;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

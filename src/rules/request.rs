@@ -79,39 +79,10 @@ pub fn normalise_path(path: &str) -> (Cow<'_, str>, bool) {
     if !needs_work {
         return (Cow::Borrowed(path), false);
     }
-    let mut encoded_separator = false;
-    // Decode unreserved escapes; keep (and upper-case) the others.
-    let bytes = path.as_bytes();
-    let mut decoded = String::with_capacity(path.len() + 1);
-    if !path.starts_with('/') {
-        decoded.push('/');
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%'
-            && let Some(value) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            if value == b'/' || value == b'\\' {
-                encoded_separator = true;
-            }
-            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
-                decoded.push(value as char);
-            } else {
-                decoded.push('%');
-                decoded.push(hex_digit(value >> 4));
-                decoded.push(hex_digit(value & 15));
-            }
-            i += 3;
-            continue;
-        }
-        // Non-ASCII bytes are kept as they are (the input is valid UTF-8 text).
-        let ch_len = utf8_len(b);
-        decoded.push_str(&path[i..i + ch_len]);
-        i += ch_len;
+    let (mut decoded, encoded_separator) =
+        normalise_escapes(path, BadEscape::Keep).expect("kept, not rejected");
+    if !decoded.starts_with('/') {
+        decoded.insert(0, '/');
     }
     // Remove dot segments and merge slashes (RFC 3986 5.2.4, with empty segments dropped).
     let mut segments: Vec<&str> = Vec::new();
@@ -135,6 +106,68 @@ pub fn normalise_path(path: &str) -> (Cow<'_, str>, bool) {
         out.push('/');
     }
     (Cow::Owned(out), encoded_separator)
+}
+
+/// What to do with a `%` that is not followed by two hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadEscape {
+    /// Keep it as a literal `%` (a request path: Envoy forwards it as it is).
+    Keep,
+    /// Refuse the text (a rule's pattern).
+    Reject,
+}
+
+/// A `%` not followed by two hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidEscape;
+
+impl std::fmt::Display for InvalidEscape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("'%' must be followed by two hex digits")
+    }
+}
+
+/// Percent-escapes in normal form (RFC 3986 section 6.2.2): escapes of unreserved characters
+/// decoded, the others kept with upper-case hex digits. Answers the text and whether it held
+/// an encoded `/` or `\`; `Err` only for a bad escape under `BadEscape::Reject`. Rule patterns
+/// and request paths both go through here, so they cannot disagree on the normal form.
+pub fn normalise_escapes(text: &str, bad: BadEscape) -> Result<(String, bool), InvalidEscape> {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + 1);
+    let mut encoded_separator = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            match hex_pair(&bytes[i + 1..]) {
+                Some(value) => {
+                    encoded_separator |= value == b'/' || value == b'\\';
+                    if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                        out.push(value as char);
+                    } else {
+                        out.push('%');
+                        out.push(hex_digit(value >> 4));
+                        out.push(hex_digit(value & 15));
+                    }
+                    i += 3;
+                    continue;
+                }
+                None if bad == BadEscape::Reject => return Err(InvalidEscape),
+                None => {}
+            }
+        }
+        // Everything else is kept as it is (the text is valid UTF-8).
+        let ch_len = utf8_len(bytes[i]);
+        out.push_str(&text[i..i + ch_len]);
+        i += ch_len;
+    }
+    Ok((out, encoded_separator))
+}
+
+/// The byte two hex digits at the start of `bytes` stand for.
+pub fn hex_pair(bytes: &[u8]) -> Option<u8> {
+    let high = char::from(*bytes.first()?).to_digit(16)?;
+    let low = char::from(*bytes.get(1)?).to_digit(16)?;
+    Some((high * 16 + low) as u8)
 }
 
 fn hex_digit(n: u8) -> char {

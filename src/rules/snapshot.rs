@@ -7,7 +7,6 @@
 //! hashes of runtime tokens.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::request::Destination;
 use super::{HostName, HostPattern, PathPattern, Target};
@@ -288,14 +287,6 @@ impl RuntimeRules {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
 }
 
 /// What a runtime token identifies.
@@ -319,8 +310,6 @@ pub struct Snapshot {
     /// SHA-256 of a runtime token → what it identifies.
     tokens: HashMap<Vec<u8>, TokenEntry>,
     rule_count: usize,
-    skipped: usize,
-    pub built_at: Instant,
 }
 
 impl Snapshot {
@@ -378,8 +367,6 @@ impl Snapshot {
                 })
                 .collect(),
             rule_count: rules.len() - skipped,
-            skipped,
-            built_at: Instant::now(),
         }
     }
 
@@ -401,11 +388,6 @@ impl Snapshot {
 
     pub fn rule_count(&self) -> usize {
         self.rule_count
-    }
-
-    /// Stored rules that did not compile (should be none).
-    pub fn skipped(&self) -> usize {
-        self.skipped
     }
 }
 

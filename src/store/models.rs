@@ -34,6 +34,22 @@ pub struct NewApiKey {
     pub created_at: i64,
 }
 
+impl NewApiKey {
+    /// A fresh key for a tenant: the row to store (its hash only) and the key to show once.
+    pub fn generate(tenant_id: &str, name: Option<String>) -> (Self, secrecy::SecretString) {
+        use secrecy::ExposeSecret;
+        let key = crate::crypto::generate_token(crate::crypto::TokenKind::ApiKey);
+        let row = Self {
+            id: crate::crypto::new_id("key"),
+            tenant_id: tenant_id.to_owned(),
+            name,
+            key_hash: crate::crypto::hash_token(key.expose_secret()),
+            created_at: super::now_millis(),
+        };
+        (row, key)
+    }
+}
+
 /// A secret with its sealed value. `Debug` shows only the ciphertext's length.
 #[derive(Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = secrets)]
