@@ -16,7 +16,6 @@ use runta::config::Unidentified;
 use runta::crypto::{Keyring, MasterKey, SealContext, new_id};
 use runta::engine::Engine;
 use runta::extproc::ExtProc;
-use runta::extproc::auth::GatewayAuth;
 use runta::extproc::decide::{RequestView, Sidecar, decide};
 use runta::metrics::Metrics;
 use runta::rules::snapshot::Snapshot;
@@ -25,7 +24,7 @@ use runta::store::{SecretRow, Store};
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
 const TENANT: &str = runta::bench_support::TENANT_ID;
 
-use runta::bench_support::{rules, tenants};
+use runta::bench_support::{rule_rows, rules, tenant_names, tenants};
 
 fn request() -> RequestView<'static> {
     RequestView {
@@ -96,13 +95,13 @@ fn served(rt: &tokio::runtime::Runtime, count: usize, dir: &std::path::Path) -> 
             })
             .await
             .unwrap();
-        for chunk in rules(count).chunks(5_000) {
+        for chunk in rule_rows(count).chunks(5_000) {
             store.insert_rules(TENANT, chunk).await.unwrap();
         }
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Engine::new(store, keyring, metrics.clone()));
         engine.reload().await.unwrap();
-        let extproc = ExtProc::new(engine, GatewayAuth::insecure(), Unidentified::Pass, metrics);
+        let extproc = ExtProc::new(engine, Unidentified::Pass, metrics);
         // Warm the secret cache.
         extproc
             .answer_headers(&header_map(), Some(("bench", "rt-0")))
@@ -128,7 +127,7 @@ fn main() {
         .iter()
         .map(|&n| {
             let started = Instant::now();
-            let snapshot = Snapshot::build(&tenants(), &rules(n), Vec::new());
+            let snapshot = Snapshot::build(tenant_names(), &rules(n), Vec::new());
             println!(
                 "snapshot of {n} rules built in {:.1} ms",
                 started.elapsed().as_secs_f64() * 1e3

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use runta::bench_support::{RUNTIME, TENANT_NAME, rules, tenants};
+use runta::bench_support::{RUNTIME, TENANT_NAME, rules, tenant_names};
 use runta::config::Unidentified;
 use runta::extproc::decide::{RequestView, Sidecar, decide};
 use runta::rules::snapshot::{Snapshot, secret_key};
@@ -36,9 +36,9 @@ fn main() {
         .unwrap_or(0);
     let baseline_kib = resident_kib();
     let rows = rules(count);
-    let tenants = tenants();
+    let tenants = tenant_names();
     let started = Instant::now();
-    let snapshot = Snapshot::build(&tenants, &rows, Vec::new());
+    let snapshot = Snapshot::build(tenants, &rows, Vec::new());
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     drop(rows);
     // The secret cache's shape: key → shared, zeroizing value (a typical 51-byte API key).

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
 
+use crate::rules::Rule;
 use crate::store::{RuleRow, TenantRow};
 
 /// Request headers as Envoy sends them: values in `raw_value`.
@@ -52,7 +53,8 @@ pub fn tenants() -> Vec<TenantRow> {
     }]
 }
 
-pub fn rules(count: usize) -> Vec<RuleRow> {
+/// The rule set as stored rows (to load into a database).
+pub fn rule_rows(count: usize) -> Vec<RuleRow> {
     (0..count)
         .map(|i| {
             let runtime = if i < OWN_RULES {
@@ -85,4 +87,17 @@ pub fn rules(count: usize) -> Vec<RuleRow> {
             }
         })
         .collect()
+}
+
+/// The rule set as the snapshot takes it.
+pub fn rules(count: usize) -> Vec<Rule> {
+    rule_rows(count)
+        .iter()
+        .map(|row| row.to_rule().expect("bench rules are valid"))
+        .collect()
+}
+
+/// The tenants as the snapshot takes them: (id, name).
+pub fn tenant_names() -> Vec<(String, String)> {
+    tenants().into_iter().map(|t| (t.id, t.name)).collect()
 }

@@ -268,9 +268,12 @@ pub fn generate_token(kind: TokenKind) -> SecretString {
 }
 
 /// The stored form of a token: its SHA-256.
-pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+pub fn hash_token(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
 }
+
+/// The SHA-256 of a token: what is stored and compared, never the token.
+pub type TokenHash = [u8; 32];
 
 /// Constant-time equality of two tokens (compares their hashes, so lengths leak nothing).
 pub fn tokens_equal(a: &str, b: &SecretString) -> bool {

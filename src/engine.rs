@@ -23,9 +23,10 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use secrecy::SecretString;
 
+use crate::crypto::TokenHash;
 use crate::crypto::{Keyring, SealContext};
 use crate::metrics::Metrics;
-use crate::rules::snapshot::{Snapshot, secret_key};
+use crate::rules::snapshot::{Snapshot, TokenEntry, secret_key};
 use crate::store::{Store, StoreError};
 
 /// Why a rule's secret could not be had. Never holds the value.
@@ -100,7 +101,26 @@ impl Engine {
                 return Err(err);
             }
         };
-        let snapshot = Snapshot::build(&tenants, &rules, tokens);
+        let rules: Vec<_> = rules
+            .iter()
+            .filter_map(|row| {
+                row.to_rule()
+                    .map_err(|err| tracing::error!(rule = %row.id, error = %err, "a stored rule no longer validates; it is not applied"))
+                    .ok()
+            })
+            .collect();
+        let tokens = tokens.into_iter().filter_map(|(row, hash)| {
+            let hash = TokenHash::try_from(hash.as_slice()).ok()?;
+            Some((
+                hash,
+                TokenEntry {
+                    tenant_id: row.tenant_id,
+                    runtime: row.runtime,
+                    revoked: row.revoked_at.is_some(),
+                },
+            ))
+        });
+        let snapshot = Snapshot::build(tenants.into_iter().map(|t| (t.id, t.name)), &rules, tokens);
         self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
         self.metrics.reloads.with_label_values(&["ok"]).inc();
         self.metrics.mark_snapshot_built();

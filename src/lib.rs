@@ -19,6 +19,7 @@ pub mod crypto;
 pub mod engine;
 pub mod envoy;
 pub mod extproc;
+pub mod grpc;
 pub mod keys;
 pub mod metrics;
 pub mod names;

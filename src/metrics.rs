@@ -10,6 +10,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::extproc::decide::Outcome;
+use crate::rules::CompiledTarget;
+
 /// The service's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -45,15 +48,10 @@ pub struct Metrics {
 
 /// Children of the labelled counters the ext_proc hot path bumps on every request.
 pub struct HotCounters {
-    pub inject: IntCounter,
-    pub no_match: IntCounter,
-    pub unidentified: IntCounter,
-    pub tunnel: IntCounter,
-    pub denied: IntCounter,
-    pub bad_token: IntCounter,
-    pub secret_unavailable: IntCounter,
-    pub header_injections: IntCounter,
-    pub param_injections: IntCounter,
+    /// One per outcome, in `Outcome::ALL` order.
+    decisions: [IntCounter; Outcome::ALL.len()],
+    header_injections: IntCounter,
+    param_injections: IntCounter,
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
 }
@@ -106,13 +104,7 @@ impl Metrics {
             &["result"],
         );
         let hot = HotCounters {
-            inject: decisions.with_label_values(&["inject"]),
-            no_match: decisions.with_label_values(&["no_match"]),
-            unidentified: decisions.with_label_values(&["unidentified"]),
-            tunnel: decisions.with_label_values(&["tunnel"]),
-            denied: decisions.with_label_values(&["denied"]),
-            bad_token: decisions.with_label_values(&["bad_token"]),
-            secret_unavailable: decisions.with_label_values(&["secret_unavailable"]),
+            decisions: Outcome::ALL.map(|o| decisions.with_label_values(&[o.as_str()])),
             header_injections: injections.with_label_values(&["header"]),
             param_injections: injections.with_label_values(&["param"]),
             cache_hits: secret_cache.with_label_values(&["hit"]),
@@ -198,8 +190,39 @@ impl Metrics {
     }
 }
 
+impl HotCounters {
+    /// The decisions counter of an outcome.
+    pub fn decision(&self, outcome: Outcome) -> &IntCounter {
+        // `ALL` lists every variant in declaration order, so the discriminant is the index.
+        &self.decisions[outcome as usize]
+    }
+
+    /// The injections counter of a target kind.
+    pub fn injection(&self, target: &CompiledTarget) -> &IntCounter {
+        match target {
+            CompiledTarget::Header(_) => &self.header_injections,
+            CompiledTarget::Param(_) => &self.param_injections,
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_outcome_counts_under_its_own_label() {
+        let metrics = Metrics::new();
+        for outcome in Outcome::ALL {
+            metrics.hot.decision(outcome).inc();
+            let child = metrics.decisions.with_label_values(&[outcome.as_str()]);
+            assert_eq!(child.get(), 1, "{outcome:?}");
+        }
     }
 }

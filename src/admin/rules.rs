@@ -13,7 +13,7 @@ use super::extract::{JsonBody, ListParams, TenantAuth};
 use super::views::{List, Rule};
 use crate::crypto;
 use crate::names::validate_name;
-use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, Target};
+use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, TargetFields};
 use crate::store::{RuleRow, StoreError, now_millis};
 
 /// The largest batch accepted.
@@ -70,22 +70,12 @@ pub struct InjectBody {
 }
 
 fn new_row(tenant_id: &str, spec: RuleSpec, created_at: i64) -> RuleRow {
-    let (header, param) = match spec.target {
-        Target::Header(h) => (Some(h), None),
-        Target::Param(p) => (None, Some(p)),
-    };
-    RuleRow {
+    let rule = crate::rules::Rule {
         id: crypto::new_id("rule"),
         tenant_id: tenant_id.to_owned(),
-        runtime: spec.runtime,
-        host_pattern: spec.host.to_string(),
-        path_pattern: spec.path.map(|p| p.as_str().to_owned()),
-        credential: spec.credential,
-        header,
-        param,
-        value_template: spec.template,
-        created_at,
-    }
+        spec,
+    };
+    RuleRow::from_rule(&rule, created_at)
 }
 
 fn runtime_param(runtime: &str) -> ApiResult<()> {
@@ -104,8 +94,10 @@ pub async fn create_rule(
         host: &body.host,
         path: body.path.as_deref(),
         credential: &body.injection.credential,
-        header: body.injection.header.as_deref(),
-        param: body.injection.param.as_deref(),
+        target: TargetFields {
+            header: body.injection.header,
+            param: body.injection.param,
+        },
         value: body.injection.value.as_deref(),
     };
     let spec = RuleSpec::from_draft(&draft, &DraftFields::SINGLE)?;
@@ -151,8 +143,10 @@ pub async fn create_rules_batch(
             host: &rule.host,
             path: rule.path.as_deref(),
             credential: &rule.credential,
-            header: rule.inject.header.as_deref(),
-            param: rule.inject.param.as_deref(),
+            target: TargetFields {
+                header: rule.inject.header.clone(),
+                param: rule.inject.param.clone(),
+            },
             value: rule.inject.value.as_deref(),
         };
         let spec = RuleSpec::from_draft(&draft, &DraftFields::BATCH)

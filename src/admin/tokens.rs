@@ -34,7 +34,7 @@ pub async fn create_runtime_token(
         id: crypto::new_id("rtk"),
         tenant_id: auth.tenant.id.clone(),
         runtime,
-        token_hash: crypto::hash_token(token.expose_secret()),
+        token_hash: crypto::hash_token(token.expose_secret()).to_vec(),
         created_at: now_millis(),
     };
     state.store.create_runtime_token(&row).await?;

@@ -4,6 +4,7 @@
 use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 
+use crate::rules::TargetFields;
 use crate::store::{ApiKeyRow, Paged, RuleRow, RuntimeTokenRow, SecretRow, TenantRow};
 
 /// RFC 3339 in UTC with milliseconds, from stored Unix milliseconds.
@@ -101,8 +102,9 @@ pub struct Rule {
 #[derive(Debug, Serialize)]
 pub struct Injection {
     pub credential: String,
-    pub header: Option<String>,
-    pub param: Option<String>,
+    /// `header` and `param`, exactly one of them set.
+    #[serde(flatten)]
+    pub target: TargetFields,
     pub value: String,
 }
 
@@ -115,8 +117,10 @@ impl From<RuleRow> for Rule {
             path_pattern: row.path_pattern,
             injection: Injection {
                 credential: row.credential,
-                header: row.header,
-                param: row.param,
+                target: TargetFields {
+                    header: row.header,
+                    param: row.param,
+                },
                 value: row.value_template,
             },
             created_at: timestamp(row.created_at),

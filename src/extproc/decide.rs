@@ -40,6 +40,15 @@ pub enum IdentitySource {
     Token,
 }
 
+impl IdentitySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sidecar => "sidecar",
+            Self::Token => "token",
+        }
+    }
+}
+
 /// Who sent the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity<'a> {
@@ -63,9 +72,23 @@ pub enum Outcome {
     Denied,
     /// A runtime token that is unknown, revoked or malformed: 407.
     BadToken,
+    /// A rule matched but its secret could not be had: 503, never forwarded without it.
+    /// (Not produced by `decide`, which does not look at secrets; by the plumbing after it.)
+    SecretUnavailable,
 }
 
 impl Outcome {
+    /// Every outcome, for metrics that expose each one from the start.
+    pub const ALL: [Self; 7] = [
+        Self::Inject,
+        Self::NoMatch,
+        Self::Unidentified,
+        Self::Tunnel,
+        Self::Denied,
+        Self::BadToken,
+        Self::SecretUnavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Inject => "inject",
@@ -74,6 +97,7 @@ impl Outcome {
             Self::Tunnel => "tunnel",
             Self::Denied => "denied",
             Self::BadToken => "bad_token",
+            Self::SecretUnavailable => "secret_unavailable",
         }
     }
 }
@@ -202,21 +226,18 @@ pub fn proxy_token(header: &str) -> Option<zeroize::Zeroizing<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Target;
-    use crate::store::{RuleRow, RuntimeTokenRow, TenantRow};
+    use crate::crypto::TokenHash;
+    use crate::rules::snapshot::TokenEntry;
+    use crate::rules::{CompiledTarget, DraftFields, Rule, RuleDraft, RuleSpec, TargetFields};
 
     const A: &str = "ten_a";
     const B: &str = "ten_b";
 
-    fn tenant(id: &str, name: &str) -> TenantRow {
-        TenantRow {
-            id: id.into(),
-            name: name.into(),
-            created_at: 0,
-        }
+    fn tenant(id: &str, name: &str) -> (String, String) {
+        (id.into(), name.into())
     }
 
-    /// A rule row: header target unless `target` starts with `?` (a query parameter).
+    /// A rule: header target unless `target` starts with `?` (a query parameter).
     fn rule(
         id: &str,
         tenant: &str,
@@ -224,47 +245,47 @@ mod tests {
         host: &str,
         path: Option<&str>,
         target: &str,
-    ) -> RuleRow {
-        let (header, param) = match target.strip_prefix('?') {
-            Some(p) => (None, Some(p.to_owned())),
-            None => (Some(target.to_owned()), None),
+    ) -> Rule {
+        let target = match target.strip_prefix('?') {
+            Some(p) => TargetFields {
+                header: None,
+                param: Some(p.to_owned()),
+            },
+            None => TargetFields {
+                header: Some(target.to_owned()),
+                param: None,
+            },
         };
-        RuleRow {
+        let credential = format!("cred-{id}");
+        let draft = RuleDraft {
+            runtime,
+            host,
+            path,
+            credential: &credential,
+            target,
+            value: Some("Bearer ${credential}"),
+        };
+        Rule {
             id: id.into(),
             tenant_id: tenant.into(),
-            runtime: runtime.into(),
-            host_pattern: host.into(),
-            path_pattern: path.map(Into::into),
-            credential: format!("cred-{id}"),
-            header,
-            param,
-            value_template: "Bearer ${credential}".into(),
-            created_at: 0,
+            spec: RuleSpec::from_draft(&draft, &DraftFields::BATCH).unwrap(),
         }
     }
 
-    fn token(
-        id: &str,
-        tenant: &str,
-        runtime: &str,
-        secret: &str,
-        revoked: bool,
-    ) -> (RuntimeTokenRow, Vec<u8>) {
+    fn token(tenant: &str, runtime: &str, secret: &str, revoked: bool) -> (TokenHash, TokenEntry) {
         (
-            RuntimeTokenRow {
-                id: id.into(),
+            crypto::hash_token(secret),
+            TokenEntry {
                 tenant_id: tenant.into(),
                 runtime: runtime.into(),
-                created_at: 0,
-                revoked_at: revoked.then_some(1),
+                revoked,
             },
-            crypto::hash_token(secret),
         )
     }
 
     fn snapshot() -> Snapshot {
         Snapshot::build(
-            &[tenant(A, "acme"), tenant(B, "umbrella")],
+            [tenant(A, "acme"), tenant(B, "umbrella")],
             &[
                 rule(
                     "r01",
@@ -316,8 +337,8 @@ mod tests {
                 ),
             ],
             vec![
-                token("rtk_1", A, "worker", "runta_rt_good", false),
-                token("rtk_2", A, "worker", "runta_rt_revoked", true),
+                token(A, "worker", "runta_rt_good", false),
+                token(A, "worker", "runta_rt_revoked", true),
             ],
         )
     }
@@ -513,13 +534,13 @@ mod tests {
             &request("maps.example.org", "/"),
             Unidentified::Pass,
         );
-        assert_eq!(d.rules[0].target, Target::Param("key".into()));
+        assert_eq!(d.rules[0].target, CompiledTarget::Param("key".into()));
         let d = decide(
             &snap,
             WORKER,
             &request("multi.example.org", "/v1/x"),
             Unidentified::Pass,
         );
-        assert_eq!(d.rules[0].target, Target::Header("X-One".into()));
+        assert_eq!(d.rules[0].target, CompiledTarget::Header("x-one".into()));
     }
 }

@@ -1,17 +1,18 @@
 //! The ext_proc gRPC service Envoy calls for every outbound request.
 //!
-//! Thin plumbing around `decide`: authenticate the gateway (once per stream), read the sidecar
-//! identity from the stream's metadata, and for each request-headers message take the current
-//! snapshot, decide, fetch the chosen rules' secrets, and answer with the mutation. Every
-//! decision is one log line and counts in the metrics, never with a value.
+//! Thin plumbing around `decide`: the caller was authenticated by the gRPC port's layer
+//! (`crate::grpc::auth`) before the stream reaches this service; read the sidecar identity
+//! from the stream's metadata, and for each request-headers message take the current snapshot,
+//! decide, fetch the chosen rules' secrets, and answer with the mutation. Every decision is
+//! one log line and counts in the metrics, never with a value.
 //!
 //! Fail closed: a rule that matched but whose secret cannot be had answers 503 naming the
-//! rule; the request is never forwarded without its credential. A stream Envoy cancels after
-//! our answer is normal and is not logged as an error.
+//! rule (`Refusal`); the request is never forwarded without its credential. A stream Envoy
+//! cancels after our answer is normal and is not logged as an error.
 
-pub mod auth;
 pub mod decide;
 pub mod mutation;
+pub mod refusal;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,19 +21,18 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
-use envoy_types::pb::envoy::service::ext_proc::v3::{
-    HeaderMutation, ProcessingRequest, ProcessingResponse,
-};
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use futures_util::Stream;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status, Streaming};
 
-use self::auth::GatewayAuth;
 use self::decide::{Decision, Outcome, RequestView, Sidecar, decide};
+use self::mutation::Mutation;
+use self::refusal::Refusal;
 use crate::config::Unidentified;
 use crate::engine::Engine;
+use crate::grpc::auth::Caller;
 use crate::metrics::Metrics;
-use crate::rules::Target;
 use crate::rules::snapshot::CompiledRule;
 
 /// Metadata keys a sidecar's Envoy sets (`grpc_service.initial_metadata`).
@@ -47,22 +47,17 @@ pub struct ExtProc {
 
 struct Inner {
     engine: Arc<Engine>,
-    auth: GatewayAuth,
     unidentified: Unidentified,
     metrics: Arc<Metrics>,
 }
 
 impl ExtProc {
-    pub fn new(
-        engine: Arc<Engine>,
-        auth: GatewayAuth,
-        unidentified: Unidentified,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// The service; serve it only behind `crate::grpc::auth::AuthLayer` (it refuses streams
+    /// that did not pass through it).
+    pub fn new(engine: Arc<Engine>, unidentified: Unidentified, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
-                auth,
                 unidentified,
                 metrics,
             }),
@@ -127,9 +122,12 @@ impl ExternalProcessor for ExtProc {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        if let Err(status) = self.inner.auth.check(&request) {
+        if request.extensions().get::<Caller>().is_none() {
+            // Served without the authentication layer: a wiring mistake, refused all the same.
             self.inner.metrics.grpc_unauthenticated.inc();
-            return Err(status);
+            return Err(Status::unauthenticated(
+                "runta: the ext_proc service is served without authentication; refused",
+            ));
         }
         let sidecar = sidecar_identity(request.metadata());
         let inbound = request.into_inner();
@@ -225,34 +223,19 @@ impl Inner {
         &self,
         decision: &Decision<'_>,
         view: &RequestView<'_>,
-    ) -> (ProcessingResponse, &'static str) {
-        match decision.outcome {
-            Outcome::BadToken => {
-                let headers = vec![mutation::set_header(
-                    "proxy-authenticate",
-                    b"Basic realm=\"runta\"".to_vec(),
-                )];
-                let response = mutation::immediate(
-                    407,
-                    headers,
-                    "runta: the proxy credentials are not a valid runtime token\n".into(),
-                    "runta_bad_runtime_token",
-                );
-                return (response, Outcome::BadToken.as_str());
-            }
-            Outcome::Denied => {
-                let response = mutation::immediate(
-                    403,
-                    Vec::new(),
-                    "runta: this request does not come from an identified runtime\n".into(),
-                    "runta_unidentified",
-                );
-                return (response, Outcome::Denied.as_str());
-            }
-            _ => {}
+    ) -> (ProcessingResponse, Outcome) {
+        let refusal = match decision.outcome {
+            Outcome::BadToken => Some(Refusal::BadToken),
+            Outcome::Denied => Some(Refusal::Unidentified),
+            Outcome::SecretUnavailable => Some(Refusal::SecretUnavailable {
+                rule: decision.rules.first().map_or("-", |r| r.id.as_str()),
+            }),
+            Outcome::Inject | Outcome::NoMatch | Outcome::Unidentified | Outcome::Tunnel => None,
+        };
+        if let Some(refusal) = refusal {
+            return (refusal.response(), refusal.outcome());
         }
-        let mut set_headers = Vec::with_capacity(decision.rules.len() + 1);
-        let mut params: Vec<(&str, zeroize::Zeroizing<Vec<u8>>)> = Vec::new();
+        let mut mutation = Mutation::default();
         for rule in &decision.rules {
             let value = match self
                 .engine
@@ -262,75 +245,27 @@ impl Inner {
                 Ok(value) => value,
                 Err(err) => {
                     tracing::error!(rule = %rule.id, credential = %rule.credential, error = %err, "a matched rule's secret is unavailable; refusing the request");
-                    let response = mutation::immediate(
-                        503,
-                        Vec::new(),
-                        format!(
-                            "runta: the credential for rule {} is unavailable\n",
-                            rule.id
-                        ),
-                        "runta_secret_unavailable",
-                    );
-                    return (response, "secret_unavailable");
+                    let refusal = Refusal::SecretUnavailable { rule: &rule.id };
+                    return (refusal.response(), refusal.outcome());
                 }
             };
-            match &rule.target {
-                Target::Header(name) => {
-                    // Rendered straight into the answer's buffer: it is sent as it is.
-                    let rendered = rule.template.render_plain(value.expose_secret());
-                    set_headers.push(mutation::set_header(name, rendered));
-                    self.metrics.hot.header_injections.inc();
-                }
-                Target::Param(name) => {
-                    params.push((name, rule.template.render(value.expose_secret())));
-                    self.metrics.hot.param_injections.inc();
-                }
-            }
+            mutation.apply(&rule.target, &rule.template, value.expose_secret());
+            self.metrics.hot.injection(&rule.target).inc();
         }
-        if !params.is_empty()
-            && let Some(path) = view.path
-        {
-            let pairs: Vec<(&str, &[u8])> =
-                params.iter().map(|(k, v)| (*k, v.as_slice())).collect();
-            set_headers.push(mutation::set_header(
-                ":path",
-                mutation::rewrite_query(path, &pairs).to_vec(),
-            ));
+        if decision.strip_proxy_authorization {
+            mutation.remove("proxy-authorization");
         }
-        let remove_headers = if decision.strip_proxy_authorization {
-            vec!["proxy-authorization".to_owned()]
-        } else {
-            Vec::new()
-        };
-        let mutation =
-            (!set_headers.is_empty() || !remove_headers.is_empty()).then_some(HeaderMutation {
-                set_headers,
-                remove_headers,
-            });
-        (
-            mutation::continue_request(mutation),
-            decision.outcome.as_str(),
-        )
+        (mutation.into_response(view.path), decision.outcome)
     }
 
     fn record(
         &self,
         snapshot: &crate::rules::snapshot::Snapshot,
         decision: &Decision<'_>,
-        outcome: &str,
+        outcome: Outcome,
         elapsed: std::time::Duration,
     ) {
-        let hot = &self.metrics.hot;
-        match outcome {
-            "inject" => &hot.inject,
-            "no_match" => &hot.no_match,
-            "unidentified" => &hot.unidentified,
-            "tunnel" => &hot.tunnel,
-            "denied" => &hot.denied,
-            "bad_token" => &hot.bad_token,
-            _ => &hot.secret_unavailable,
-        }
-        .inc();
+        self.metrics.hot.decision(outcome).inc();
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
         let identity = decision.identity.as_ref();
         let tenant = identity
@@ -341,11 +276,12 @@ impl Inner {
             target: "runta::decision",
             tenant = %tenant,
             runtime = %runtime,
+            identified_by = identity.map_or("-", |i| i.source.as_str()),
             rules = ?RuleField(&decision.rules, |r| &r.id),
             credentials = ?RuleField(&decision.rules, |r| &r.credential),
             host = %decision.host,
             path = %decision.path,
-            outcome = %outcome,
+            outcome = outcome.as_str(),
             micros = elapsed.as_micros() as u64,
             "ext_proc decision"
         );

@@ -13,6 +13,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 
+use crate::rules::CompiledTarget;
+use crate::rules::snapshot::Template;
+
 /// Appends `value` percent-encoded: everything but RFC 3986's unreserved characters.
 pub fn percent_encode_into(out: &mut Vec<u8>, value: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -108,6 +111,58 @@ fn split_path(raw: &str) -> (&str, Option<&str>, Option<&str>) {
     match rest.split_once('?') {
         Some((p, q)) => (p, Some(q), fragment),
         None => (rest, None, fragment),
+    }
+}
+
+/// The changes to one request, collected rule by rule and then turned into Envoy's answer.
+/// Values are zeroized when dropped (the header values move into the answer as it is sent).
+#[derive(Default)]
+pub struct Mutation<'r> {
+    set_headers: Vec<HeaderValueOption>,
+    params: Vec<(&'r str, zeroize::Zeroizing<Vec<u8>>)>,
+    remove_headers: Vec<String>,
+}
+
+impl<'r> Mutation<'r> {
+    /// Puts a rule's rendered value where its target says.
+    pub fn apply(&mut self, target: &'r CompiledTarget, template: &Template, secret: &str) {
+        match target {
+            CompiledTarget::Header(name) => {
+                // Rendered straight into the answer's buffer: it is sent as it is.
+                self.set_headers
+                    .push(set_header(name, template.render_plain(secret)));
+            }
+            CompiledTarget::Param(name) => self.params.push((name, template.render(secret))),
+        }
+    }
+
+    /// Removes a header from the forwarded request.
+    pub fn remove(&mut self, name: &str) {
+        self.remove_headers.push(name.to_owned());
+    }
+
+    /// Envoy's answer: continue with these changes; parameters rewrite `path` (the request's
+    /// `:path`, absent for CONNECT).
+    pub fn into_response(mut self, path: Option<&str>) -> ProcessingResponse {
+        if !self.params.is_empty()
+            && let Some(path) = path
+        {
+            let pairs: Vec<(&str, &[u8])> = self
+                .params
+                .iter()
+                .map(|(k, v)| (*k, v.as_slice()))
+                .collect();
+            self.set_headers
+                .push(set_header(":path", rewrite_query(path, &pairs).to_vec()));
+        }
+        let mutation =
+            (!self.set_headers.is_empty() || !self.remove_headers.is_empty()).then(|| {
+                HeaderMutation {
+                    set_headers: std::mem::take(&mut self.set_headers),
+                    remove_headers: std::mem::take(&mut self.remove_headers),
+                }
+            });
+        continue_request(mutation)
     }
 }
 

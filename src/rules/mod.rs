@@ -1,14 +1,17 @@
-//! Injection rules: what a rule is once validated (`RuleSpec`), and the parts it is made of
-//! (host and path patterns, injection target, value template). Every check of DESIGN.md's
-//! matching section happens when a rule is built here; the store only ever holds valid rules.
+//! Injection rules: what a rule is once validated (`RuleSpec`), a stored rule (`Rule`), and the
+//! parts they are made of (host and path patterns, injection target, value template). Every
+//! check of the matching contract (docs/matching.md) happens when a rule is built here; the
+//! store only ever holds valid rules, and the snapshot is built from `Rule`s, not from rows.
 
 pub mod injection;
 pub mod pattern;
 pub mod request;
 pub mod snapshot;
+pub mod target;
 
-pub use injection::{PLACEHOLDER, Target};
+pub use injection::PLACEHOLDER;
 pub use pattern::{HostName, HostPattern, PathPattern};
+pub use target::{CompiledTarget, Target, TargetFields};
 
 use crate::names::validate_name;
 
@@ -47,8 +50,7 @@ pub struct RuleDraft<'a> {
     pub host: &'a str,
     pub path: Option<&'a str>,
     pub credential: &'a str,
-    pub header: Option<&'a str>,
-    pub param: Option<&'a str>,
+    pub target: TargetFields,
     pub value: Option<&'a str>,
 }
 
@@ -106,30 +108,7 @@ impl RuleSpec {
             .transpose()
             .map_err(|m| FieldError::new("path", m))?;
         validate_name(draft.credential).map_err(|m| FieldError::new(fields.credential, m))?;
-        let target = match (draft.header, draft.param) {
-            (Some(header), None) => {
-                injection::validate_header_name(header)
-                    .map_err(|m| FieldError::new(fields.header, m))?;
-                Target::Header(header.to_owned())
-            }
-            (None, Some(param)) => {
-                injection::validate_param_name(param)
-                    .map_err(|m| FieldError::new(fields.param, m))?;
-                Target::Param(param.to_owned())
-            }
-            (Some(_), Some(_)) => {
-                return Err(FieldError::new(
-                    fields.injection,
-                    "set exactly one of header and param, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(FieldError::new(
-                    fields.injection,
-                    "set exactly one of header and param",
-                ));
-            }
-        };
+        let target = Target::from_fields(&draft.target, fields)?;
         let template = draft.value.unwrap_or(PLACEHOLDER);
         injection::validate_template(template).map_err(|m| FieldError::new(fields.value, m))?;
         Ok(Self {
@@ -143,11 +122,26 @@ impl RuleSpec {
     }
 }
 
+/// A stored rule: its identity, its tenant, and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub tenant_id: String,
+    pub spec: RuleSpec,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const FIELDS: DraftFields = DraftFields::SINGLE;
+
+    fn header(name: &str) -> TargetFields {
+        TargetFields {
+            header: Some(name.into()),
+            param: None,
+        }
+    }
 
     fn draft() -> RuleDraft<'static> {
         RuleDraft {
@@ -155,8 +149,7 @@ mod tests {
             host: "https://api.openai.com",
             path: Some("/v1/*"),
             credential: "openai-api-key",
-            header: Some("Authorization"),
-            param: None,
+            target: header("Authorization"),
             value: Some("Bearer ${credential}"),
         }
     }
@@ -215,29 +208,34 @@ mod tests {
             ),
             (
                 RuleDraft {
-                    header: Some("host"),
+                    target: header("host"),
                     ..draft()
                 },
                 "injection.header",
             ),
             (
                 RuleDraft {
-                    param: Some("k"),
+                    target: TargetFields {
+                        header: Some("Authorization".into()),
+                        param: Some("k".into()),
+                    },
                     ..draft()
                 },
                 "injection",
             ),
             (
                 RuleDraft {
-                    header: None,
+                    target: TargetFields::default(),
                     ..draft()
                 },
                 "injection",
             ),
             (
                 RuleDraft {
-                    header: None,
-                    param: Some("a&b"),
+                    target: TargetFields {
+                        header: None,
+                        param: Some("a&b".into()),
+                    },
                     ..draft()
                 },
                 "injection.param",
@@ -252,7 +250,7 @@ mod tests {
         ];
         for (draft, field) in cases {
             let err = RuleSpec::from_draft(&draft, &FIELDS).unwrap_err();
-            assert_eq!(err.field, field, "{err}");
+            assert_eq!(err.field, field, "{draft:?}: {err}");
         }
     }
 }

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use super::request::Destination;
-use super::{HostName, HostPattern, PathPattern, Target};
-use crate::store::{RuleRow, RuntimeTokenRow, TenantRow};
+use super::{CompiledTarget, HostName, HostPattern, PathPattern, Rule};
+use crate::crypto::TokenHash;
 
 /// The snapshot's maps hash with foldhash (seeded per process, so keys a tenant chooses cannot
 /// be aimed at collisions): std's SipHash was a third of `decide`'s instructions in a profile.
@@ -98,13 +98,6 @@ impl Template {
     }
 }
 
-/// What a rule targets, lowercased for comparison: two rules conflict when these are equal.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TargetKey {
-    Header(String),
-    Param(String),
-}
-
 /// A rule ready for matching.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
@@ -114,9 +107,8 @@ pub struct CompiledRule {
     pub host: HostPattern,
     pub path: Option<PathGlob>,
     pub credential: String,
-    /// Where the value goes, as the rule was written (header name case kept).
-    pub target: Target,
-    pub key: TargetKey,
+    /// Where the value goes; rules with equal targets conflict (the most specific wins).
+    pub target: CompiledTarget,
     /// Shared by all rules with the same template.
     pub template: Arc<Template>,
     /// `tenant_id/credential`: the secret cache's key, kept here so lookups do not allocate.
@@ -125,7 +117,7 @@ pub struct CompiledRule {
     pub specificity: Specificity,
 }
 
-/// DESIGN.md's precedence, as an ordered key: exact host over wildcard (longer suffix first),
+/// The precedence of docs/matching.md, as an ordered key: exact host over wildcard (longer suffix first),
 /// a port over none, a longer literal path prefix, then the older rule (smaller id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Specificity {
@@ -139,22 +131,12 @@ pub struct Specificity {
 }
 
 impl CompiledRule {
-    /// Compiles a stored rule (the `ordinal`-th in id order); `None` for a row that no
-    /// longer parses. `interner` shares strings and templates between rules.
-    fn from_row(row: &RuleRow, ordinal: u32, interner: &mut Interner) -> Option<Self> {
-        let host = HostPattern::parse(&row.host_pattern).ok()?;
-        let path = match &row.path_pattern {
-            Some(p) => Some(PathGlob::new(&PathPattern::parse(p).ok()?)),
-            None => None,
-        };
-        let (target, key) = match (&row.header, &row.param) {
-            (Some(h), None) => (
-                Target::Header(h.clone()),
-                TargetKey::Header(h.to_ascii_lowercase()),
-            ),
-            (None, Some(p)) => (Target::Param(p.clone()), TargetKey::Param(p.clone())),
-            _ => return None,
-        };
+    /// Compiles a rule (the `ordinal`-th in id order). `interner` shares strings and
+    /// templates between rules.
+    fn new(rule: &Rule, ordinal: u32, interner: &mut Interner) -> Self {
+        let spec = &rule.spec;
+        let host = spec.host.clone();
+        let path = spec.path.as_ref().map(PathGlob::new);
         let specificity = Specificity {
             exact_host: matches!(host.name, HostName::Exact(_)),
             suffix_len: match &host.name {
@@ -165,18 +147,17 @@ impl CompiledRule {
             path_prefix_len: path.as_ref().map_or(0, PathGlob::literal_prefix_len),
             older: std::cmp::Reverse(ordinal),
         };
-        Some(Self {
-            id: row.id.clone(),
-            tenant_id: interner.text(&row.tenant_id),
+        Self {
+            id: rule.id.clone(),
+            tenant_id: interner.text(&rule.tenant_id),
             host,
             path,
-            credential: row.credential.clone(),
-            target,
-            key,
-            template: interner.template(&row.value_template),
-            secret_key: interner.secret_key(&row.tenant_id, &row.credential),
+            credential: spec.credential.clone(),
+            target: CompiledTarget::from(&spec.target),
+            template: interner.template(&spec.template),
+            secret_key: interner.secret_key(&rule.tenant_id, &spec.credential),
             specificity,
-        })
+        }
     }
 
     /// Whether the rule applies to this destination (host already matched by the index).
@@ -266,7 +247,7 @@ impl RuntimeRules {
                 if !rule.matches_port_and_path(dest) {
                     continue;
                 }
-                match out.iter_mut().find(|r| r.key == rule.key) {
+                match out.iter_mut().find(|r| r.target == rule.target) {
                     Some(best) if best.specificity >= rule.specificity => {}
                     Some(best) => *best = rule,
                     None => out.push(rule),
@@ -292,7 +273,6 @@ impl RuntimeRules {
 /// What a runtime token identifies.
 #[derive(Debug, Clone)]
 pub struct TokenEntry {
-    pub token_id: String,
     pub tenant_id: String,
     pub runtime: String,
     pub revoked: bool,
@@ -308,65 +288,45 @@ pub struct Snapshot {
     /// tenant id → tenant name (for log lines).
     tenant_names: HashMap<String, String>,
     /// SHA-256 of a runtime token → what it identifies.
-    tokens: HashMap<Vec<u8>, TokenEntry>,
+    tokens: HashMap<TokenHash, TokenEntry>,
     rule_count: usize,
 }
 
 impl Snapshot {
     /// An empty snapshot (before the first load).
     pub fn empty() -> Self {
-        Self::build(&[], &[], Vec::new())
+        Self::build(Vec::new(), &[], Vec::new())
     }
 
-    /// Builds the index from stored rows, given in id order (older first; precedence relies
-    /// on it). `tokens` pairs each token row with its hash.
+    /// Builds the index: `tenants` as (id, name), `rules` in id order (older first;
+    /// precedence relies on it), `tokens` keyed by their hash.
     pub fn build(
-        tenants: &[TenantRow],
-        rules: &[RuleRow],
-        tokens: Vec<(RuntimeTokenRow, Vec<u8>)>,
+        tenants: impl IntoIterator<Item = (String, String)>,
+        rules: &[Rule],
+        tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
     ) -> Self {
         let mut index: HashMap<String, HashMap<String, RuntimeRules>> = HashMap::default();
         let mut interner = Interner::default();
-        let mut skipped = 0;
-        for (ordinal, row) in rules.iter().enumerate() {
-            match CompiledRule::from_row(row, ordinal as u32, &mut interner) {
-                Some(rule) => index
-                    .entry(row.tenant_id.clone())
-                    .or_default()
-                    .entry(row.runtime.clone())
-                    .or_default()
-                    .push(rule),
-                None => {
-                    tracing::error!(rule = %row.id, "a stored rule does not compile; it is not applied");
-                    skipped += 1;
-                }
-            }
+        for (ordinal, rule) in rules.iter().enumerate() {
+            index
+                .entry(rule.tenant_id.clone())
+                .or_default()
+                .entry(rule.spec.runtime.clone())
+                .or_default()
+                .push(CompiledRule::new(rule, ordinal as u32, &mut interner));
+        }
+        let mut tenant_ids = HashMap::default();
+        let mut tenant_names = HashMap::default();
+        for (id, name) in tenants {
+            tenant_ids.insert(name.clone(), id.clone());
+            tenant_names.insert(id, name);
         }
         Self {
             rules: index,
-            tenant_ids: tenants
-                .iter()
-                .map(|t| (t.name.clone(), t.id.clone()))
-                .collect(),
-            tenant_names: tenants
-                .iter()
-                .map(|t| (t.id.clone(), t.name.clone()))
-                .collect(),
-            tokens: tokens
-                .into_iter()
-                .map(|(row, hash)| {
-                    (
-                        hash,
-                        TokenEntry {
-                            token_id: row.id,
-                            tenant_id: row.tenant_id,
-                            runtime: row.runtime,
-                            revoked: row.revoked_at.is_some(),
-                        },
-                    )
-                })
-                .collect(),
-            rule_count: rules.len() - skipped,
+            tenant_ids,
+            tenant_names,
+            tokens: tokens.into_iter().collect(),
+            rule_count: rules.len(),
         }
     }
 
@@ -382,7 +342,7 @@ impl Snapshot {
         self.tenant_names.get(id).map(String::as_str)
     }
 
-    pub fn token(&self, hash: &[u8]) -> Option<&TokenEntry> {
+    pub fn token(&self, hash: &TokenHash) -> Option<&TokenEntry> {
         self.tokens.get(hash)
     }
 

@@ -43,7 +43,7 @@ impl NewApiKey {
             id: crate::crypto::new_id("key"),
             tenant_id: tenant_id.to_owned(),
             name,
-            key_hash: crate::crypto::hash_token(key.expose_secret()),
+            key_hash: crate::crypto::hash_token(key.expose_secret()).to_vec(),
             created_at: super::now_millis(),
         };
         (row, key)
@@ -149,4 +149,47 @@ pub struct NewRuntimeToken {
     pub runtime: String,
     pub token_hash: Vec<u8>,
     pub created_at: i64,
+}
+
+impl RuleRow {
+    /// The row that stores a rule. The target's columns come from its one spelling
+    /// ([`TargetFields`](crate::rules::TargetFields)).
+    pub fn from_rule(rule: &crate::rules::Rule, created_at: i64) -> Self {
+        let spec = &rule.spec;
+        let target = spec.target.to_fields();
+        Self {
+            id: rule.id.clone(),
+            tenant_id: rule.tenant_id.clone(),
+            runtime: spec.runtime.clone(),
+            host_pattern: spec.host.to_string(),
+            path_pattern: spec.path.as_ref().map(|p| p.as_str().to_owned()),
+            credential: spec.credential.clone(),
+            header: target.header,
+            param: target.param,
+            value_template: spec.template.clone(),
+            created_at,
+        }
+    }
+
+    /// The rule a row stores, validated again as the API validates it: a row that no longer
+    /// passes (written by an older version, or edited by hand) is an error, never applied.
+    pub fn to_rule(&self) -> Result<crate::rules::Rule, crate::rules::FieldError> {
+        use crate::rules::{DraftFields, RuleDraft, RuleSpec, TargetFields};
+        let draft = RuleDraft {
+            runtime: &self.runtime,
+            host: &self.host_pattern,
+            path: self.path_pattern.as_deref(),
+            credential: &self.credential,
+            target: TargetFields {
+                header: self.header.clone(),
+                param: self.param.clone(),
+            },
+            value: Some(&self.value_template),
+        };
+        Ok(crate::rules::Rule {
+            id: self.id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            spec: RuleSpec::from_draft(&draft, &DraftFields::BATCH)?,
+        })
+    }
 }

@@ -1,0 +1,93 @@
+//! Wiring: from a validated configuration to the shared state and the services, before any
+//! port is bound. Everything that can fail for a configuration or database reason fails here.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+
+use super::{ServeError, open_store};
+use crate::admin::AppState;
+use crate::bootstrap::{self, BootstrapError};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::extproc::ExtProc;
+use crate::grpc::auth::GatewayAuth;
+use crate::grpc::{GrpcPort, GrpcServices};
+use crate::metrics::Metrics;
+use crate::store::BackendKind;
+
+/// The server, wired but not yet listening.
+pub(super) struct Wired {
+    pub admin: AppState,
+    pub grpc: GrpcPort,
+    pub engine: Arc<Engine>,
+    /// PostgreSQL: the URL the change follower listens on.
+    pub follow: Option<SecretString>,
+    pub backend: BackendKind,
+    pub active_key: String,
+}
+
+pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
+    let resolved = bootstrap::resolve(config)?;
+    let (store, _) = open_store(config, &resolved).await?;
+    if resolved.embedded {
+        bootstrap::ensure_default_tenant(&store, &config.data_dir).await?;
+    }
+    if resolved.operator_token.is_none() {
+        tracing::warn!(
+            "no operator token configured (admin.operator_token): tenant management is disabled"
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let keyring = Arc::new(resolved.keyring);
+    let engine = Arc::new(Engine::new(store.clone(), keyring.clone(), metrics.clone()));
+    engine.reload().await.map_err(BootstrapError::Store)?;
+
+    let auth = if config.grpc.insecure_no_auth {
+        tracing::warn!(
+            "INSECURE: grpc.insecure_no_auth is set: ANY caller that reaches the gRPC port gets secrets injected. Never use this outside development."
+        );
+        GatewayAuth::insecure()
+    } else {
+        GatewayAuth::new(
+            &resolved.gateway_tokens,
+            config
+                .grpc
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some()),
+        )
+    };
+    let builder = super::listen::grpc_builder(config)?;
+    let grpc = GrpcPort::new(
+        builder,
+        auth,
+        metrics.clone(),
+        GrpcServices {
+            extproc: ExtProc::new(
+                engine.clone(),
+                config.injection.unidentified,
+                metrics.clone(),
+            ),
+        },
+    )
+    .await;
+    let backend = store.kind();
+    let active_key = keyring.active_key_id().to_owned();
+    let admin = AppState {
+        store,
+        keyring,
+        operator_token: resolved.operator_token.map(Arc::new),
+        metrics,
+        engine: engine.clone(),
+        max_body_bytes: config.admin.max_body_bytes,
+    };
+    Ok(Wired {
+        admin,
+        grpc,
+        engine,
+        follow: (resolved.backend == BackendKind::Postgres).then_some(resolved.database_url),
+        backend,
+        active_key,
+    })
+}
