@@ -22,9 +22,9 @@ use runta::rules::snapshot::Snapshot;
 use runta::store::{SecretRow, Store};
 
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
-const TENANT: &str = runta::bench_support::TENANT_ID;
+const TENANT: &str = runta::test_support::TENANT_ID;
 
-use runta::bench_support::{rule_rows, rules, tenant_names, tenants};
+use runta::test_support::{rule_rows, rules, tenant_names, tenants};
 
 fn request() -> RequestView<'static> {
     RequestView {
@@ -46,7 +46,7 @@ fn header_map() -> HeaderMap {
         ("user-agent", "bench/1.0"),
         ("accept", "*/*"),
     ];
-    runta::bench_support::header_map(&pairs)
+    runta::test_support::header_map(&pairs)
 }
 
 /// A store holding `count` rules and the secret, and a served-path `ExtProc` over it, warm.

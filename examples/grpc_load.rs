@@ -44,7 +44,7 @@ fn message(host: &str, path: &str) -> ProcessingRequest {
         ("content-type", "application/json"),
         ("user-agent", "grpc_load/1.0"),
     ];
-    runta::bench_support::request_headers(&pairs)
+    runta::test_support::request_headers(&pairs)
 }
 
 #[tokio::main]

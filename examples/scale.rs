@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use runta::bench_support::{RUNTIME, TENANT_NAME, rules, tenant_names};
+use runta::test_support::{RUNTIME, TENANT_NAME, rules, tenant_names};
 use runta::config::Unidentified;
 use runta::extproc::decide::{RequestView, Sidecar, decide};
 use runta::rules::snapshot::{Snapshot, secret_key};

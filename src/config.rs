@@ -80,7 +80,8 @@ impl Default for DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin REST API (and `/metrics`, `/healthz`, `/readyz`).
-    pub listen: String,
+    #[serde(with = "listen_addr")]
+    pub listen: SocketAddr,
     /// Token that manages tenants; unset in the embedded default: generated into the data dir.
     #[serde(skip_serializing)]
     pub operator_token: Option<SecretString>,
@@ -93,7 +94,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8080".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             operator_token: None,
             operator_token_file: None,
             max_body_bytes: 1024 * 1024,
@@ -104,8 +105,9 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
-    /// Address of the ext_proc gRPC service: `HOST:PORT`, or `unix:PATH` for a Unix socket.
-    pub listen: String,
+    /// Address of the gRPC port (ext_proc and the other services Envoy calls): `HOST:PORT`,
+    /// or `unix:PATH` for a Unix socket.
+    pub listen: GrpcListen,
     /// Tokens gateways authenticate with (`authorization: Bearer ...`).
     #[serde(skip_serializing)]
     pub gateway_tokens: Vec<SecretString>,
@@ -123,7 +125,7 @@ pub struct GrpcConfig {
 impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:50051".into(),
+            listen: GrpcListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 50051))),
             gateway_tokens: Vec::new(),
             gateway_token_file: None,
             tls: None,
@@ -148,12 +150,57 @@ pub enum GrpcListen {
     Unix(PathBuf),
 }
 
-/// Parses `grpc.listen`.
-pub fn parse_grpc_listen(text: &str) -> Result<GrpcListen, String> {
-    match text.strip_prefix("unix:") {
-        Some("") => Err("'unix:' needs a socket path, as in unix:/run/runta/extproc.sock".into()),
-        Some(path) => Ok(GrpcListen::Unix(PathBuf::from(path))),
-        None => parse_listen(text).map(GrpcListen::Tcp),
+impl std::str::FromStr for GrpcListen {
+    type Err = String;
+
+    /// `HOST:PORT` or `unix:PATH`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.strip_prefix("unix:") {
+            Some("") => {
+                Err("'unix:' needs a socket path, as in unix:/run/runta/extproc.sock".into())
+            }
+            Some(path) => Ok(Self::Unix(PathBuf::from(path))),
+            None => parse_listen(text).map(Self::Tcp),
+        }
+    }
+}
+
+impl std::fmt::Display for GrpcListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl Serialize for GrpcListen {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for GrpcListen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `admin.listen` as text in files and flags, a `SocketAddr` once loaded: parsed once, with
+/// the message `parse_listen` gives.
+mod listen_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &SocketAddr, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(addr)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_listen(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -301,10 +348,7 @@ impl Config {
 
     /// Checks everything that can be checked without touching the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        parse_listen(&self.admin.listen).map_err(|m| ConfigError::new("admin.listen", m))?;
-        let grpc =
-            parse_grpc_listen(&self.grpc.listen).map_err(|m| ConfigError::new("grpc.listen", m))?;
-        if self.grpc.tls.is_some() && matches!(grpc, GrpcListen::Unix(_)) {
+        if self.grpc.tls.is_some() && matches!(self.grpc.listen, GrpcListen::Unix(_)) {
             return Err(ConfigError::new(
                 "grpc.tls",
                 "TLS is for TCP listeners; a Unix socket is protected by its file permissions",
@@ -472,8 +516,8 @@ mod tests {
     #[test]
     fn defaults_are_the_quickstart() {
         let config = load(None, &[], Overrides::default()).unwrap();
-        assert_eq!(config.admin.listen, "127.0.0.1:8080");
-        assert_eq!(config.grpc.listen, "127.0.0.1:50051");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.grpc.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(config.data_dir, PathBuf::from("./runta-data"));
         assert_eq!(
             config.database_url().unwrap().expose_secret(),
@@ -493,8 +537,8 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
-        assert_eq!(config.admin.listen, "127.0.0.1:1000");
-        assert_eq!(config.grpc.listen, "127.0.0.1:3000");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:1000");
+        assert_eq!(config.grpc.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(config.database.max_connections, 7);
         let config = load(
             Some(file),
@@ -505,7 +549,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(config.admin.listen, "127.0.0.1:4000");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:4000");
     }
 
     #[test]

@@ -98,15 +98,12 @@ fn envoy_bootstrap(
     };
     let extproc = match (&args.extproc_address, &config) {
         (Some(address), _) => Some(address.clone()),
-        (None, Some(config)) => Some(
-            match crate::config::parse_grpc_listen(&config.grpc.listen).map_err(usage)? {
-                crate::config::GrpcListen::Unix(path) => format!("unix:{}", path.display()),
-                crate::config::GrpcListen::Tcp(addr) if addr.ip().is_unspecified() => {
-                    format!("127.0.0.1:{}", addr.port())
-                }
-                crate::config::GrpcListen::Tcp(addr) => addr.to_string(),
-            },
-        ),
+        (None, Some(config)) => Some(match &config.grpc.listen {
+            crate::config::GrpcListen::Tcp(addr) if addr.ip().is_unspecified() => {
+                format!("127.0.0.1:{}", addr.port())
+            }
+            listen => listen.to_string(),
+        }),
         (None, None) => None,
     };
     if let Some(extproc) = extproc {
@@ -284,9 +281,7 @@ struct SecretUpdate<'a> {
 /// A path segment, percent-encoded (names are validated by the server; this keeps a bad one
 /// from changing the path).
 fn seg(text: &str) -> String {
-    let mut out = Vec::with_capacity(text.len());
-    crate::extproc::mutation::percent_encode_into(&mut out, text.as_bytes());
-    String::from_utf8(out).expect("percent-encoding is ASCII")
+    crate::percent::encode(text)
 }
 
 async fn secret(command: SecretCommand, client: &Client, out: Output) -> Result<(), CliError> {

@@ -276,12 +276,12 @@ impl Inner {
             target: "runta::decision",
             tenant = %tenant,
             runtime = %runtime,
-            identified_by = identity.map_or("-", |i| i.source.as_str()),
+            identified_by = %identity.map_or("-", |i| i.source.as_str()),
             rules = ?RuleField(&decision.rules, |r| &r.id),
             credentials = ?RuleField(&decision.rules, |r| &r.credential),
             host = %decision.host,
             path = %decision.path,
-            outcome = outcome.as_str(),
+            outcome = %outcome.as_str(),
             micros = elapsed.as_micros() as u64,
             "ext_proc decision"
         );

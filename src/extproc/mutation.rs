@@ -13,41 +13,14 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 
+use crate::percent;
 use crate::rules::CompiledTarget;
 use crate::rules::snapshot::Template;
-
-/// Appends `value` percent-encoded: everything but RFC 3986's unreserved characters.
-pub fn percent_encode_into(out: &mut Vec<u8>, value: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in value {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
-    }
-}
 
 /// Whether a raw query key names `param` (comparing the key percent-decoded, so `k%65y` is
 /// `key`).
 fn key_is(raw_key: &[u8], param: &str) -> bool {
-    if !raw_key.contains(&b'%') {
-        return raw_key == param.as_bytes();
-    }
-    let mut decoded = Vec::with_capacity(raw_key.len());
-    let mut i = 0;
-    while i < raw_key.len() {
-        if raw_key[i] == b'%'
-            && let Some(v) = crate::rules::request::hex_pair(&raw_key[i + 1..])
-        {
-            decoded.push(v);
-            i += 3;
-        } else {
-            decoded.push(raw_key[i]);
-            i += 1;
-        }
-    }
-    decoded == param.as_bytes()
+    *percent::decode(raw_key) == *param.as_bytes()
 }
 
 /// The path with each `(param, value)` set in its query.
@@ -75,7 +48,7 @@ pub fn rewrite_query(raw_path: &str, params: &[(&str, &[u8])]) -> zeroize::Zeroi
                     present[i] = true;
                     out.extend_from_slice(key);
                     out.push(b'=');
-                    percent_encode_into(&mut out, params[i].1);
+                    percent::encode_into(&mut out, params[i].1);
                 }
                 None => out.extend_from_slice(pair),
             }
@@ -94,7 +67,7 @@ pub fn rewrite_query(raw_path: &str, params: &[(&str, &[u8])]) -> zeroize::Zeroi
         first = false;
         out.extend_from_slice(param.as_bytes());
         out.push(b'=');
-        percent_encode_into(&mut out, value);
+        percent::encode_into(&mut out, value);
     }
     if let Some(fragment) = fragment {
         out.push(b'#');

@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use crate::percent;
+
 /// A request's destination, ready for matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination<'a> {
@@ -138,15 +140,15 @@ pub fn normalise_escapes(text: &str, bad: BadEscape) -> Result<(String, bool), I
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            match hex_pair(&bytes[i + 1..]) {
+            match percent::hex_pair(&bytes[i + 1..]) {
                 Some(value) => {
                     encoded_separator |= value == b'/' || value == b'\\';
-                    if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                    if percent::is_unreserved(value) {
                         out.push(value as char);
                     } else {
                         out.push('%');
-                        out.push(hex_digit(value >> 4));
-                        out.push(hex_digit(value & 15));
+                        out.push(char::from(percent::hex_digit(value >> 4)));
+                        out.push(char::from(percent::hex_digit(value & 15)));
                     }
                     i += 3;
                     continue;
@@ -161,19 +163,6 @@ pub fn normalise_escapes(text: &str, bad: BadEscape) -> Result<(String, bool), I
         i += ch_len;
     }
     Ok((out, encoded_separator))
-}
-
-/// The byte two hex digits at the start of `bytes` stand for.
-pub fn hex_pair(bytes: &[u8]) -> Option<u8> {
-    let high = char::from(*bytes.first()?).to_digit(16)?;
-    let low = char::from(*bytes.get(1)?).to_digit(16)?;
-    Some((high * 16 + low) as u8)
-}
-
-fn hex_digit(n: u8) -> char {
-    char::from_digit(u32::from(n), 16)
-        .expect("a nibble")
-        .to_ascii_uppercase()
 }
 
 fn utf8_len(first: u8) -> usize {

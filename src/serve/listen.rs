@@ -13,9 +13,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use super::ServeError;
 use crate::admin::{self, AppState};
 use crate::bootstrap::BootstrapError;
-use crate::config::{
-    Config, ConfigError, GrpcListen, GrpcTlsConfig, parse_grpc_listen, parse_listen,
-};
+use crate::config::{Config, ConfigError, GrpcListen, GrpcTlsConfig};
 use crate::grpc::GrpcPort;
 
 type Serving = Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
@@ -49,7 +47,7 @@ pub(super) async fn grpc(
 ) -> Result<Listening<GrpcListen>, ServeError> {
     let bind_error = |source| ServeError::Bind {
         what: "grpc.listen",
-        addr: config.grpc.listen.clone(),
+        addr: config.grpc.listen.to_string(),
         source,
     };
     let router = port.into_router();
@@ -57,7 +55,7 @@ pub(super) async fn grpc(
         task: "gRPC server",
         source: std::io::Error::other(e),
     };
-    match parse_grpc_listen(&config.grpc.listen).map_err(|m| config_error("grpc.listen", m))? {
+    match &config.grpc.listen {
         GrpcListen::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
             let bound = listener.local_addr().map_err(bind_error)?;
@@ -80,12 +78,12 @@ pub(super) async fn grpc(
         }
         GrpcListen::Unix(path) => {
             if path.exists() {
-                std::fs::remove_file(&path).map_err(bind_error)?;
+                std::fs::remove_file(path).map_err(bind_error)?;
             }
-            let listener = tokio::net::UnixListener::bind(&path).map_err(bind_error)?;
+            let listener = tokio::net::UnixListener::bind(path).map_err(bind_error)?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
             Ok(Listening {
-                bound: GrpcListen::Unix(path),
+                bound: GrpcListen::Unix(path.clone()),
                 serve: Box::pin(async move {
                     router
                         .serve_with_incoming_shutdown(incoming, stop)
@@ -105,11 +103,12 @@ pub(super) async fn admin(
 ) -> Result<Listening<SocketAddr>, ServeError> {
     let bind_error = |source| ServeError::Bind {
         what: "admin.listen",
-        addr: config.admin.listen.clone(),
+        addr: config.admin.listen.to_string(),
         source,
     };
-    let addr = parse_listen(&config.admin.listen).map_err(|m| config_error("admin.listen", m))?;
-    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
     Ok(Listening {
         bound,
@@ -123,14 +122,6 @@ pub(super) async fn admin(
                 })
         }),
     })
-}
-
-fn config_error(key: &str, message: String) -> ServeError {
-    BootstrapError::Config(ConfigError {
-        key: key.into(),
-        message,
-    })
-    .into()
 }
 
 fn server_tls(tls: &GrpcTlsConfig) -> Result<ServerTlsConfig, BootstrapError> {

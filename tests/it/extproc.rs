@@ -50,9 +50,9 @@ impl Gateway {
             ..Config::default()
         };
         config.database.url = Some(SecretString::from(url));
-        config.admin.listen = "127.0.0.1:0".into();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.operator_token = Some(SecretString::from(OPERATOR));
-        config.grpc.listen = "127.0.0.1:0".into();
+        config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.gateway_tokens = vec![SecretString::from(GATEWAY_TOKEN)];
         config.encryption.keys = vec![KeyConfig {
             id: "k1".into(),
@@ -100,9 +100,9 @@ impl Gateway {
             ..Config::default()
         };
         config.database.url = Some(SecretString::from(url.clone()));
-        config.admin.listen = "127.0.0.1:0".into();
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.operator_token = Some(SecretString::from(OPERATOR));
-        config.grpc.listen = "127.0.0.1:0".into();
+        config.grpc.listen = "127.0.0.1:0".parse().unwrap();
         config.grpc.gateway_tokens = vec![SecretString::from(GATEWAY_TOKEN)];
         config.injection.reload_interval_secs = 3600;
         config.encryption.keys = vec![KeyConfig {
@@ -209,7 +209,7 @@ impl Gateway {
 
 /// Request headers as Envoy sends them: values in `raw_value`.
 pub fn headers(pairs: &[(&str, &str)]) -> ProcessingRequest {
-    runta::bench_support::request_headers(pairs)
+    runta::test_support::request_headers(pairs)
 }
 
 pub fn get(authority: &str, path: &str) -> Vec<(String, String)> {
@@ -923,7 +923,7 @@ async fn every_grpc_service_but_health_requires_authentication() {
 async fn unix_socket_transport() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("extproc.sock");
-    let listen = format!("unix:{}", socket.display());
+    let listen: runta::config::GrpcListen = format!("unix:{}", socket.display()).parse().unwrap();
     let gw = Gateway::start_with(Backend::Sqlite, |c| c.grpc.listen = listen.clone())
         .await
         .unwrap();
