@@ -1,6 +1,6 @@
 //! Injection rules: what a rule is once validated (`RuleSpec`), a stored rule (`Rule`), and the
 //! parts they are made of (host and path patterns, injection target, value template). Every
-//! check of the matching contract (docs/matching.md) happens when a rule is built here; the
+//! check of the matching rules (README, "Matching rules") happens when a rule is built here; the
 //! store only ever holds valid rules, and the snapshot is built from `Rule`s, not from rows.
 
 pub mod injection;

@@ -117,7 +117,7 @@ pub struct CompiledRule {
     pub specificity: Specificity,
 }
 
-/// The precedence of docs/matching.md, as an ordered key: exact host over wildcard (longer suffix first),
+/// The precedence of the matching rules (README, "How injection works"), as an ordered key: exact host over wildcard (longer suffix first),
 /// a port over none, a longer literal path prefix, then the older rule (smaller id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Specificity {
