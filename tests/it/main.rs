@@ -7,4 +7,5 @@ mod cli;
 mod e2e;
 mod extproc;
 mod openapi;
+mod store_faults;
 mod support;
