@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use futures_util::StreamExt as _;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -52,13 +52,15 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-/// Opens the store and brings its schema up to date; answers how many migrations ran.
+/// Opens the store on `database_url` and brings its schema up to date; answers how many
+/// migrations ran. (A SQLite file that does not exist would be created: callers that must not
+/// create one check first, `bootstrap::existing_database`.)
 pub async fn open_store(
     config: &Config,
-    resolved: &bootstrap::Resolved,
+    database_url: &SecretString,
 ) -> Result<(Store, usize), BootstrapError> {
     let store = Store::connect(
-        resolved.database_url.expose_secret(),
+        database_url.expose_secret(),
         config.database.max_connections,
     )
     .await?;
@@ -115,8 +117,9 @@ fn shutdown_future(
 
 /// Starts the server: everything resolved and loaded, then both ports bound.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    bootstrap::provision_embedded(&config)?;
     let resolved = bootstrap::resolve(&config)?;
-    let (store, _) = open_store(&config, &resolved).await?;
+    let (store, _) = open_store(&config, &resolved.database_url).await?;
     if resolved.embedded {
         bootstrap::ensure_default_tenant(&store, &config.data_dir).await?;
     }
