@@ -1,6 +1,11 @@
 //! Turning a validated configuration into what the server runs with: the database URL, the
 //! keyring, the operator and gateway tokens, and (in the embedded default) the quickstart files.
 //!
+//! Resolving reads and never writes (`database`, `existing_database`, `load_keyring`,
+//! `resolve`): `runta migrate` and `runta keys` use only these, so running one in the wrong
+//! directory creates nothing and says what is missing. Provisioning writes, and only
+//! `runta serve` calls it (`provision_embedded`, `ensure_default_tenant`).
+//!
 //! Embedded default (SQLite, no keys configured): the data directory gets `master.key`,
 //! `operator-token`, `gateway-token` and, once the database is up, a `default` tenant with its
 //! key in `api-key`. Each file is created only when absent, mode 0600, and named in the log;
@@ -38,6 +43,26 @@ pub struct Resolved {
     pub embedded: bool,
 }
 
+/// Which database the configuration names.
+pub struct Database {
+    pub url: SecretString,
+    pub backend: BackendKind,
+}
+
+impl Database {
+    /// SQLite: the embedded default, whose generated files live in the data directory.
+    pub fn embedded(&self) -> bool {
+        self.backend == BackendKind::Sqlite
+    }
+
+    /// The SQLite file, if this is SQLite and names a file.
+    fn sqlite_file(&self) -> Option<&Path> {
+        let path = Path::new(crate::store::sqlite_path(self.url.expose_secret()));
+        let special = path.as_os_str() == ":memory:" || path.to_string_lossy().starts_with("file:");
+        (self.embedded() && !special).then_some(path)
+    }
+}
+
 /// Why start-up could not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -46,7 +71,20 @@ pub enum BootstrapError {
     #[error("data directory {path}: {message}")]
     DataDir { path: PathBuf, message: String },
     #[error("database: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for BootstrapError {
+    /// A database URL that cannot work is the configuration's fault, not the database's.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::InvalidUrl(message) => Self::Config(ConfigError {
+                key: "database.url".into(),
+                message: format!("is not a usable database URL ({message})"),
+            }),
+            other => Self::Store(other),
+        }
+    }
 }
 
 fn data_dir_error(path: &Path, err: impl std::fmt::Display) -> BootstrapError {
@@ -56,27 +94,85 @@ fn data_dir_error(path: &Path, err: impl std::fmt::Display) -> BootstrapError {
     }
 }
 
-/// Resolves the configuration; in the embedded default, creates the data directory and the
-/// generated files it needs (never overwriting one).
-pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
-    let database_url = config.database_url()?;
-    let backend = BackendKind::from_url(database_url.expose_secret()).map_err(|m| ConfigError {
+/// What `runta serve` creates on a first start, named for those who run anything else first.
+const SERVE_CREATES: &str = "`runta serve` creates the embedded default on its first start \
+                             (or point --data-dir / --config at an existing one)";
+
+/// The database the configuration names. Reads nothing but the configuration (and
+/// `database.url_file`).
+pub fn database(config: &Config) -> Result<Database, BootstrapError> {
+    let url = config.database_url()?;
+    let backend = BackendKind::from_url(url.expose_secret()).map_err(|m| ConfigError {
         key: "database.url".into(),
         message: m,
     })?;
-    let embedded = backend == BackendKind::Sqlite;
-    if embedded {
-        ensure_dir(&config.data_dir)?;
-        if let Some(parent) =
-            Path::new(crate::store::sqlite_path(database_url.expose_secret())).parent()
+    Ok(Database { url, backend })
+}
+
+/// The database, for commands that work on an existing one (`migrate`, `keys`): a SQLite file
+/// that does not exist is an error, since opening it would create it.
+pub fn existing_database(config: &Config) -> Result<Database, BootstrapError> {
+    let database = database(config)?;
+    if let Some(file) = database.sqlite_file()
+        && !file.exists()
+    {
+        return Err(data_dir_error(
+            file,
+            format!("no database here; {SERVE_CREATES}"),
+        ));
+    }
+    Ok(database)
+}
+
+/// `runta serve` only: in the embedded default, creates the data directory, the database file
+/// and the generated keys and tokens the configuration does not provide, each only when absent.
+/// A PostgreSQL deployment gets nothing.
+pub fn provision_embedded(config: &Config) -> Result<(), BootstrapError> {
+    let database = database(config)?;
+    if !database.embedded() {
+        return Ok(());
+    }
+    ensure_dir(&config.data_dir)?;
+    if let Some(file) = database.sqlite_file() {
+        if let Some(parent) = file.parent()
             && !parent.as_os_str().is_empty()
         {
             ensure_dir(parent)?;
         }
-        create_private_file(Path::new(crate::store::sqlite_path(
-            database_url.expose_secret(),
-        )))?;
+        create_private_file(file)?;
     }
+    if config.encryption.keys.is_empty() {
+        let path = config.data_dir.join(MASTER_KEY_FILE);
+        if !path.exists() {
+            write_new_file(&path, MasterKey::generate().to_base64().as_bytes())?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a master key for the embedded default; back it up: without it no stored secret can be read"
+            );
+        }
+    }
+    if config.admin.operator_token.is_none() && config.admin.operator_token_file.is_none() {
+        generate_token_file(
+            &config.data_dir.join(OPERATOR_TOKEN_FILE),
+            TokenKind::OperatorToken,
+            "operator token",
+        )?;
+    }
+    if config.grpc.gateway_tokens.is_empty() && config.grpc.gateway_token_file.is_none() {
+        generate_token_file(
+            &config.data_dir.join(GATEWAY_TOKEN_FILE),
+            TokenKind::GatewayToken,
+            "gateway token",
+        )?;
+    }
+    Ok(())
+}
+
+/// Resolves the configuration: reads the keys and tokens it names and, in the embedded
+/// default, the generated files (`provision_embedded` creates them). Writes nothing.
+pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
+    let database = database(config)?;
+    let embedded = database.embedded();
     let keyring = load_keyring(config, embedded)?;
     let operator_token = match (
         &config.admin.operator_token,
@@ -87,11 +183,9 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
             key: "admin.operator_token_file".into(),
             message: m,
         })?),
-        (None, None) if embedded => Some(load_or_generate_token(
-            &config.data_dir.join(OPERATOR_TOKEN_FILE),
-            TokenKind::OperatorToken,
-            "operator token",
-        )?),
+        (None, None) if embedded => {
+            Some(read_generated(&config.data_dir.join(OPERATOR_TOKEN_FILE))?)
+        }
         (None, None) => None,
     };
     let mut gateway_tokens = config.grpc.gateway_tokens.clone();
@@ -102,11 +196,7 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
         })?);
     }
     if gateway_tokens.is_empty() && embedded {
-        gateway_tokens.push(load_or_generate_token(
-            &config.data_dir.join(GATEWAY_TOKEN_FILE),
-            TokenKind::GatewayToken,
-            "gateway token",
-        )?);
+        gateway_tokens.push(read_generated(&config.data_dir.join(GATEWAY_TOKEN_FILE))?);
     }
     let client_certificates = config
         .grpc
@@ -123,8 +213,8 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
         .into());
     }
     Ok(Resolved {
-        database_url,
-        backend,
+        database_url: database.url,
+        backend: database.backend,
         keyring,
         operator_token,
         gateway_tokens,
@@ -155,7 +245,8 @@ pub fn existing_gateway_token(config: &Config) -> Result<Option<SecretString>, C
 }
 
 /// The keyring from `encryption.keys`; with none configured, the embedded default's
-/// generated `master.key`, and a PostgreSQL deployment refuses to start.
+/// generated `master.key` (an error if it is missing), and a PostgreSQL deployment refuses to
+/// start. Writes nothing.
 pub fn load_keyring(config: &Config, embedded: bool) -> Result<Keyring, BootstrapError> {
     let enc = &config.encryption;
     if enc.keys.is_empty() {
@@ -169,19 +260,9 @@ pub fn load_keyring(config: &Config, embedded: bool) -> Result<Keyring, Bootstra
             .into());
         }
         let path = config.data_dir.join(MASTER_KEY_FILE);
-        let key = if path.exists() {
-            let text = read_secret_file(&path).map_err(|m| data_dir_error(&path, m))?;
-            MasterKey::from_base64(MASTER_KEY_ID, text.expose_secret())
-                .map_err(|e| data_dir_error(&path, e))?
-        } else {
-            let key = MasterKey::generate();
-            write_new_file(&path, key.to_base64().as_bytes())?;
-            tracing::warn!(
-                path = %path.display(),
-                "generated a master key for the embedded default; back it up: without it no stored secret can be read"
-            );
-            key
-        };
+        let text = read_generated(&path)?;
+        let key = MasterKey::from_base64(MASTER_KEY_ID, text.expose_secret())
+            .map_err(|e| data_dir_error(&path, e))?;
         return Ok(
             Keyring::new([(MASTER_KEY_ID.to_owned(), key)], MASTER_KEY_ID)
                 .expect("the only key is active"),
@@ -248,18 +329,23 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
     Ok(())
 }
 
-fn load_or_generate_token(
-    path: &Path,
-    kind: TokenKind,
-    what: &str,
-) -> Result<SecretString, BootstrapError> {
+/// A file `provision_embedded` generates, read back; missing, it says who creates it.
+fn read_generated(path: &Path) -> Result<SecretString, BootstrapError> {
+    if !path.exists() {
+        return Err(data_dir_error(path, format!("missing; {SERVE_CREATES}")));
+    }
+    read_secret_file(path).map_err(|m| data_dir_error(path, m))
+}
+
+/// Writes a new token to `path` unless the file exists.
+fn generate_token_file(path: &Path, kind: TokenKind, what: &str) -> Result<(), BootstrapError> {
     if path.exists() {
-        return read_secret_file(path).map_err(|m| data_dir_error(path, m));
+        return Ok(());
     }
     let token = crypto::generate_token(kind);
     write_new_file(path, token.expose_secret().as_bytes())?;
     tracing::info!(path = %path.display(), "generated the {what}");
-    Ok(token)
+    Ok(())
 }
 
 fn ensure_dir(path: &Path) -> Result<(), BootstrapError> {
@@ -278,10 +364,7 @@ fn ensure_dir(path: &Path) -> Result<(), BootstrapError> {
 /// a new database and its journal files inherit the mode.
 fn create_private_file(path: &Path) -> Result<(), BootstrapError> {
     use std::os::unix::fs::OpenOptionsExt;
-    if path.exists()
-        || path.as_os_str() == ":memory:"
-        || path.to_string_lossy().starts_with("file:")
-    {
+    if path.exists() {
         return Ok(());
     }
     OpenOptions::new()

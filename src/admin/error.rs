@@ -1,16 +1,18 @@
 //! The admin API's one error shape: `{"error": {"code": "...", "message": "..."}}`.
 //!
-//! Policy: low-level errors are classified once, here (`From<StoreError>`); handlers add the
-//! context a user needs (which secret, which rule) where the store cannot know it. The user
-//! sees a clear message; details of internal failures go to the log only. No message ever
-//! quotes a secret value.
+//! Policy: low-level errors are classified once, here (`From<StoreError>`). Store errors name
+//! the resource they are about, so handlers use `?` and do not re-match them; a handler adds
+//! context only where the request's shape decides it (a batch's field paths). The user sees a
+//! clear message; an internal cause travels with the answer (`ErrorCause`, a response
+//! extension) to the request-logging middleware, which logs it once with the route, status
+//! and tenant. Conversions do not log. No message ever quotes a secret value.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::rules::FieldError;
-use crate::store::StoreError;
+use crate::store::{Resource, StoreError};
 
 /// An error answer of the admin API.
 #[derive(Debug)]
@@ -18,9 +20,16 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// What went wrong inside, for the log only.
+    pub cause: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The internal cause of an error answer, for the request log: set on the response by
+/// `ApiError`, taken off by the middleware that logs the request.
+#[derive(Debug, Clone)]
+pub struct ErrorCause(pub String);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -28,7 +37,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            cause: None,
         }
+    }
+
+    /// The same answer, with what went wrong inside for the log.
+    pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
+        self.cause = Some(cause.to_string());
+        self
     }
 
     /// 400: the request is invalid; the message names the field.
@@ -74,43 +90,47 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::NotFound => Self::not_found("not found"),
-            StoreError::Conflict(detail) => {
-                tracing::debug!(%detail, "unique constraint");
-                Self::conflict("conflict", "already exists")
+            StoreError::NotFound(resource) => {
+                Self::not_found(format!("no {}", resource.described()))
             }
-            StoreError::SecretInUse(rules) => Self::conflict(
+            StoreError::AlreadyExists(resource) => {
+                let mut message = format!("a {} already exists", resource.described());
+                if let Resource::Secret(name) = &resource {
+                    message.push_str(&format!("; update it with PUT /v1/secrets/{name}"));
+                }
+                Self::conflict("already_exists", message)
+            }
+            StoreError::Conflict(detail) => Self::conflict("conflict", "already exists")
+                .with_cause(format_args!("unique constraint: {detail}")),
+            StoreError::SecretInUse { secret, rules } => Self::conflict(
                 "secret_in_use",
-                format!("the secret is still used by rules {}", rules.join(", ")),
+                format!(
+                    "secret '{secret}' is still used by rules {}; delete those rules first",
+                    rules.join(", ")
+                ),
             ),
-            StoreError::UnknownCredential(name) => Self::invalid(
-                "credential",
-                format!("no secret named '{name}' in this tenant"),
+            // A single rule's credential; a batch names its own field (`rules[i].credential`).
+            StoreError::UnknownCredential { name, .. } => Self::invalid(
+                "injection.credential",
+                format!("no secret named '{name}' in this tenant; create it first"),
             ),
-            StoreError::Stale => Self::conflict(
+            StoreError::Stale(resource) => Self::conflict(
                 "concurrent_update",
-                "the resource was changed by another request; retry",
+                format!("{resource} was changed by another request; retry"),
             ),
             StoreError::LastApiKey => Self::conflict(
                 "last_api_key",
                 "a tenant's last API key cannot be deleted; create another first",
             ),
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(%detail, "store unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the database is unavailable; retry later",
-                )
-            }
-            StoreError::Database(err) => {
-                tracing::error!(error = %err, "database error");
-                Self::internal()
-            }
-            StoreError::Migration(detail) => {
-                tracing::error!(%detail, "migration error");
-                Self::internal()
-            }
+            err @ StoreError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the database is unavailable; retry later",
+            )
+            .with_cause(err),
+            err @ (StoreError::InvalidUrl(_)
+            | StoreError::Database(_)
+            | StoreError::Migration(_)) => Self::internal().with_cause(err),
         }
     }
 }
@@ -135,6 +155,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ErrorCause(cause));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -174,7 +174,12 @@ impl FromRequestParts<AppState> for TenantAuth {
             .authenticate_api_key(&crypto::hash_token(token))
             .await?
         {
-            Some((tenant, key)) => Ok(Self { tenant, key }),
+            Some((tenant, key)) => {
+                if let Some(slot) = parts.extensions.get::<super::RequestTenant>() {
+                    slot.set(&tenant.name);
+                }
+                Ok(Self { tenant, key })
+            }
             None => Err(ApiError::unauthenticated("invalid API key")),
         }
     }

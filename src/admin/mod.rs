@@ -29,7 +29,7 @@ use crate::crypto::Keyring;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use error::ApiError;
+use error::{ApiError, ErrorCause};
 
 pub use secrets::{DEFAULT_CACHE_TTL_SECS, MAX_CACHE_TTL_SECS};
 
@@ -95,8 +95,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts and times every request by route pattern (never by raw path), and logs it.
-async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Who a request acted for, as far as the request got: the tenant's name once its API key
+/// was accepted. The logging middleware puts an empty one into the request's extensions; the
+/// tenant extractor fills it.
+#[derive(Clone, Default)]
+pub struct RequestTenant(Arc<std::sync::OnceLock<String>>);
+
+impl RequestTenant {
+    pub fn set(&self, name: &str) {
+        let _ = self.0.set(name.to_owned());
+    }
+}
+
+/// Counts and times every request by route pattern (never by raw path), and logs it: one line
+/// per request with route, method, status and tenant, and the internal cause of an error
+/// answer (`ErrorCause`). This is the one place error causes are logged.
+async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -104,7 +118,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
+    let tenant = RequestTenant::default();
+    request.extensions_mut().insert(tenant.clone());
+    let mut response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status();
     state
@@ -117,7 +133,25 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .admin_request_seconds
         .with_label_values(&[route.as_str()])
         .observe(elapsed.as_secs_f64());
-    tracing::debug!(%method, %route, status = status.as_u16(), micros = elapsed.as_micros() as u64, "admin request");
+    let cause = response
+        .extensions_mut()
+        .remove::<ErrorCause>()
+        .map(|c| c.0);
+    let tenant = tenant.0.get().map(String::as_str);
+    let micros = elapsed.as_micros() as u64;
+    let status = status.as_u16();
+    match status {
+        503 => {
+            tracing::warn!(%method, %route, status, tenant, cause, micros, "admin request failed")
+        }
+        500.. => {
+            tracing::error!(%method, %route, status, tenant, cause, micros, "admin request failed")
+        }
+        _ if cause.is_some() => {
+            tracing::info!(%method, %route, status, tenant, cause, micros, "admin request refused")
+        }
+        _ => tracing::debug!(%method, %route, status, tenant, micros, "admin request"),
+    }
     response
 }
 

@@ -14,7 +14,7 @@ use super::views::{List, Rule};
 use crate::crypto;
 use crate::names::validate_name;
 use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, TargetFields};
-use crate::store::{RuleRow, StoreError, now_millis};
+use crate::store::{Resource, RuleRow, StoreError, now_millis};
 
 /// The largest batch accepted.
 pub const MAX_BATCH: usize = 1000;
@@ -102,17 +102,10 @@ pub async fn create_rule(
     };
     let spec = RuleSpec::from_draft(&draft, &DraftFields::SINGLE)?;
     let row = new_row(&auth.tenant.id, spec, now_millis());
-    match state
+    state
         .store
         .insert_rules(&auth.tenant.id, std::slice::from_ref(&row))
-        .await
-    {
-        Err(StoreError::UnknownCredential(name)) => Err(ApiError::invalid(
-            "injection.credential",
-            format!("no secret named '{name}' in this tenant; create it first"),
-        )),
-        other => other.map_err(ApiError::from),
-    }?;
+        .await?;
     state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
     Ok((StatusCode::CREATED, Json(row.into())))
@@ -153,18 +146,19 @@ pub async fn create_rules_batch(
             .map_err(|e: FieldError| e.within(&format!("rules[{i}]")))?;
         rows.push(new_row(&auth.tenant.id, spec, now));
     }
-    match state.store.insert_rules(&auth.tenant.id, &rows).await {
-        Err(StoreError::UnknownCredential(name)) => {
-            let i = rows.iter().position(|r| r.credential == name).unwrap_or(0);
-            Err(ApiError::invalid(
-                &format!("rules[{i}].credential"),
+    state
+        .store
+        .insert_rules(&auth.tenant.id, &rows)
+        .await
+        .map_err(|err| match err {
+            StoreError::UnknownCredential { name, rule } => ApiError::invalid(
+                &format!("rules[{rule}].credential"),
                 format!(
                     "no secret named '{name}' in this tenant; create it first (no rule was created)"
                 ),
-            ))
-        }
-        other => other.map_err(ApiError::from),
-    }?;
+            ),
+            other => other.into(),
+        })?;
     state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
     Ok((
@@ -208,7 +202,7 @@ pub async fn get_rule(
         .store
         .get_rule(&auth.tenant.id, &id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no rule with id '{id}'")))?;
+        .ok_or_else(|| StoreError::NotFound(Resource::Rule(id)))?;
     Ok(Json(row.into()))
 }
 
@@ -217,10 +211,7 @@ pub async fn delete_rule(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    match state.store.delete_rule(&auth.tenant.id, &id).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found(format!("no rule with id '{id}'"))),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.delete_rule(&auth.tenant.id, &id).await?;
     state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)

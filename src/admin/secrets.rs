@@ -15,7 +15,7 @@ use super::views::{List, Secret};
 use crate::crypto::SealContext;
 use crate::names::validate_name;
 use crate::rules::injection::validate_secret_value;
-use crate::store::{SecretChanges, SecretRow, StoreError, now_millis};
+use crate::store::{Resource, SecretChanges, SecretRow, StoreError, now_millis};
 
 // Field names are snake_case; the camelCase spellings a TypeScript client may send
 // (`cacheTtlSecs`, `displayName`) are accepted as aliases.
@@ -74,7 +74,11 @@ fn check_display_name(name: &Option<String>) -> ApiResult<()> {
 }
 
 fn not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("no secret named '{name}'"))
+    StoreError::NotFound(Resource::Secret(name.to_owned())).into()
+}
+
+fn sealing_failed(err: crate::crypto::CryptoError) -> ApiError {
+    ApiError::internal().with_cause(format_args!("sealing a secret failed: {err}"))
 }
 
 pub async fn create_secret(
@@ -97,10 +101,7 @@ pub async fn create_secret(
                 version: 1,
             },
         )
-        .map_err(|e| {
-            tracing::error!(error = %e, "sealing a secret failed");
-            ApiError::internal()
-        })?;
+        .map_err(sealing_failed)?;
     let now = now_millis();
     let row = SecretRow {
         id,
@@ -115,16 +116,7 @@ pub async fn create_secret(
         created_at: now,
         updated_at: now,
     };
-    match state.store.insert_secret(&row).await {
-        Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
-            "already_exists",
-            format!(
-                "a secret named '{}' already exists; update it with PUT /v1/secrets/{}",
-                row.name, row.name
-            ),
-        )),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.insert_secret(&row).await?;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, id = %row.id, "secret created");
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/secrets/{}", row.name)) {
@@ -203,18 +195,10 @@ pub async fn update_secret(
             })?;
         changes = changes.with_sealed(sealed, version);
     }
-    let row = match state
+    let row = state
         .store
         .update_secret(&auth.tenant.id, &name, current.version, &changes)
-        .await
-    {
-        Err(StoreError::NotFound) => Err(not_found(&name)),
-        Err(StoreError::Stale) => Err(ApiError::conflict(
-            "concurrent_update",
-            format!("secret '{name}' was changed by another request; retry"),
-        )),
-        other => other.map_err(ApiError::from),
-    }?;
+        .await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, version = row.version, "secret updated");
     Ok(Json(row.into()))
@@ -225,17 +209,7 @@ pub async fn delete_secret(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    match state.store.delete_secret(&auth.tenant.id, &name).await {
-        Err(StoreError::NotFound) => Err(not_found(&name)),
-        Err(StoreError::SecretInUse(rules)) => Err(ApiError::conflict(
-            "secret_in_use",
-            format!(
-                "secret '{name}' is still used by rules {}; delete those rules first",
-                rules.join(", ")
-            ),
-        )),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.delete_secret(&auth.tenant.id, &name).await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -12,7 +12,7 @@ use super::extract::{JsonBody, ListParams, OperatorAuth, TenantAuth};
 use super::views::{ApiKey, List, Tenant};
 use crate::crypto;
 use crate::names::validate_name;
-use crate::store::{NewApiKey, StoreError, TenantRow, now_millis};
+use crate::store::{NewApiKey, TenantRow, now_millis};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,13 +39,7 @@ pub async fn create_tenant(
         created_at: now,
     };
     let (new_key, key) = NewApiKey::generate(&tenant.id, Some("initial".into()));
-    match state.store.create_tenant(&tenant, &new_key).await {
-        Err(StoreError::Conflict(_)) => Err(ApiError::conflict(
-            "already_exists",
-            format!("a tenant named '{}' already exists", tenant.name),
-        )),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.create_tenant(&tenant, &new_key).await?;
     state.engine.changed().await;
     tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
     Ok((
@@ -118,10 +112,7 @@ pub async fn delete_api_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    match state.store.delete_api_key(&auth.tenant.id, &id).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found(format!("no API key with id '{id}'"))),
-        other => other.map_err(ApiError::from),
-    }?;
+    state.store.delete_api_key(&auth.tenant.id, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -13,7 +13,7 @@ use super::extract::{ListParams, TenantAuth};
 use super::views::{List, RuntimeToken};
 use crate::crypto::{self, TokenKind};
 use crate::names::validate_name;
-use crate::store::{NewRuntimeToken, StoreError, now_millis};
+use crate::store::{NewRuntimeToken, now_millis};
 
 #[derive(Serialize)]
 pub struct CreatedRuntimeToken {
@@ -72,15 +72,11 @@ pub async fn revoke_runtime_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    match state.store.revoke_runtime_token(&auth.tenant.id, &id).await {
-        Err(StoreError::NotFound) => Err(ApiError::not_found(format!(
-            "no runtime token with id '{id}'"
-        ))),
-        Ok(row) => {
-            state.engine.changed().await;
-            tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
-            Ok(StatusCode::NO_CONTENT)
-        }
-        Err(other) => Err(other.into()),
-    }
+    let row = state
+        .store
+        .revoke_runtime_token(&auth.tenant.id, &id)
+        .await?;
+    state.engine.changed().await;
+    tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -40,8 +40,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Migrate(args) => {
             let config = load_config(&args, &cli.global)?;
-            let resolved = bootstrap::resolve(&config).map_err(usage)?;
-            let (_, applied) = serve::open_store(&config, &resolved).await.map_err(usage)?;
+            let database = bootstrap::existing_database(&config).map_err(usage)?;
+            let (_, applied) = serve::open_store(&config, &database.url)
+                .await
+                .map_err(usage)?;
             println!("{applied} migration(s) applied; the schema is up to date");
             Ok(())
         }
@@ -207,9 +209,12 @@ async fn open_for_keys(
     global: &super::GlobalArgs,
 ) -> Result<(crate::store::Store, crate::crypto::Keyring), CliError> {
     let config = load_config(args, global)?;
-    let resolved = bootstrap::resolve(&config).map_err(usage)?;
-    let (store, _) = serve::open_store(&config, &resolved).await.map_err(usage)?;
-    Ok((store, resolved.keyring))
+    let database = bootstrap::existing_database(&config).map_err(usage)?;
+    let keyring = bootstrap::load_keyring(&config, database.embedded()).map_err(usage)?;
+    let (store, _) = serve::open_store(&config, &database.url)
+        .await
+        .map_err(usage)?;
+    Ok((store, keyring))
 }
 
 async fn print_key_counts(store: &crate::store::Store) -> Result<(), CliError> {

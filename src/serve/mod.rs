@@ -16,11 +16,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::bootstrap::{self, BootstrapError};
+use crate::bootstrap::BootstrapError;
 use crate::config::{Config, GrpcListen, LogFormat};
 use crate::engine::Engine;
 use crate::store::Store;
@@ -64,13 +64,15 @@ pub fn init_logging(config: &Config) {
     };
 }
 
-/// Opens the store and brings its schema up to date; answers how many migrations ran.
+/// Opens the store on `database_url` and brings its schema up to date; answers how many
+/// migrations ran. (A SQLite file that does not exist would be created: callers that must not
+/// create one check first, `bootstrap::existing_database`.)
 pub async fn open_store(
     config: &Config,
-    resolved: &bootstrap::Resolved,
+    database_url: &SecretString,
 ) -> Result<(Store, usize), BootstrapError> {
     let store = Store::connect(
-        resolved.database_url.expose_secret(),
+        database_url.expose_secret(),
         config.database.max_connections,
     )
     .await?;

@@ -28,8 +28,9 @@ pub(super) struct Wired {
 }
 
 pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
+    bootstrap::provision_embedded(config)?;
     let resolved = bootstrap::resolve(config)?;
-    let (store, _) = open_store(config, &resolved).await?;
+    let (store, _) = open_store(config, &resolved.database_url).await?;
     if resolved.embedded {
         bootstrap::ensure_default_tenant(&store, &config.data_dir).await?;
     }

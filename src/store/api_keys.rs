@@ -4,7 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::schema::api_keys;
-use super::{ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, load_page, with_conn};
+use super::{ApiKeyRow, NewApiKey, Page, Paged, Resource, Store, StoreError, load_page, with_conn};
 
 impl Store {
     pub async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
@@ -28,24 +28,41 @@ impl Store {
     }
 
     /// Deletes one of the tenant's keys; never its last one (that would lock the tenant out).
+    ///
+    /// Read, check, delete: two concurrent deletes of a tenant's last two keys must not both
+    /// pass the check. SQLite's immediate transaction serialises them from the read on; on
+    /// PostgreSQL the read locks the tenant's keys (`FOR UPDATE`), so the second delete reads
+    /// after the first committed.
     pub async fn delete_api_key(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
+        let keys = api_keys::table
+            .filter(api_keys::tenant_id.eq(tenant_id))
+            .select(api_keys::id);
+        let delete = diesel::delete(api_keys::table.filter(api_keys::id.eq(id)));
+        with_conn!(self, conn => sqlite => {
+            conn.immediate_transaction::<_, StoreError, _>(async |conn| {
+                check_not_last(&keys.load(conn).await?, id)?;
+                delete.execute(conn).await?;
+                Ok(())
+            })
+            .await
+        } postgres => {
             conn.transaction::<_, StoreError, _>(async |conn| {
-                let keys: Vec<String> = api_keys::table
-                    .filter(api_keys::tenant_id.eq(tenant_id))
-                    .select(api_keys::id)
-                    .load(conn)
-                    .await?;
-                if !keys.iter().any(|k| k == id) {
-                    return Err(StoreError::NotFound);
-                }
-                if keys.len() == 1 {
-                    return Err(StoreError::LastApiKey);
-                }
-                diesel::delete(api_keys::table.filter(api_keys::id.eq(id))).execute(conn).await?;
+                check_not_last(&keys.for_update().load(conn).await?, id)?;
+                delete.execute(conn).await?;
                 Ok(())
             })
             .await
         })
     }
+}
+
+/// Whether `id` is one of `keys` (the tenant's) and not the only one.
+fn check_not_last(keys: &[String], id: &str) -> Result<(), StoreError> {
+    if !keys.iter().any(|k| k == id) {
+        return Err(StoreError::NotFound(Resource::ApiKey(id.to_owned())));
+    }
+    if keys.len() == 1 {
+        return Err(StoreError::LastApiKey);
+    }
+    Ok(())
 }

@@ -3,8 +3,13 @@
 //!
 //! Both backends share one schema (`schema.rs`) and one set of queries: `with_conn!` expands a
 //! query body once per backend, so the diesel DSL is written once and type-checked against
-//! each. Every change that touches several rows runs in a transaction. Errors are classified
-//! here, once, into `StoreError`; callers never see a diesel or pool error.
+//! each; where the SQL really differs it takes one arm per backend. Every change that touches
+//! several rows runs in a transaction, and a change that reads before it writes runs in
+//! `write_transaction!`. Errors are classified here, once, into `StoreError`, which names the
+//! resource concerned; callers never see a diesel or pool error.
+//!
+//! (The `LISTEN` side of change notifications lives with its only user, the engine's follower
+//! task, on a connection of its own outside the pool.)
 //!
 //! The store knows nothing of encryption: it keeps sealed values as the crypto module made them.
 
@@ -37,29 +42,77 @@ type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
 /// The PostgreSQL channel replicas announce changes on.
 pub const CHANGES_CHANNEL: &str = "runta_changes";
 
-/// Why a store call failed, classified for the caller.
+/// What a store error is about, so the caller's message can name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    /// By name.
+    Tenant(String),
+    /// By id.
+    ApiKey(String),
+    /// By name, within a tenant.
+    Secret(String),
+    /// By id.
+    Rule(String),
+    /// By id.
+    RuntimeToken(String),
+}
+
+impl Resource {
+    /// How a user names it: `secret named 'x'`, `rule with id 'x'`.
+    pub fn described(&self) -> String {
+        match self {
+            Self::Tenant(name) => format!("tenant named '{name}'"),
+            Self::ApiKey(id) => format!("API key with id '{id}'"),
+            Self::Secret(name) => format!("secret named '{name}'"),
+            Self::Rule(id) => format!("rule with id '{id}'"),
+            Self::RuntimeToken(id) => format!("runtime token with id '{id}'"),
+        }
+    }
+}
+
+/// `secret 'x'`, `rule 'x'`.
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, key) = match self {
+            Self::Tenant(key) => ("tenant", key),
+            Self::ApiKey(key) => ("API key", key),
+            Self::Secret(key) => ("secret", key),
+            Self::Rule(key) => ("rule", key),
+            Self::RuntimeToken(key) => ("runtime token", key),
+        };
+        write!(f, "{kind} '{key}'")
+    }
+}
+
+/// Why a store call failed, classified for the caller, naming the resource where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("not found")]
-    NotFound,
-    /// A unique constraint: the detail is for the log.
+    #[error("no {}", .0.described())]
+    NotFound(Resource),
+    /// A unique constraint on a name the caller chose.
+    #[error("a {} already exists", .0.described())]
+    AlreadyExists(Resource),
+    /// Any other unique constraint (a generated id or hash): the detail is for the log.
     #[error("already exists ({0})")]
     Conflict(String),
     /// The secret is still referenced by these rules.
-    #[error("secret is still used by rules {0:?}")]
-    SecretInUse(Vec<String>),
-    /// A rule names a secret that does not exist in its tenant.
-    #[error("no secret named '{0}'")]
-    UnknownCredential(String),
+    #[error("secret '{secret}' is still used by rules {rules:?}")]
+    SecretInUse { secret: String, rules: Vec<String> },
+    /// Rule number `rule` of an insert names a secret that does not exist in its tenant.
+    #[error("rule {rule} names no secret of its tenant ('{name}')")]
+    UnknownCredential { name: String, rule: usize },
     /// The row changed between read and write.
-    #[error("the row was changed concurrently")]
-    Stale,
+    #[error("{0} was changed concurrently")]
+    Stale(Resource),
     /// A tenant's last API key cannot be deleted.
     #[error("the last API key of a tenant cannot be deleted")]
     LastApiKey,
     /// The database cannot be reached or is busy: worth retrying.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The database URL cannot work: a configuration error, not worth retrying.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
     #[error("database error: {0}")]
     Database(DieselError),
     #[error("migration failed: {0}")]
@@ -67,9 +120,10 @@ pub enum StoreError {
 }
 
 impl From<DieselError> for StoreError {
+    /// Classifies what any query can meet. A row that is not there is `Database` here: queries
+    /// that may legitimately find nothing use `.optional()` and say which resource is missing.
     fn from(err: DieselError) -> Self {
         match err {
-            DieselError::NotFound => Self::NotFound,
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 Self::Conflict(info.message().to_owned())
             }
@@ -92,8 +146,42 @@ impl From<DieselError> for StoreError {
 
 impl From<PoolError> for StoreError {
     fn from(err: PoolError) -> Self {
-        Self::Unavailable(err.to_string())
+        use diesel::ConnectionError;
+        use diesel_async::pooled_connection::PoolError as ManagerError;
+        match &err {
+            PoolError::Backend(ManagerError::ConnectionError(
+                ConnectionError::InvalidConnectionUrl(message),
+            )) => Self::InvalidUrl(message.clone()),
+            // tokio-postgres parses the URL when connecting; its parse and configuration
+            // errors say so in their first words.
+            PoolError::Backend(ManagerError::ConnectionError(
+                ConnectionError::CouldntSetupConfiguration(cause),
+            )) if cause.to_string().starts_with("invalid connection string")
+                || cause.to_string().starts_with("invalid configuration") =>
+            {
+                Self::InvalidUrl(cause.to_string())
+            }
+            _ => Self::Unavailable(err.to_string()),
+        }
     }
+}
+
+/// A unique violation of the insert that creates `resource` becomes `AlreadyExists`.
+fn unique_names(resource: impl FnOnce() -> Resource) -> impl FnOnce(DieselError) -> StoreError {
+    move |err| match err {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _) => {
+            StoreError::AlreadyExists(resource())
+        }
+        other => other.into(),
+    }
+}
+
+/// Whether the database refused a write for a foreign key.
+fn is_foreign_key_violation(err: &DieselError) -> bool {
+    matches!(
+        err,
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)
+    )
 }
 
 /// Which database, and its connection pool.
@@ -131,25 +219,60 @@ pub fn sqlite_path(url: &str) -> &str {
         .unwrap_or(url)
 }
 
-/// Runs `$body` with `$conn` bound to a pooled connection of whichever backend the store has.
-/// The body is expanded once per backend.
+/// Runs a query body with `$conn` bound to a pooled connection of whichever backend the store
+/// has (vaultwarden's `db_run!` shape). One body is expanded once per backend, so the diesel DSL
+/// is written once and type-checked against each:
+///
+/// ```ignore
+/// with_conn!(self, conn => { query.load(conn).await })
+/// ```
+///
+/// Where the SQL really differs, one arm per backend:
+///
+/// ```ignore
+/// with_conn!(self, conn => sqlite => { .. } postgres => { .. })
+/// ```
 macro_rules! with_conn {
-    ($store:expr, $conn:ident => $body:expr) => {
+    ($store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite(pool) => {
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
-                $body
+                $sqlite
             }
             $crate::store::Backend::Postgres(pool) => {
                 let mut pooled = pool.get().await?;
                 let $conn = &mut *pooled;
-                $body
+                $postgres
             }
         }
     };
+    ($store:expr, $conn:ident => $body:expr) => {
+        with_conn!($store, $conn => sqlite => { $body } postgres => { $body })
+    };
 }
 pub(crate) use with_conn;
+
+/// Runs `$body` in a transaction that reads, then writes. On SQLite it begins `IMMEDIATE`: the
+/// write lock is taken before the first read, so concurrent writers queue (busy timeout)
+/// instead of the later one finding its read stale at its first write, which SQLite answers
+/// with "database is locked" at once. On PostgreSQL writers serialise per row; a read that
+/// must hold rows still unchanged locks them (`FOR UPDATE`, in its own per-backend arm).
+macro_rules! write_transaction {
+    ($store:expr, $conn:ident => $body:expr) => {
+        with_conn!($store, conn => sqlite => {
+            conn.immediate_transaction::<_, $crate::store::StoreError, _>(async |$conn| $body)
+                .await
+        } postgres => {
+            ::diesel_async::AsyncConnection::transaction::<_, $crate::store::StoreError, _>(
+                conn,
+                async |$conn| $body,
+            )
+            .await
+        })
+    };
+}
+pub(crate) use write_transaction;
 
 /// Loads one page of `$query` (a boxed select on the table whose key column is `$id`),
 /// ordered by id, after the page's cursor, with one extra row that tells whether there is more.
@@ -212,7 +335,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens a pool on the database the URL names. Nothing is queried yet.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
-        let kind = BackendKind::from_url(url).map_err(StoreError::Unavailable)?;
+        let kind = BackendKind::from_url(url).map_err(StoreError::InvalidUrl)?;
         let backend = match kind {
             BackendKind::Sqlite => {
                 let mut config = ManagerConfig::<SqliteConn>::default();
@@ -256,19 +379,18 @@ impl Store {
     /// Tells the other replicas sharing this database that something changed (PostgreSQL
     /// `NOTIFY` on `CHANGES_CHANNEL`). SQLite serves one replica: nothing to tell.
     pub async fn notify_change(&self, payload: &str) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(pool) => {
-                use diesel::sql_types::Text;
-                let mut conn = pool.get().await?;
-                diesel::sql_query("SELECT pg_notify($1, $2)")
-                    .bind::<Text, _>(CHANGES_CHANNEL)
-                    .bind::<Text, _>(payload)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            }
-        }
+        with_conn!(self, conn => sqlite => {
+            let _ = conn;
+            Ok(())
+        } postgres => {
+            use diesel::sql_types::Text;
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<Text, _>(CHANGES_CHANNEL)
+                .bind::<Text, _>(payload)
+                .execute(conn)
+                .await?;
+            Ok(())
+        })
     }
 
     /// A trivial query: is the database there?

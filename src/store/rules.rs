@@ -4,18 +4,27 @@
 use std::collections::BTreeSet;
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::schema::{rules, secrets};
-use super::{Page, Paged, RuleRow, Store, StoreError, load_page, with_conn};
+use super::{
+    Page, Paged, Resource, RuleRow, Store, StoreError, is_foreign_key_violation, load_page,
+    with_conn, write_transaction,
+};
+
+fn unknown_credential(i: usize, rule: &RuleRow) -> StoreError {
+    StoreError::UnknownCredential {
+        name: rule.credential.clone(),
+        rule: i,
+    }
+}
 
 impl Store {
     /// Inserts rules of one tenant, all or none. `UnknownCredential` if any names a secret the
     /// tenant does not have.
     pub async fn insert_rules(&self, tenant_id: &str, new: &[RuleRow]) -> Result<(), StoreError> {
         let wanted: BTreeSet<&str> = new.iter().map(|r| r.credential.as_str()).collect();
-        with_conn!(self, conn => {
-            conn.transaction::<_, StoreError, _>(async |conn| {
+        write_transaction!(self, conn => {
                 let found: BTreeSet<String> = secrets::table
                     .filter(secrets::tenant_id.eq(tenant_id))
                     .filter(secrets::name.eq_any(wanted.iter().copied()))
@@ -24,15 +33,26 @@ impl Store {
                     .await?
                     .into_iter()
                     .collect();
-                if let Some(missing) = wanted.iter().find(|c| !found.contains(**c)) {
-                    return Err(StoreError::UnknownCredential((*missing).to_owned()));
+                if let Some((i, missing)) =
+                    new.iter().enumerate().find(|(_, r)| !found.contains(&r.credential))
+                {
+                    return Err(unknown_credential(i, missing));
                 }
-                for rule in new {
-                    diesel::insert_into(rules::table).values(rule).execute(conn).await?;
+                for (i, rule) in new.iter().enumerate() {
+                    // The foreign key catches a secret deleted since the check above.
+                    diesel::insert_into(rules::table)
+                        .values(rule)
+                        .execute(conn)
+                        .await
+                        .map_err(|e| {
+                            if is_foreign_key_violation(&e) {
+                                unknown_credential(i, rule)
+                            } else {
+                                e.into()
+                            }
+                        })?;
                 }
                 Ok(())
-            })
-            .await
         })
     }
 
@@ -75,7 +95,7 @@ impl Store {
                 .await?
         });
         if deleted == 0 {
-            return Err(StoreError::NotFound);
+            return Err(StoreError::NotFound(Resource::Rule(id.to_owned())));
         }
         Ok(())
     }

@@ -1,16 +1,24 @@
 //! Secrets: metadata and sealed values. Values change only by optimistic update (the caller
-//! says which version it sealed against), so two concurrent writers cannot both win.
+//! says which version it sealed against), so two concurrent writers cannot both win; the update
+//! answers the new row itself (`RETURNING`).
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::schema::{rules, secrets};
-use super::{Page, Paged, SecretChanges, SecretRow, Store, StoreError, load_page, with_conn};
+use super::{
+    Page, Paged, Resource, SecretChanges, SecretRow, Store, StoreError, is_foreign_key_violation,
+    load_page, unique_names, with_conn, write_transaction,
+};
 
 impl Store {
     pub async fn insert_secret(&self, secret: &SecretRow) -> Result<(), StoreError> {
         with_conn!(self, conn => {
-            diesel::insert_into(secrets::table).values(secret).execute(conn).await?;
+            diesel::insert_into(secrets::table)
+                .values(secret)
+                .execute(conn)
+                .await
+                .map_err(unique_names(|| Resource::Secret(secret.name.clone())))?;
             Ok(())
         })
     }
@@ -53,62 +61,74 @@ impl Store {
         expected_version: i64,
         changes: &SecretChanges,
     ) -> Result<SecretRow, StoreError> {
+        let secret = secrets::table
+            .filter(secrets::tenant_id.eq(tenant_id))
+            .filter(secrets::name.eq(name));
         with_conn!(self, conn => {
-            conn.transaction::<_, StoreError, _>(async |conn| {
-                let updated = diesel::update(
-                    secrets::table
-                        .filter(secrets::tenant_id.eq(tenant_id))
-                        .filter(secrets::name.eq(name))
-                        .filter(secrets::version.eq(expected_version)),
-                )
+            let updated = diesel::update(secret.filter(secrets::version.eq(expected_version)))
                 .set(changes)
-                .execute(conn)
-                .await?;
-                let row = secrets::table
-                    .filter(secrets::tenant_id.eq(tenant_id))
-                    .filter(secrets::name.eq(name))
-                    .select(SecretRow::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?;
-                match (updated, row) {
-                    (1, Some(row)) => Ok(row),
-                    (_, None) => Err(StoreError::NotFound),
-                    (_, Some(_)) => Err(StoreError::Stale),
-                }
+                .returning(SecretRow::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+            if let Some(row) = updated {
+                return Ok(row);
+            }
+            // Why nothing matched, for the caller's message only: nothing was written.
+            let exists: Option<String> =
+                secret.select(secrets::id).first(conn).await.optional()?;
+            Err(match exists {
+                Some(_) => StoreError::Stale(Resource::Secret(name.to_owned())),
+                None => StoreError::NotFound(Resource::Secret(name.to_owned())),
             })
-            .await
         })
     }
 
     /// Deletes a secret no rule uses; otherwise `SecretInUse` with the rules' ids.
+    ///
+    /// A rule created concurrently (after the check, before the delete) makes the foreign key
+    /// refuse the delete; its rules are then read again to name them.
     pub async fn delete_secret(&self, tenant_id: &str, name: &str) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
-            conn.transaction::<_, StoreError, _>(async |conn| {
-                let users: Vec<String> = rules::table
-                    .filter(rules::tenant_id.eq(tenant_id))
-                    .filter(rules::credential.eq(name))
-                    .select(rules::id)
-                    .order(rules::id)
-                    .load(conn)
-                    .await?;
-                if !users.is_empty() {
-                    return Err(StoreError::SecretInUse(users));
-                }
-                let deleted = diesel::delete(
-                    secrets::table
-                        .filter(secrets::tenant_id.eq(tenant_id))
-                        .filter(secrets::name.eq(name)),
-                )
-                .execute(conn)
-                .await?;
-                if deleted == 0 {
-                    return Err(StoreError::NotFound);
-                }
-                Ok(())
-            })
+        let users = rules::table
+            .filter(rules::tenant_id.eq(tenant_id))
+            .filter(rules::credential.eq(name))
+            .select(rules::id)
+            .order(rules::id);
+        let in_use = |rules: Vec<String>| StoreError::SecretInUse {
+            secret: name.to_owned(),
+            rules,
+        };
+        let deleted = write_transaction!(self, conn => {
+            let users: Vec<String> = users.load(conn).await?;
+            if !users.is_empty() {
+                return Err(in_use(users));
+            }
+            let deleted = diesel::delete(
+                secrets::table
+                    .filter(secrets::tenant_id.eq(tenant_id))
+                    .filter(secrets::name.eq(name)),
+            )
+            .execute(conn)
             .await
-        })
+            .map_err(|e| if is_foreign_key_violation(&e) { in_use(Vec::new()) } else { e.into() })?;
+            if deleted == 0 {
+                return Err(StoreError::NotFound(Resource::Secret(name.to_owned())));
+            }
+            Ok(())
+        });
+        match deleted {
+            Err(StoreError::SecretInUse { rules, .. }) if rules.is_empty() => {
+                let users: Vec<String> = with_conn!(self, conn => users.load(conn).await?);
+                Err(if users.is_empty() {
+                    // The rule that stopped the delete is gone again: the secret changed
+                    // under the request.
+                    StoreError::Stale(Resource::Secret(name.to_owned()))
+                } else {
+                    in_use(users)
+                })
+            }
+            other => other,
+        }
     }
 
     /// Up to `limit` secrets (of every tenant) not sealed under `key_id`, ids after `after`:

@@ -1,11 +1,12 @@
 //! Tenants, and API-key authentication (which answers with the key's tenant).
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
 use super::schema::{api_keys, tenants};
 use super::{
-    ApiKeyRow, NewApiKey, Page, Paged, Store, StoreError, TenantRow, load_page, with_conn,
+    ApiKeyRow, NewApiKey, Page, Paged, Resource, Store, StoreError, TenantRow, load_page,
+    unique_names, with_conn, write_transaction,
 };
 
 impl Store {
@@ -15,13 +16,14 @@ impl Store {
         tenant: &TenantRow,
         key: &NewApiKey,
     ) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
-            conn.transaction::<_, StoreError, _>(async |conn| {
-                diesel::insert_into(tenants::table).values(tenant).execute(conn).await?;
-                diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
-                Ok(())
-            })
-            .await
+        write_transaction!(self, conn => {
+            diesel::insert_into(tenants::table)
+                .values(tenant)
+                .execute(conn)
+                .await
+                .map_err(unique_names(|| Resource::Tenant(tenant.name.clone())))?;
+            diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
+            Ok(())
         })
     }
 

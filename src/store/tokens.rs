@@ -5,8 +5,8 @@ use diesel_async::RunQueryDsl;
 
 use super::schema::runtime_tokens;
 use super::{
-    NewRuntimeToken, Page, Paged, RuntimeTokenRow, Store, StoreError, load_page, now_millis,
-    with_conn,
+    NewRuntimeToken, Page, Paged, Resource, RuntimeTokenRow, Store, StoreError, load_page,
+    now_millis, with_conn,
 };
 
 impl Store {
@@ -32,44 +32,30 @@ impl Store {
         Ok(Paged::from_rows(rows, page, |t| &t.id))
     }
 
-    /// Revokes a token of the tenant. Revoking a revoked token changes nothing.
+    /// Revokes a token of the tenant and answers it. Revoking a revoked token changes nothing.
     pub async fn revoke_runtime_token(
         &self,
         tenant_id: &str,
         id: &str,
     ) -> Result<RuntimeTokenRow, StoreError> {
-        with_conn!(self, conn => {
-            diesel::update(
-                runtime_tokens::table
-                    .filter(runtime_tokens::tenant_id.eq(tenant_id))
-                    .filter(runtime_tokens::id.eq(id))
-                    .filter(runtime_tokens::revoked_at.is_null()),
-            )
-            .set(runtime_tokens::revoked_at.eq(now_millis()))
-            .execute(conn)
-            .await?;
-            Ok(runtime_tokens::table
-                .filter(runtime_tokens::tenant_id.eq(tenant_id))
-                .filter(runtime_tokens::id.eq(id))
-                .select(RuntimeTokenRow::as_select())
-                .first(conn)
-                .await?)
-        })
-    }
-
-    /// The token a presented egress credential (by hash) is, revoked or not.
-    pub async fn find_runtime_token(
-        &self,
-        token_hash: &[u8],
-    ) -> Result<Option<RuntimeTokenRow>, StoreError> {
-        with_conn!(self, conn => {
-            Ok(runtime_tokens::table
-                .filter(runtime_tokens::token_hash.eq(token_hash))
-                .select(RuntimeTokenRow::as_select())
-                .first(conn)
+        let token = runtime_tokens::table
+            .filter(runtime_tokens::tenant_id.eq(tenant_id))
+            .filter(runtime_tokens::id.eq(id));
+        let found = with_conn!(self, conn => {
+            let unrevoked = token.filter(runtime_tokens::revoked_at.is_null());
+            let revoked = diesel::update(unrevoked)
+                .set(runtime_tokens::revoked_at.eq(now_millis()))
+                .returning(RuntimeTokenRow::as_returning())
+                .get_result(conn)
                 .await
-                .optional()?)
-        })
+                .optional()?;
+            match revoked {
+                Some(row) => Some(row),
+                // Revoked before (or not the tenant's): as it is.
+                None => token.select(RuntimeTokenRow::as_select()).first(conn).await.optional()?,
+            }
+        });
+        found.ok_or_else(|| StoreError::NotFound(Resource::RuntimeToken(id.to_owned())))
     }
 
     /// Every runtime token of every tenant with its hash: what identity is resolved from.

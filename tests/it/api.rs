@@ -905,12 +905,7 @@ async fn runtime_tokens(app: TestApp) {
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     assert!(!list.to_string().contains(&token));
     // The store finds it by hash only.
-    let found = app
-        .store
-        .find_runtime_token(&runta::crypto::hash_token(&token))
-        .await
-        .unwrap()
-        .unwrap();
+    let found = stored_token(&app, &token).await;
     assert_eq!(
         (found.id.as_str(), found.runtime.as_str(), found.revoked_at),
         (id.as_str(), "worker", None)
@@ -929,17 +924,19 @@ async fn runtime_tokens(app: TestApp) {
         .call(Method::GET, "/v1/runtimes/worker/tokens", key, None)
         .await;
     assert!(list["data"][0]["revoked_at"].is_string());
-    let found = app
-        .store
-        .find_runtime_token(&runta::crypto::hash_token(&token))
-        .await
-        .unwrap()
-        .unwrap();
+    let found = stored_token(&app, &token).await;
     assert!(found.revoked_at.is_some());
     let answer = app
         .call(Method::DELETE, "/v1/runtime-tokens/rtk_nope", key, None)
         .await;
     assert_error(&answer, StatusCode::NOT_FOUND, &["rtk_nope"]);
+}
+
+/// The stored row of a runtime token, found by its hash (the only form the store keeps).
+async fn stored_token(app: &TestApp, token: &str) -> runta::store::RuntimeTokenRow {
+    let hash = runta::crypto::hash_token(token);
+    let all = app.store.all_runtime_tokens().await.unwrap();
+    all.into_iter().find(|(_, h)| *h == hash).unwrap().0
 }
 
 async fn health_metrics_and_routing_errors(app: TestApp) {

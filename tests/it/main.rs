@@ -7,4 +7,6 @@ mod cli;
 mod e2e;
 mod extproc;
 mod openapi;
+mod read_only_commands;
+mod store_faults;
 mod support;

@@ -1,0 +1,262 @@
+//! The store under concurrency and faults: races between requests that read, then write; a
+//! rule whose secret vanishes while it is created; a database URL that cannot work.
+
+use axum::http::{Method, StatusCode};
+use runta::store::{Page, StoreError};
+use serde_json::json;
+
+use crate::support::{TestApp, assert_error, backend_tests};
+
+backend_tests!(
+    concurrent_deletes_keep_the_last_api_key,
+    rule_whose_secret_vanishes_is_400,
+    secret_deleted_while_a_rule_is_created_is_409,
+);
+
+/// Two requests deleting a tenant's last two keys at once: one wins, the other is told the
+/// tenant's last key cannot go. Never both (that would lock the tenant out).
+async fn concurrent_deletes_keep_the_last_api_key(app: TestApp) {
+    for round in 0..20 {
+        let tenant = app.tenant(&format!("race{round}")).await;
+        let (status, body) = app
+            .call(Method::POST, "/v1/api-keys", Some(&tenant.key), None)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let page = Page {
+            limit: 10,
+            cursor: None,
+        };
+        let keys = app.store.list_api_keys(&tenant.id, &page).await.unwrap();
+        let [first, second] = &keys.items[..] else {
+            panic!("two keys: {keys:?}")
+        };
+        let deletes = [first.id.clone(), second.id.clone()].map(|id| {
+            let store = app.store.clone();
+            let tenant_id = tenant.id.clone();
+            tokio::spawn(async move { store.delete_api_key(&tenant_id, &id).await })
+        });
+        let mut deleted = 0;
+        let mut refused = 0;
+        for delete in deletes {
+            match delete.await.unwrap() {
+                Ok(()) => deleted += 1,
+                Err(StoreError::LastApiKey) => refused += 1,
+                Err(other) => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        let left = app.store.list_api_keys(&tenant.id, &page).await.unwrap();
+        assert_eq!(
+            (deleted, refused, left.items.len()),
+            (1, 1, 1),
+            "round {round}: one delete wins, one is refused, one key is left"
+        );
+    }
+}
+
+/// A secret deleted between the check that a rule's credential exists and the rule's insert
+/// (simulated with a trigger that deletes it just before the insert): the foreign key refuses
+/// the rule, and the caller hears that the secret does not exist, not an internal error.
+async fn rule_whose_secret_vanishes_is_400(app: TestApp) {
+    let tenant = app.tenant("acme").await;
+    app.secret(&tenant, "vanishing", "sk-test-value").await;
+    install_trigger(
+        &app,
+        "CREATE TRIGGER vanish BEFORE INSERT ON rules BEGIN \
+           DELETE FROM secrets WHERE tenant_id = NEW.tenant_id AND name = NEW.credential; \
+         END;",
+        "CREATE FUNCTION vanish() RETURNS trigger AS $$ BEGIN \
+           DELETE FROM secrets WHERE tenant_id = NEW.tenant_id AND name = NEW.credential; \
+           RETURN NEW; \
+         END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER vanish BEFORE INSERT ON rules FOR EACH ROW EXECUTE FUNCTION vanish();",
+    )
+    .await;
+    let answer = app
+        .call(
+            Method::POST,
+            "/v1/runtimes/worker/rules",
+            Some(&tenant.key),
+            Some(json!({
+                "host": "api.example.com",
+                "injection": {"credential": "vanishing", "header": "Authorization"},
+            })),
+        )
+        .await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        &["injection.credential", "no secret named 'vanishing'"],
+    );
+    let answer = app
+        .call(
+            Method::POST,
+            "/v1/rules/batch",
+            Some(&tenant.key),
+            Some(json!({"rules": [{
+                "runtime": "worker",
+                "host": "api.example.com",
+                "credential": "vanishing",
+                "inject": {"header": "Authorization"},
+            }]})),
+        )
+        .await;
+    // The first request's trigger already deleted it: the ordinary check answers here.
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        &["rules[0].credential", "no secret named 'vanishing'"],
+    );
+}
+
+/// A secret deleted while another request creates a rule that uses it (the rule inserted, not
+/// yet committed, on a connection of its own): the delete waits for it and answers 409 naming
+/// the rule, not an internal error (PostgreSQL: the foreign key refuses the delete) or 503
+/// (SQLite: a read gone stale).
+async fn secret_deleted_while_a_rule_is_created_is_409(app: TestApp) {
+    let tenant = app.tenant("acme").await;
+    app.secret(&tenant, "contested", "sk-test-value").await;
+    let mut other = Raw::open(&app).await;
+    let begin = if app.db.sqlite_dir().is_some() {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN"
+    };
+    other
+        .run(&format!(
+            "{begin}; INSERT INTO rules (id, tenant_id, runtime, host_pattern, path_pattern, \
+             credential, header, param, value_template, created_at) VALUES ('rule_concurrent', \
+             '{}', 'worker', 'api.example.com', NULL, 'contested', 'Authorization', NULL, \
+             'Bearer ${{credential}}', 0);",
+            tenant.id
+        ))
+        .await;
+    let (answer, ()) = tokio::join!(
+        app.call(
+            Method::DELETE,
+            "/v1/secrets/contested",
+            Some(&tenant.key),
+            None
+        ),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            other.run("COMMIT").await;
+        }
+    );
+    assert_error(
+        &answer,
+        StatusCode::CONFLICT,
+        &["secret 'contested' is still used by rules rule_concurrent"],
+    );
+}
+
+/// A connection of the test's own to the app's database, for SQL the API would not send.
+enum Raw {
+    Sqlite(diesel::SqliteConnection),
+    Postgres(Box<diesel_async::AsyncPgConnection>),
+}
+
+impl Raw {
+    async fn open(app: &TestApp) -> Self {
+        use diesel_async::AsyncConnection;
+        match app.db.sqlite_dir() {
+            Some(dir) => {
+                let path = dir.join("runta.db");
+                Self::Sqlite(
+                    <diesel::SqliteConnection as diesel::Connection>::establish(
+                        path.to_str().unwrap(),
+                    )
+                    .unwrap(),
+                )
+            }
+            None => Self::Postgres(Box::new(
+                diesel_async::AsyncPgConnection::establish(app.db.postgres_url().unwrap())
+                    .await
+                    .unwrap(),
+            )),
+        }
+    }
+
+    async fn run(&mut self, sql: &str) {
+        match self {
+            Self::Sqlite(conn) => {
+                diesel::connection::SimpleConnection::batch_execute(conn, sql).unwrap()
+            }
+            Self::Postgres(conn) => {
+                diesel_async::SimpleAsyncConnection::batch_execute(&mut **conn, sql)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+}
+
+/// Runs test-only DDL on the app's database, in the backend's dialect.
+async fn install_trigger(app: &TestApp, sqlite: &str, postgres: &str) {
+    let sql = if app.db.sqlite_dir().is_some() {
+        sqlite
+    } else {
+        postgres
+    };
+    Raw::open(app).await.run(sql).await;
+}
+
+/// An internal failure after authentication: the answer says nothing of the cause; the request
+/// log has it, once, in the line that names the route, method, status and tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_cause_is_logged_once_with_route_and_tenant() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let app = TestApp::new(crate::support::Backend::Sqlite).await.unwrap();
+    let tenant = app.tenant("acme").await;
+    Raw::open(&app).await.run("DROP TABLE runtime_tokens").await;
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The request runs on this thread (the router is called in place, not spawned).
+    let answer = {
+        let _default = tracing::subscriber::set_default(subscriber);
+        app.call(
+            Method::GET,
+            "/v1/runtimes/worker/tokens",
+            Some(&tenant.key),
+            None,
+        )
+        .await
+    };
+    assert_error(&answer, StatusCode::INTERNAL_SERVER_ERROR, &["server log"]);
+    assert!(
+        !answer.1.to_string().contains("runtime_tokens"),
+        "{}",
+        answer.1
+    );
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("runtime_tokens"))
+        .collect();
+    assert_eq!(lines.len(), 1, "the cause is logged once:\n{text}");
+    for part in [
+        "ERROR",
+        "method=GET",
+        "route=/v1/runtimes/{runtime}/tokens",
+        "status=500",
+        "tenant=\"acme\"",
+        "cause=",
+    ] {
+        assert!(lines[0].contains(part), "'{part}' not in {}", lines[0]);
+    }
+}
