@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dashmap::DashMap;
-use runta::test_support::{RUNTIME, TENANT_NAME, rules, tenant_names};
 use runta::config::Unidentified;
 use runta::extproc::decide::{RequestView, Sidecar, decide};
 use runta::rules::snapshot::{Snapshot, secret_key};
+use runta::test_support::{RUNTIME, TENANT_NAME, rules, tenant_names};
 use secrecy::SecretString;
 
 fn resident_kib() -> u64 {
