@@ -38,7 +38,8 @@ pub struct Resolved {
     pub backend: BackendKind,
     pub keyring: Keyring,
     pub operator_token: Option<SecretString>,
-    pub gateway_tokens: Vec<SecretString>,
+    /// Every gateway token with the name `grpc.identity_gateways` knows it by.
+    pub gateway_tokens: Vec<GatewayToken>,
     /// SQLite: the quickstart files live in the data directory.
     pub embedded: bool,
 }
@@ -61,6 +62,14 @@ impl Database {
         let special = path.as_os_str() == ":memory:" || path.to_string_lossy().starts_with("file:");
         (self.embedded() && !special).then_some(path)
     }
+}
+
+/// A gateway token and its name: `[[grpc.gateways]]` entries by their `name`, unnamed ones by
+/// where they are configured (`grpc.gateway_tokens[0]`, `grpc.gateway_token_file`, and the
+/// embedded default's `generated`).
+pub struct GatewayToken {
+    pub name: String,
+    pub token: SecretString,
 }
 
 /// Why start-up could not complete.
@@ -158,7 +167,10 @@ pub fn provision_embedded(config: &Config) -> Result<(), BootstrapError> {
             "operator token",
         )?;
     }
-    if config.grpc.gateway_tokens.is_empty() && config.grpc.gateway_token_file.is_none() {
+    if config.grpc.gateway_tokens.is_empty()
+        && config.grpc.gateway_token_file.is_none()
+        && config.grpc.gateways.is_empty()
+    {
         generate_token_file(
             &config.data_dir.join(GATEWAY_TOKEN_FILE),
             TokenKind::GatewayToken,
@@ -188,15 +200,44 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
         }
         (None, None) => None,
     };
-    let mut gateway_tokens = config.grpc.gateway_tokens.clone();
+    let mut gateway_tokens: Vec<GatewayToken> = config
+        .grpc
+        .gateway_tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| GatewayToken {
+            name: format!("grpc.gateway_tokens[{i}]"),
+            token: token.clone(),
+        })
+        .collect();
     if let Some(file) = &config.grpc.gateway_token_file {
-        gateway_tokens.push(read_secret_file(file).map_err(|m| ConfigError {
-            key: "grpc.gateway_token_file".into(),
-            message: m,
-        })?);
+        gateway_tokens.push(GatewayToken {
+            name: "grpc.gateway_token_file".into(),
+            token: read_secret_file(file).map_err(|m| ConfigError {
+                key: "grpc.gateway_token_file".into(),
+                message: m,
+            })?,
+        });
+    }
+    for (i, gateway) in config.grpc.gateways.iter().enumerate() {
+        let token = match (&gateway.token, &gateway.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => read_secret_file(file).map_err(|m| ConfigError {
+                key: format!("grpc.gateways[{i}].token_file"),
+                message: m,
+            })?,
+            (None, None) => unreachable!("validated: exactly one of token and token_file"),
+        };
+        gateway_tokens.push(GatewayToken {
+            name: gateway.name.clone(),
+            token,
+        });
     }
     if gateway_tokens.is_empty() && embedded {
-        gateway_tokens.push(read_generated(&config.data_dir.join(GATEWAY_TOKEN_FILE))?);
+        gateway_tokens.push(GatewayToken {
+            name: "generated".into(),
+            token: read_generated(&config.data_dir.join(GATEWAY_TOKEN_FILE))?,
+        });
     }
     let client_certificates = config
         .grpc
@@ -233,6 +274,16 @@ pub fn existing_gateway_token(config: &Config) -> Result<Option<SecretString>, C
             key: "grpc.gateway_token_file".into(),
             message: m,
         });
+    }
+    if let Some(gateway) = config.grpc.gateways.first() {
+        return match (&gateway.token, &gateway.token_file) {
+            (Some(token), _) => Ok(Some(token.clone())),
+            (None, Some(file)) => read_secret_file(file).map(Some).map_err(|m| ConfigError {
+                key: "grpc.gateways[0].token_file".into(),
+                message: m,
+            }),
+            (None, None) => Ok(None),
+        };
     }
     let path = config.data_dir.join(GATEWAY_TOKEN_FILE);
     if path.exists() {

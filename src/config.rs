@@ -116,6 +116,15 @@ pub struct GrpcConfig {
     /// TLS for the gRPC listener; with `client_ca_file`, a client certificate signed by that
     /// CA authenticates a gateway.
     pub tls: Option<GrpcTlsConfig>,
+    /// Gateways with a name (`[[grpc.gateways]]`: `name` and `token` or `token_file`), so that
+    /// `identity_gateways` can trust one of them.
+    pub gateways: Vec<NamedGateway>,
+    /// Gateways allowed to name the tenant and runtime of a stream (`x-runta-tenant`,
+    /// `x-runta-runtime`): names from `gateways`, or subject names (CN or DNS name) of client
+    /// certificates. Any other gateway asserting an identity is refused: such a credential
+    /// would be a master key to every runtime's secrets. Sidecars authenticate with a runtime
+    /// token instead (`x-runta-runtime-token`), which fixes their identity.
+    pub identity_gateways: Vec<String>,
     /// Development only: answer every caller, authenticated or not.
     pub insecure_no_auth: bool,
     /// HTTP/2 streams per gateway connection (one per in-flight request).
@@ -129,10 +138,23 @@ impl Default for GrpcConfig {
             gateway_tokens: Vec::new(),
             gateway_token_file: None,
             tls: None,
+            gateways: Vec::new(),
+            identity_gateways: Vec::new(),
             insecure_no_auth: false,
             max_concurrent_streams: 4096,
         }
     }
+}
+
+/// A gateway credential with a name.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedGateway {
+    pub name: String,
+    #[serde(default, skip_serializing)]
+    pub token: Option<SecretString>,
+    #[serde(default, skip_serializing)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -353,6 +375,32 @@ impl Config {
                 "grpc.tls",
                 "TLS is for TCP listeners; a Unix socket is protected by its file permissions",
             ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, gateway) in self.grpc.gateways.iter().enumerate() {
+            let field = format!("grpc.gateways[{i}]");
+            crate::names::validate_name(&gateway.name)
+                .map_err(|m| ConfigError::new(format!("{field}.name"), m))?;
+            if !names.insert(gateway.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("the gateway name '{}' is listed twice", gateway.name),
+                ));
+            }
+            if gateway.token.is_some() == gateway.token_file.is_some() {
+                return Err(ConfigError::new(
+                    field,
+                    "set exactly one of token and token_file",
+                ));
+            }
+        }
+        for (i, name) in self.grpc.identity_gateways.iter().enumerate() {
+            if name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("grpc.identity_gateways[{i}]"),
+                    "must not be empty",
+                ));
+            }
         }
         if self.grpc.max_concurrent_streams == 0 {
             return Err(ConfigError::new(

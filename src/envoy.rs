@@ -4,23 +4,142 @@
 //! Both modes are an HTTP forward proxy (runtimes use it as `HTTP_PROXY`; absolute-form URLs)
 //! whose every request passes runta's ext_proc filter (request headers only, failing closed)
 //! before a dynamic forward proxy sends it upstream over TLS, with SNI and certificate
-//! validation against a CA bundle. A sidecar names its tenant and runtime in the ext_proc
-//! stream's metadata; the shared gateway leaves identity to runtime tokens.
+//! validation against a CA bundle. A sidecar authenticates its ext_proc streams with its
+//! runtime's token (`x-runta-runtime-token`), which fixes its identity; the shared gateway
+//! authenticates with a gateway token and leaves identity to the runtime tokens runtimes use as
+//! proxy credentials.
 //!
 //! What a runtime can never reach through it: Envoy's admin interface (a Unix socket, not a
-//! port), loopback and link-local destinations (runta's own ports among them), and CONNECT
-//! tunnels (which could carry anything, and cannot be injected into).
+//! port); loopback, unspecified and link-local addresses (runta's own ports, cloud metadata),
+//! their IPv4-mapped, IPv4-compatible and NAT64 forms, and on the shared gateway by default the
+//! private ranges — judged by the address the name **resolved** to (the dynamic forward proxy
+//! saves it; an RBAC filter refuses it), so no spelling or DNS name gets around it; named
+//! exceptions are explicit (`allowed_upstreams`). Also refused: an authority that is not
+//! `host[:port]` with a port of digits, and CONNECT tunnels (which could carry anything, and
+//! cannot be injected into). Upstream receives what the runtime sent plus the injection:
+//! proxy credentials and Envoy's own headers are removed.
 
 use std::fmt::Write as _;
 
 /// Which deployment the configuration is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    /// One Envoy per runtime: identity in the ext_proc metadata.
-    Sidecar { tenant: String, runtime: String },
-    /// One Envoy for many runtimes: identity from runtime tokens (proxy credentials).
+    /// One Envoy per runtime: its ext_proc streams carry the runtime's token, which
+    /// authenticates them and fixes the identity.
+    Sidecar {
+        runtime: String,
+        runtime_token: String,
+    },
+    /// One Envoy for many runtimes: a gateway token; identity from the runtime tokens the
+    /// runtimes send as proxy credentials.
     Gateway,
 }
+
+/// An upstream address the guard lets through although its range is refused: a CIDR block
+/// and, optionally, one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedUpstream {
+    pub network: IpNet,
+    pub port: Option<u16>,
+}
+
+/// An IP network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl IpNet {
+    fn parse(text: &str) -> Result<Self, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{addr}' is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            None => max,
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max && len.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| format!("'/{len}' is not a prefix length from 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+impl AllowedUpstream {
+    /// `IP`, `IP:PORT`, `CIDR`, `CIDR:PORT`; IPv6 in brackets when a port follows
+    /// (`[::1]:8443`, `[fd00::/8]:443`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (net, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (net, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("'{text}': missing ']'"))?;
+            match after {
+                "" => (net, None),
+                _ => (
+                    net,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| format!("'{text}': expected ':PORT' after ']'"))?,
+                    ),
+                ),
+            }
+        } else if text.matches(':').count() == 1 {
+            let (net, port) = text.split_once(':').expect("one colon");
+            (net, Some(port))
+        } else {
+            (text, None)
+        };
+        let network = IpNet::parse(net).map_err(|m| format!("'{text}': {m}"))?;
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|n| *n != 0 && p.bytes().all(|b| b.is_ascii_digit()))
+                    .ok_or_else(|| format!("'{text}': the port must be a number from 1 to 65535"))
+            })
+            .transpose()?;
+        Ok(Self { network, port })
+    }
+}
+
+/// Destinations refused by resolved address on every Envoy: loopback, unspecified and
+/// link-local (cloud metadata services, AWS's IPv6 one included), every IPv4-mapped and
+/// IPv4-compatible IPv6 address, and the NAT64 forms of the IPv4 ranges.
+pub const ALWAYS_BLOCKED_UPSTREAMS: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "::/96",
+    "::ffff:0:0/96",
+    "fe80::/10",
+    "fd00:ec2::254/128",
+    "64:ff9b::/104",
+    "64:ff9b::7f00:0/104",
+    "64:ff9b::a9fe:0/112",
+];
+
+/// Private ranges, refused by default on the shared gateway (`--private-upstreams deny`):
+/// RFC 1918, carrier-grade NAT, IPv6 unique local, their NAT64 forms, and local-use NAT64.
+pub const PRIVATE_UPSTREAMS: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+    "64:ff9b::a00:0/104",
+    "64:ff9b::ac10:0/108",
+    "64:ff9b::c0a8:0/112",
+    "64:ff9b::6440:0/106",
+    "64:ff9b:1::/48",
+];
 
 /// Where runta's ext_proc service is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +186,12 @@ pub struct Bootstrap {
     pub listen_host: String,
     pub listen_port: u16,
     pub extproc: ExtprocAddress,
-    /// Sent as `authorization: Bearer ...` on every ext_proc stream.
+    /// Sent as `authorization: Bearer ...` on every ext_proc stream (gateway mode).
     pub gateway_token: String,
+    /// Refuse the private ranges as upstreams (the shared gateway's default).
+    pub block_private_upstreams: bool,
+    /// Exceptions to the refused ranges.
+    pub allowed_upstreams: Vec<AllowedUpstream>,
     /// CA certificates upstream servers are validated against.
     pub ca_bundle: String,
     /// A DNS server for upstream names; `None`: the system's resolver configuration.
@@ -86,6 +209,7 @@ impl Bootstrap {
             Mode::Sidecar { .. } => "sidecar",
             Mode::Gateway => "gateway",
         };
+        let block_private_upstreams = matches!(mode, Mode::Gateway);
         Self {
             mode,
             listen_host: "127.0.0.1".into(),
@@ -95,6 +219,8 @@ impl Bootstrap {
                 port: 50051,
             },
             gateway_token: EXAMPLE_GATEWAY_TOKEN.into(),
+            block_private_upstreams,
+            allowed_upstreams: Vec::new(),
             ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
             dns_resolver: None,
             admin_socket: format!("/tmp/runta-envoy-{name}-admin.sock"),
@@ -106,18 +232,25 @@ impl Bootstrap {
     pub fn render(&self) -> String {
         let mut y = String::with_capacity(8 * 1024);
         let (title, metadata) = match &self.mode {
-            Mode::Sidecar { tenant, runtime } => (
-                format!("per-runtime sidecar of runtime '{runtime}' (tenant '{tenant}')"),
+            Mode::Sidecar {
+                runtime,
+                runtime_token,
+            } => (
                 format!(
-                    "                - {{ key: x-runta-tenant, value: {} }}\n                - {{ key: x-runta-runtime, value: {} }}\n",
-                    yaml_str(tenant),
-                    yaml_str(runtime)
+                    "per-runtime sidecar of runtime '{runtime}' (its runtime token authenticates it and fixes its identity)"
+                ),
+                format!(
+                    "                - {{ key: x-runta-runtime-token, value: {} }}\n",
+                    yaml_str(runtime_token)
                 ),
             ),
             Mode::Gateway => (
                 "shared edge gateway (runtimes identify with runtime tokens as proxy credentials)"
                     .to_owned(),
-                String::new(),
+                format!(
+                    "                - {{ key: authorization, value: {} }}\n",
+                    yaml_str(&format!("Bearer {}", self.gateway_token))
+                ),
             ),
         };
         let _ = write!(
@@ -142,6 +275,8 @@ static_resources:
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: egress
+          # Upstream gets what the runtime sent plus the injection: no generated request id.
+          generate_request_id: false
           http_protocol_options:
             allow_absolute_url: true
           # Paths are normalised before runta matches them; an encoded '/' or '\\' is refused.
@@ -171,10 +306,28 @@ static_resources:
                 direct_response:
                   status: 403
                   body: {{ inline_string: \"runta egress: CONNECT tunnels are not allowed; send plain HTTP through this proxy\\n\" }}
-{blocked}              - match: {{ prefix: \"/\" }}
+              # Only host[:port] with a port of digits: anything else (userinfo, a signed or
+              # named port) could be read one way here and another upstream.
+              - match:
+                  prefix: \"/\"
+                  headers:
+                  - name: \":authority\"
+                    invert_match: true
+                    string_match:
+                      safe_regex:
+                        regex: \"{authority_regex}\"
+                direct_response:
+                  status: 400
+                  body: {{ inline_string: \"runta egress: the destination must be host[:port]\\n\" }}
+              - match: {{ prefix: \"/\" }}
                 route:
                   cluster: upstream
                   timeout: 60s
+                # The runtime's proxy credentials and the proxy's own headers stay here.
+                request_headers_to_remove:
+                - proxy-authorization
+                - x-forwarded-proto
+                - x-envoy-internal
           http_filters:
           - name: envoy.filters.http.ext_proc
             typed_config:
@@ -183,7 +336,6 @@ static_resources:
                 envoy_grpc: {{ cluster_name: runta_extproc }}
                 timeout: 1s
                 initial_metadata:
-                - {{ key: authorization, value: {token} }}
 {metadata}              # Fail closed: if runta cannot answer, the request does not leave.
               failure_mode_allow: false
               message_timeout: {timeout}s
@@ -204,9 +356,25 @@ static_resources:
               dns_cache_config: &dns_cache
                 name: egress_dns_cache
                 dns_lookup_family: V4_PREFERRED
-{resolver}          - name: envoy.filters.http.router
+{resolver}              # The resolved address goes into the stream's filter state for the guard below.
+              save_upstream_address: true
+          # The guard: refuse the address the name resolved to when it is in a refused range
+          # (and not an explicit exception). The same DNS cache entry gives the address dialled.
+          - name: envoy.filters.http.rbac
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: DENY
+                policies:
+                  refused-upstream-address:
+                    permissions:
+{guard}                    principals:
+                    - any: true
+          - name: envoy.filters.http.router
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              # No x-envoy-* headers upstream.
+              suppress_envoy_headers: true
   clusters:
   - name: upstream
     lb_policy: CLUSTER_PROVIDED
@@ -258,8 +426,8 @@ static_resources:
             admin = yaml_str(&self.admin_socket),
             listen_host = self.listen_host,
             listen_port = self.listen_port,
-            blocked = blocked_routes(),
-            token = yaml_str(&format!("Bearer {}", self.gateway_token)),
+            authority_regex = AUTHORITY_REGEX,
+            guard = self.guard_yaml(),
             metadata = metadata,
             timeout = format_seconds(self.message_timeout_ms),
             resolver = self.resolver_yaml(),
@@ -301,39 +469,81 @@ static_resources:
     }
 }
 
+/// The runtime token the example sidecar file in `envoy/` carries: render your own with
+/// `runta envoy bootstrap --mode sidecar --runtime R`, which creates a real one.
+pub const EXAMPLE_RUNTIME_TOKEN: &str = "runta_rt_CHANGE_ME";
+
 /// The token the example files in `envoy/` carry: replace it (or render your own with
 /// `runta envoy bootstrap`, which uses the server's real token).
 pub const EXAMPLE_GATEWAY_TOKEN: &str = "runta_gw_CHANGE_ME";
 
-/// Destinations a runtime may not reach through the proxy, as `:authority` patterns (RE2,
-/// kept small enough for Envoy's default program-size limit): loopback names, loopback,
-/// unspecified, integer and link-local IPv4 forms (cloud metadata services among them), and
-/// loopback, mapped and link-local IPv6 literals; any port.
-pub const BLOCKED_AUTHORITIES: &[&str] = &[
-    "^(?i)([^:]*\\\\.)?localhost\\\\.?(:[0-9]+)?$",
-    "^(?i)(127\\\\.[0-9.]+|0\\\\.0\\\\.0\\\\.0|[0-9]+|0x[0-9a-fx.]+|169\\\\.254\\\\.[0-9.]+)(:[0-9]+)?$",
-    "^(?i)\\\\[(::1?|::ffff:[0-9a-f.:]+|fe80:[0-9a-f:%.]*)\\\\](:[0-9]+)?$",
-];
+/// A well-formed `:authority`: a DNS name or a bracketed IPv6 literal, and an optional port of
+/// one to five digits (RE2; character classes instead of backslashes, which YAML would eat).
+pub const AUTHORITY_REGEX: &str = "^([[][0-9A-Fa-f:.]+[]]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$";
 
-fn blocked_routes() -> String {
-    let mut out = String::new();
-    for regex in BLOCKED_AUTHORITIES {
-        let _ = write!(
+impl Bootstrap {
+    /// The RBAC permission that refuses an upstream address: in a refused range and not an
+    /// exception.
+    fn guard_yaml(&self) -> String {
+        let mut refused: Vec<&str> = ALWAYS_BLOCKED_UPSTREAMS.to_vec();
+        if self.block_private_upstreams {
+            refused.extend(PRIVATE_UPSTREAMS);
+        }
+        let indent = "                    ";
+        let mut out = String::new();
+        let in_refused = refused
+            .iter()
+            .map(|cidr| upstream_matcher(&IpNet::parse(cidr).expect("valid constant"), None))
+            .collect::<Vec<_>>();
+        if self.allowed_upstreams.is_empty() {
+            let _ = writeln!(out, "{indent}- or_rules:\n{indent}    rules:");
+            for m in &in_refused {
+                out.push_str(&indent_lines(m, &format!("{indent}    ")));
+            }
+            return out;
+        }
+        let _ = writeln!(out, "{indent}- and_rules:\n{indent}    rules:");
+        let _ = writeln!(out, "{indent}    - or_rules:\n{indent}        rules:");
+        for m in &in_refused {
+            out.push_str(&indent_lines(m, &format!("{indent}        ")));
+        }
+        let _ = writeln!(
             out,
-            "              - match:
-                  prefix: \"/\"
-                  headers:
-                  - name: \":authority\"
-                    string_match:
-                      safe_regex:
-                        regex: \"{regex}\"
-                direct_response:
-                  status: 403
-                  body: {{ inline_string: \"runta egress: this destination is not allowed\\n\" }}
-"
+            "{indent}    - not_rule:\n{indent}        or_rules:\n{indent}          rules:"
+        );
+        for allowed in &self.allowed_upstreams {
+            out.push_str(&indent_lines(
+                &upstream_matcher(&allowed.network, allowed.port),
+                &format!("{indent}          "),
+            ));
+        }
+        out
+    }
+}
+
+/// One RBAC permission matching an upstream network (and port), as YAML lines at column 0.
+fn upstream_matcher(net: &IpNet, port: Option<u16>) -> String {
+    let mut m = format!(
+        "- matcher:
+    name: envoy.rbac.matchers.upstream_ip_port
+    typed_config:
+      \"@type\": type.googleapis.com/envoy.extensions.rbac.matchers.upstream_ip_port.v3.UpstreamIpPortMatcher
+      upstream_ip: {{ address_prefix: \"{}\", prefix_len: {} }}
+",
+        net.addr, net.prefix_len
+    );
+    if let Some(port) = port {
+        let _ = writeln!(
+            m,
+            "      upstream_port_range: {{ start: {port}, end: {} }}",
+            u32::from(port) + 1
         );
     }
-    out
+    m
+}
+
+fn indent_lines(text: &str, indent: &str) -> String {
+    text.lines().map(|l| format!("{indent}{l}\n")).collect()
 }
 
 fn format_seconds(ms: u32) -> String {

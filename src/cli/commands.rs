@@ -54,29 +54,66 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Tenant(command) => tenant(command, &client()?, g.output).await,
         Command::ApiKey(command) => api_key(command, &client()?, g.output).await,
-        Command::Envoy(super::EnvoyCommand::Bootstrap(args)) => envoy_bootstrap(&args, &cli.global),
+        Command::Envoy(super::EnvoyCommand::Bootstrap(args)) => {
+            envoy_bootstrap(&args, &cli.global, client).await
+        }
     }
 }
 
-fn envoy_bootstrap(
+async fn envoy_bootstrap(
     args: &super::EnvoyBootstrapArgs,
     global: &super::GlobalArgs,
+    client: impl FnOnce() -> Result<Client, CliError>,
 ) -> Result<(), CliError> {
-    use crate::envoy::{Bootstrap, ExtprocAddress, Mode};
+    use crate::envoy::{AllowedUpstream, Bootstrap, ExtprocAddress, Mode};
     use secrecy::ExposeSecret;
+    let allowed = args
+        .allow_upstream_address
+        .iter()
+        .map(|a| AllowedUpstream::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| CliError::Usage(format!("--allow-upstream-address: {m}")))?;
     let mode = match args.mode {
         super::EnvoyMode::Gateway => Mode::Gateway,
         super::EnvoyMode::Sidecar => {
-            let tenant = args.tenant.clone().unwrap_or_default();
             let runtime = args.runtime.clone().unwrap_or_default();
-            crate::names::validate_name(&tenant)
-                .map_err(|m| CliError::Usage(format!("--tenant: {m}")))?;
             crate::names::validate_name(&runtime)
                 .map_err(|m| CliError::Usage(format!("--runtime: {m}")))?;
-            Mode::Sidecar { tenant, runtime }
+            let runtime_token = match (&args.runtime_token, args.example) {
+                (Some(token), _) => token.trim().to_owned(),
+                (None, true) => crate::envoy::EXAMPLE_RUNTIME_TOKEN.to_owned(),
+                (None, false) => {
+                    let created = client()?
+                        .call(
+                            Caller::Tenant,
+                            Method::POST,
+                            &format!("/v1/runtimes/{}/tokens", seg(&runtime)),
+                            None::<&()>,
+                        )
+                        .await?;
+                    eprintln!(
+                        "created runtime token {} for runtime {runtime}; revoke it with `runta runtime token revoke {}`",
+                        output::cell(&created, "/id"),
+                        output::cell(&created, "/id"),
+                    );
+                    output::cell(&created, "/token")
+                }
+            };
+            if runtime_token.is_empty() {
+                return Err(CliError::Usage("--runtime-token: must not be empty".into()));
+            }
+            Mode::Sidecar {
+                runtime,
+                runtime_token,
+            }
         }
     };
+    let sidecar = matches!(mode, Mode::Sidecar { .. });
     let mut bootstrap = Bootstrap::defaults(mode);
+    bootstrap.allowed_upstreams = allowed;
+    if let Some(private) = args.private_upstreams {
+        bootstrap.block_private_upstreams = private == super::PrivateUpstreams::Deny;
+    }
     let listen = crate::config::parse_listen(&args.listen)
         .map_err(|m| CliError::Usage(format!("--listen: {m}")))?;
     bootstrap.listen_host = listen.ip().to_string();
@@ -112,7 +149,7 @@ fn envoy_bootstrap(
         bootstrap.extproc = ExtprocAddress::parse(&extproc)
             .map_err(|m| CliError::Usage(format!("--extproc-address: {m}")))?;
     }
-    if let Some(config) = &config {
+    if let Some(config) = config.as_ref().filter(|_| !sidecar) {
         let token = bootstrap::existing_gateway_token(config).map_err(usage)?.ok_or_else(|| {
             CliError::Usage(format!(
                 "no gateway token: configure grpc.gateway_tokens, or run `runta serve` once so that it writes {}",

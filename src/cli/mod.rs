@@ -95,22 +95,38 @@ pub enum EnvoyCommand {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EnvoyMode {
-    /// One Envoy per runtime; the runtime is named in the ext_proc metadata.
+    /// One Envoy per runtime, authenticated as that runtime by a runtime token.
     Sidecar,
     /// One Envoy for many runtimes, identified by runtime tokens (proxy credentials).
     Gateway,
+}
+
+/// Whether private address ranges are acceptable upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrivateUpstreams {
+    Allow,
+    Deny,
 }
 
 #[derive(Debug, Args)]
 pub struct EnvoyBootstrapArgs {
     #[arg(long, value_enum)]
     pub mode: EnvoyMode,
-    /// The tenant (sidecar mode).
-    #[arg(long, required_if_eq("mode", "sidecar"))]
-    pub tenant: Option<String>,
     /// The runtime (sidecar mode).
     #[arg(long, required_if_eq("mode", "sidecar"))]
     pub runtime: Option<String>,
+    /// The runtime token the sidecar authenticates with [default: a new one, created through
+    /// the admin API].
+    #[arg(long, env = "RUNTA_RUNTIME_TOKEN", hide_env_values = true)]
+    pub runtime_token: Option<String>,
+    /// An upstream address allowed although its range is refused (loopback, link-local,
+    /// private): IP, CIDR, IP:PORT, CIDR:PORT, [IPv6]:PORT. Repeatable.
+    #[arg(long = "allow-upstream-address", value_name = "IP_OR_CIDR[:PORT]")]
+    pub allow_upstream_address: Vec<String>,
+    /// Private ranges (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) as upstreams
+    /// [default: deny for the gateway, allow for a sidecar].
+    #[arg(long, value_enum)]
+    pub private_upstreams: Option<PrivateUpstreams>,
     /// The proxy listener runtimes use as HTTP_PROXY.
     #[arg(long, default_value = "127.0.0.1:10000")]
     pub listen: String,
@@ -130,10 +146,11 @@ pub struct EnvoyBootstrapArgs {
     /// How long runta may take per request before Envoy fails it.
     #[arg(long, default_value_t = 500)]
     pub message_timeout_ms: u32,
-    /// Use the placeholder gateway token of the examples in envoy/ instead of the server's.
+    /// Use the placeholder tokens of the examples in envoy/ instead of the server's gateway
+    /// token or a new runtime token.
     #[arg(long)]
     pub example: bool,
-    /// Write the configuration to this file (mode 0600: it holds the gateway token).
+    /// Write the configuration to this file (mode 0600: it holds a token).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]

@@ -156,7 +156,14 @@ pub fn decide<'a>(
         decision.outcome = Outcome::Tunnel;
         return decision;
     }
-    if let Some(rules) = snapshot.runtime_rules(identity.tenant_id, identity.runtime) {
+    // A destination runta cannot read exactly as Envoy does, and methods that echo the
+    // request back to the client (TRACE, TRACK), never carry a credential.
+    let reflects = request.method.eq_ignore_ascii_case("TRACE")
+        || request.method.eq_ignore_ascii_case("TRACK");
+    if dest.well_formed
+        && !reflects
+        && let Some(rules) = snapshot.runtime_rules(identity.tenant_id, identity.runtime)
+    {
         rules.matching(&dest, &mut decision.rules);
     }
     if !decision.rules.is_empty() {
@@ -400,6 +407,20 @@ mod tests {
             ("multi.example.org", "/v2", &["r09"]),
             // query parameter rule
             ("maps.example.org", "/geo?q=1", &["r06"]),
+            // authorities Envoy would read differently match nothing: userinfo, a port that is
+            // not plain digits, stray characters, an unterminated IPv6 literal
+            ("api.openai.com:x@evil.test", "/v1/x", &[]),
+            ("api.openai.com@evil.test", "/v1/x", &[]),
+            ("evil.test@api.openai.com", "/v1/x", &[]),
+            ("api.openai.com:+443", "/v1/x", &[]),
+            ("api.openai.com:-1", "/v1/x", &[]),
+            ("api.openai.com:", "/v1/x", &[]),
+            ("api.openai.com:443x", "/v1/x", &[]),
+            ("api.openai.com:99999", "/v1/x", &[]),
+            ("api.openai.com/x", "/v1/x", &[]),
+            ("api.openai.com x", "/v1/x", &[]),
+            ("[::1", "/v1/x", &[]),
+            ("", "/v1/x", &[]),
         ];
         for (authority, path, want) in cases {
             let (ids, outcome) = run(WORKER, &request(authority, path));
@@ -411,6 +432,19 @@ mod tests {
             };
             assert_eq!(outcome, expected, "{authority}{path}");
         }
+    }
+
+    #[test]
+    fn reflecting_methods_never_carry_a_credential() {
+        for method in ["TRACE", "trace", "TRACK"] {
+            let req = RequestView {
+                method,
+                ..request("api.openai.com", "/v1/x")
+            };
+            assert_eq!(run(WORKER, &req), (vec![], Outcome::NoMatch), "{method}");
+        }
+        let get = request("api.openai.com", "/v1/x");
+        assert_eq!(run(WORKER, &get).0, ["r01"]);
     }
 
     #[test]

@@ -65,34 +65,73 @@ impl ExtProc {
     }
 }
 
-/// The identity in the stream's metadata, if a sidecar set both keys.
+/// The runtime a stream speaks for, when the stream itself fixes it.
 #[derive(Debug, Clone)]
 struct SidecarIdentity {
     tenant: String,
     runtime: String,
 }
 
-fn sidecar_identity(metadata: &tonic::metadata::MetadataMap) -> Option<SidecarIdentity> {
+/// The tenant and runtime named in a stream's metadata: `Ok(None)` when neither key is set,
+/// an error when only one is.
+fn named_identity(
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Option<SidecarIdentity>, Status> {
     let get = |key: &str| {
         metadata
             .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
+            .map(|v| v.to_str().map(str::trim).unwrap_or_default())
     };
     match (get(TENANT_METADATA), get(RUNTIME_METADATA)) {
         (Some(tenant), Some(runtime)) if !tenant.is_empty() && !runtime.is_empty() => {
-            Some(SidecarIdentity {
+            Ok(Some(SidecarIdentity {
                 tenant: tenant.to_owned(),
                 runtime: runtime.to_owned(),
-            })
+            }))
         }
-        (None, None) => None,
-        _ => {
-            tracing::warn!(
-                "ext_proc stream carries only one of {TENANT_METADATA} and {RUNTIME_METADATA}; treated as unidentified"
-            );
-            None
+        (None, None) => Ok(None),
+        _ => Err(Status::invalid_argument(format!(
+            "runta: set both {TENANT_METADATA} and {RUNTIME_METADATA}, with names, or neither"
+        ))),
+    }
+}
+
+/// The identity of a stream, from its authenticated caller and the names its metadata
+/// asserts. A runtime token fixes the identity (names that disagree are refused); only
+/// gateways trusted for it may assert names; everyone else identifies runtimes per request.
+fn stream_identity(
+    caller: &Caller,
+    metadata: &tonic::metadata::MetadataMap,
+    engine: &Engine,
+) -> Result<Option<SidecarIdentity>, Status> {
+    let named = named_identity(metadata)?;
+    match caller {
+        Caller::Runtime { tenant_id, runtime } => {
+            let snapshot = engine.snapshot();
+            let Some(tenant) = snapshot.tenant_name(tenant_id) else {
+                return Err(Status::unauthenticated(
+                    "runta: the runtime token's tenant no longer exists",
+                ));
+            };
+            if let Some(named) = named
+                && (named.tenant != tenant || named.runtime != *runtime)
+            {
+                return Err(Status::permission_denied(
+                    "runta: a runtime token speaks for its own runtime only; the names in x-runta-tenant/x-runta-runtime are another's",
+                ));
+            }
+            Ok(Some(SidecarIdentity {
+                tenant: tenant.to_owned(),
+                runtime: runtime.clone(),
+            }))
         }
+        Caller::Gateway {
+            asserts_identity: false,
+            name,
+        } if named.is_some() => Err(Status::permission_denied(format!(
+            "runta: gateway '{name}' may not name tenants and runtimes (it is not in grpc.identity_gateways); sidecars authenticate with x-runta-runtime-token"
+        ))),
+        Caller::Gateway { .. } | Caller::Insecure => Ok(named),
     }
 }
 
@@ -122,14 +161,16 @@ impl ExternalProcessor for ExtProc {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
-        if request.extensions().get::<Caller>().is_none() {
+        let Some(caller) = request.extensions().get::<Caller>() else {
             // Served without the authentication layer: a wiring mistake, refused all the same.
             self.inner.metrics.grpc_unauthenticated.inc();
             return Err(Status::unauthenticated(
                 "runta: the ext_proc service is served without authentication; refused",
             ));
-        }
-        let sidecar = sidecar_identity(request.metadata());
+        };
+        let sidecar = stream_identity(caller, request.metadata(), &self.inner.engine).inspect_err(
+            |status| tracing::warn!(reason = %status.message(), "ext_proc stream refused"),
+        )?;
         let inbound = request.into_inner();
         let state = (
             inbound,
@@ -306,6 +347,16 @@ fn request_view(headers: &HeaderMap) -> RequestView<'_> {
     let mut view = RequestView::default();
     let mut host = "";
     for header in &headers.headers {
+        if header.key.eq_ignore_ascii_case("proxy-authorization") {
+            // Present is enough to be removed from the forwarded request; a value that is not
+            // text is no valid token (407), never skipped.
+            view.proxy_authorization = Some(if header.raw_value.is_empty() {
+                header.value.as_str()
+            } else {
+                std::str::from_utf8(&header.raw_value).unwrap_or("")
+            });
+            continue;
+        }
         let value = if header.raw_value.is_empty() {
             header.value.as_str()
         } else {
@@ -320,9 +371,6 @@ fn request_view(headers: &HeaderMap) -> RequestView<'_> {
             ":authority" => view.authority = value,
             ":path" => view.path = Some(value),
             "host" => host = value,
-            k if k.eq_ignore_ascii_case("proxy-authorization") => {
-                view.proxy_authorization = Some(value)
-            }
             _ => {}
         }
     }
@@ -330,4 +378,35 @@ fn request_view(headers: &HeaderMap) -> RequestView<'_> {
         view.authority = host;
     }
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+
+    use super::*;
+
+    fn header(key: &str, raw: &[u8]) -> HeaderValue {
+        HeaderValue {
+            key: key.into(),
+            value: String::new(),
+            raw_value: raw.to_vec(),
+        }
+    }
+
+    #[test]
+    fn proxy_credentials_that_are_not_text_are_still_seen() {
+        let headers = HeaderMap {
+            headers: vec![
+                header(":authority", b"api.openai.com"),
+                header(":path", b"/v1/x"),
+                header("proxy-authorization", b"Basic \xff\xfe runta_rt_x"),
+            ],
+        };
+        let view = request_view(&headers);
+        // Seen (so removed from the forwarded request), and no valid token (so 407).
+        assert_eq!(view.proxy_authorization, Some(""));
+        assert!(decide::proxy_token(view.proxy_authorization.unwrap()).is_none());
+        assert_eq!(view.authority, "api.openai.com");
+    }
 }

@@ -19,6 +19,7 @@ use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
 use self::auth::{AuthLayer, GatewayAuth};
+use crate::engine::Engine;
 use crate::extproc::ExtProc;
 use crate::metrics::Metrics;
 
@@ -38,13 +39,14 @@ impl GrpcPort {
     pub async fn new(
         builder: tonic::transport::Server,
         auth: GatewayAuth,
+        engine: Arc<Engine>,
         metrics: Arc<Metrics>,
         services: GrpcServices,
     ) -> Self {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let mut builder = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(AuthLayer::new(auth, metrics));
+            .layer(AuthLayer::new(auth, engine, metrics));
         let port = Self {
             services: vec![name_of(&health_service)],
             router: builder.add_service(health_service),

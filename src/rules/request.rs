@@ -20,12 +20,17 @@ pub struct Destination<'a> {
     pub path: Cow<'a, str>,
     /// The path held `%2F` or `%5C`: no path pattern may match it.
     pub encoded_separator: bool,
+    /// The authority was `host[:port]` as Envoy reads it: a DNS name or IP literal, and a
+    /// port of digits only. Anything else (userinfo, a signed or named port, stray
+    /// characters) matches no rule, so a name runta reads one way and Envoy another can never
+    /// receive a credential.
+    pub well_formed: bool,
 }
 
 impl<'a> Destination<'a> {
     /// Builds the destination from `:authority` (or `host`), `:scheme` and `:path`.
     pub fn parse(authority: &'a str, scheme: &str, raw_path: &'a str) -> Self {
-        let (host, port) = split_authority(authority);
+        let (host, port, well_formed) = split_authority(authority);
         let port = port.or(match scheme {
             s if s.eq_ignore_ascii_case("https") => Some(443),
             s if s.eq_ignore_ascii_case("http") => Some(80),
@@ -44,28 +49,55 @@ impl<'a> Destination<'a> {
             port,
             path,
             encoded_separator,
+            well_formed,
         }
     }
 }
 
-fn split_authority(authority: &str) -> (&str, Option<u16>) {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
+/// Splits `host[:port]`: the host, the port, and whether both are well formed.
+fn split_authority(authority: &str) -> (&str, Option<u16>, bool) {
+    let (host, port_text) = if authority.starts_with('[') {
+        match authority.find(']') {
             Some(end) => {
-                let port = authority[end + 1..]
-                    .strip_prefix(':')
-                    .and_then(|p| p.parse().ok());
-                (&authority[..=end], port)
+                let rest = &authority[end + 1..];
+                match rest.strip_prefix(':') {
+                    Some(port) => (&authority[..=end], Some(port)),
+                    None if rest.is_empty() => (&authority[..=end], None),
+                    None => return (authority, None, false),
+                }
             }
+            None => return (authority, None, false),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
             None => (authority, None),
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => match port.parse() {
-            Ok(port) => (host, Some(port)),
-            Err(_) => (host, None),
-        },
-        _ => (authority, None),
+        }
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(literal) => {
+            !literal.is_empty()
+                && literal
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        }
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        }
+    };
+    let port = match port_text {
+        None => Ok(None),
+        Some(p) if (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) => {
+            p.parse::<u16>().map(Some).map_err(|_| ())
+        }
+        Some(_) => Err(()),
+    };
+    match port {
+        Ok(port) => (host, port, host_ok),
+        Err(()) => (host, None, false),
     }
 }
 

@@ -57,12 +57,14 @@ pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
                 .tls
                 .as_ref()
                 .is_some_and(|t| t.client_ca_file.is_some()),
+            &config.grpc.identity_gateways,
         )
     };
     let builder = super::listen::grpc_builder(config)?;
     let grpc = GrpcPort::new(
         builder,
         auth,
+        engine.clone(),
         metrics.clone(),
         GrpcServices {
             extproc: ExtProc::new(

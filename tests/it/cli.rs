@@ -546,16 +546,21 @@ async fn decisions_are_logged_without_values() {
         "runta secret rule add worker --host api.openai.com --path '/v1/*' --credential openai-api-key --inject-header Authorization --inject-value 'Bearer ${credential}'",
     ));
     let grpc = server.grpc_addr();
-    let gateway_token =
-        std::fs::read_to_string(dir.path().join("runta-data/gateway-token")).unwrap();
+    // A sidecar authenticates with its runtime's token, which fixes tenant and runtime.
+    let created: serde_json::Value = serde_json::from_str(&ok(
+        &server.runta(&["runtime", "token", "create", "worker", "-o", "json"])
+    ))
+    .unwrap();
+    let runtime_token = created["token"].as_str().unwrap().to_owned();
     let mut client = envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient::connect(
         format!("http://{grpc}"),
     )
     .await
     .unwrap();
     let caller = Caller {
-        gateway_token: Some(gateway_token.trim()),
-        sidecar: Some(("default", "worker")),
+        gateway_token: None,
+        sidecar: None,
+        runtime_token: Some(&runtime_token),
     };
     let outcome = call(
         &mut client,

@@ -53,7 +53,13 @@ impl Gateway {
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.operator_token = Some(SecretString::from(OPERATOR));
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
-        config.grpc.gateway_tokens = vec![SecretString::from(GATEWAY_TOKEN)];
+        // The test gateway may name tenants and runtimes, as a trusted edge gateway would.
+        config.grpc.gateways = vec![runta::config::NamedGateway {
+            name: "test-gateway".into(),
+            token: Some(SecretString::from(GATEWAY_TOKEN)),
+            token_file: None,
+        }];
+        config.grpc.identity_gateways = vec!["test-gateway".into(), "gateway".into()];
         config.encryption.keys = vec![KeyConfig {
             id: "k1".into(),
             key: Some(SecretString::from(key_text.clone())),
@@ -103,7 +109,13 @@ impl Gateway {
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
         config.admin.operator_token = Some(SecretString::from(OPERATOR));
         config.grpc.listen = "127.0.0.1:0".parse().unwrap();
-        config.grpc.gateway_tokens = vec![SecretString::from(GATEWAY_TOKEN)];
+        // The test gateway may name tenants and runtimes, as a trusted edge gateway would.
+        config.grpc.gateways = vec![runta::config::NamedGateway {
+            name: "test-gateway".into(),
+            token: Some(SecretString::from(GATEWAY_TOKEN)),
+            token_file: None,
+        }];
+        config.grpc.identity_gateways = vec!["test-gateway".into(), "gateway".into()];
         config.injection.reload_interval_secs = 3600;
         config.encryption.keys = vec![KeyConfig {
             id: "k1".into(),
@@ -226,15 +238,20 @@ pub fn get(authority: &str, path: &str) -> Vec<(String, String)> {
 #[derive(Clone, Copy)]
 pub struct Caller<'a> {
     pub gateway_token: Option<&'a str>,
+    /// Names the tenant and runtime in the stream's metadata (trusted gateways only).
     pub sidecar: Option<(&'a str, &'a str)>,
+    /// A sidecar's runtime token (`x-runta-runtime-token`).
+    pub runtime_token: Option<&'a str>,
 }
 
 pub const WORKER: Caller<'static> = Caller {
     gateway_token: Some(GATEWAY_TOKEN),
+    runtime_token: None,
     sidecar: Some(("acme", "worker")),
 };
 pub const EDGE: Caller<'static> = Caller {
     gateway_token: Some(GATEWAY_TOKEN),
+    runtime_token: None,
     sidecar: None,
 };
 
@@ -249,6 +266,11 @@ pub async fn process(
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    if let Some(token) = caller.runtime_token {
+        request
+            .metadata_mut()
+            .insert("x-runta-runtime-token", token.parse().unwrap());
     }
     if let Some((tenant, runtime)) = caller.sidecar {
         request
@@ -391,6 +413,7 @@ async fn unauthenticated_gateways_get_nothing(backend: Backend) {
     for token in [None, Some("runta_gw_wrong"), Some("")] {
         let caller = Caller {
             gateway_token: token,
+            runtime_token: None,
             sidecar: Some(("acme", "worker")),
         };
         let pairs: Vec<(&str, &str)> = request
@@ -451,6 +474,7 @@ async fn sidecar_identity_gets_the_decrypted_value(backend: Backend) {
         unchanged()
     );
     let other_runtime = Caller {
+        runtime_token: None,
         sidecar: Some(("acme", "other")),
         ..WORKER
     };
@@ -468,6 +492,7 @@ async fn sidecar_identity_gets_the_decrypted_value(backend: Backend) {
         .await;
     assert_eq!(status, 201);
     let other_tenant = Caller {
+        runtime_token: None,
         sidecar: Some(("umbrella", "worker")),
         ..WORKER
     };
@@ -477,6 +502,7 @@ async fn sidecar_identity_gets_the_decrypted_value(backend: Backend) {
     );
     // An unknown tenant is nobody: passed by default.
     let unknown = Caller {
+        runtime_token: None,
         sidecar: Some(("nope", "worker")),
         ..WORKER
     };
@@ -1029,6 +1055,7 @@ async fn client_certificates_authenticate_gateways() {
         .collect();
     let no_token = Caller {
         gateway_token: None,
+        runtime_token: None,
         sidecar: Some(("acme", "worker")),
     };
     // A trusted client certificate, no token: answered.
@@ -1182,6 +1209,7 @@ async fn unidentified_requests_denied_by_policy() {
         other => panic!("{other:?}"),
     }
     let stranger = Caller {
+        runtime_token: None,
         sidecar: Some(("nope", "worker")),
         ..WORKER
     };
@@ -1197,7 +1225,7 @@ async fn unidentified_requests_denied_by_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_switch_answers_anyone() {
     let gw = Gateway::start_with(Backend::Sqlite, |c| {
-        c.grpc.gateway_tokens.clear();
+        c.grpc.gateways.clear();
         c.grpc.insecure_no_auth = true;
     })
     .await
@@ -1207,6 +1235,7 @@ async fn insecure_switch_answers_anyone() {
     let mut client = gw.client().await;
     let anyone = Caller {
         gateway_token: None,
+        runtime_token: None,
         sidecar: Some(("acme", "worker")),
     };
     assert_eq!(
