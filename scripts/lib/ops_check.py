@@ -4,7 +4,9 @@ which has PyYAML through kubernetes-validate):
 
   configmaps RUNTA_BIN [--write] [--out DIR]
       Every ConfigMap under deploy/kubernetes with a `# render: runta envoy bootstrap ...`
-      comment must hold exactly what that command renders; --write rewrites the data instead.
+      comment must hold exactly what that command renders, with its mode's placeholder token
+      (--example: runta_gw_CHANGE_ME for a gateway, runta_rt_CHANGE_ME for a sidecar) once;
+      --write rewrites the data instead.
       --out DIR: also write each Envoy configuration found in a ConfigMap (rendered or not) to
       DIR/<configmap>.yaml, for `envoy --mode validate`.
   manifests
@@ -47,11 +49,14 @@ K8S = ROOT / "deploy" / "kubernetes"
 DASHBOARD = ROOT / "deploy" / "grafana" / "runta.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 DOCS = ROOT / "docs" / "operations.md"
-PLACEHOLDER = "runta_gw_CHANGE_ME"
+# The placeholder token `--example` renders, by --mode: the gateway's init container swaps in
+# the gateway token, a sidecar's its runtime's runtime token.
+PLACEHOLDERS = {"gateway": "runta_gw_CHANGE_ME", "sidecar": "runta_rt_CHANGE_ME"}
 # The Secrets operators create (docs/operations.md), and the keys each must hold.
 SECRETS = {
     "runta-server": {"database-url", "operator-token", "encryption-key-k1"},
     "runta-gateway-token": {"token"},
+    "runta-runtime-token-worker": {"token"},
 }
 # Series Prometheus records itself, not scraped from a target.
 PROMETHEUS_SERIES = {"up"}
@@ -114,8 +119,17 @@ def cmd_configmaps(argv):
         if match:
             rendered_any += 1
             expected = render(runta_bin, match.group(1))
-            if PLACEHOLDER not in expected:
-                fail(f"{rel(path)}: render it with --example: the placeholder token must be in it")
+            args = shlex.split(match.group(1))
+            mode = args[args.index("--mode") + 1] if "--mode" in args else None
+            placeholder = PLACEHOLDERS.get(mode)
+            if placeholder is None:
+                fail(f"{rel(path)}: the `# render:` line needs --mode gateway or --mode sidecar")
+            elif expected.count(placeholder) != 1:
+                fail(f"{rel(path)}: render it with --example: the placeholder token {placeholder} "
+                     f"must be in it once (found {expected.count(placeholder)})")
+            for other in set(PLACEHOLDERS.values()) - {placeholder}:
+                if other in expected:
+                    fail(f"{rel(path)}: carries the placeholder {other} of another mode")
             if write:
                 head, sep, _ = text.partition(DATA_LINE)
                 if not sep:
