@@ -604,17 +604,82 @@ mod tests {
     }
 
     #[test]
-    fn sidecar_carries_identity_and_gateway_does_not() {
+    fn a_sidecar_carries_its_runtime_token_and_the_gateway_its_gateway_token() {
         let sidecar = Bootstrap::defaults(Mode::Sidecar {
-            tenant: "acme".into(),
             runtime: "worker".into(),
+            runtime_token: "runta_rt_abc".into(),
         })
         .render();
-        assert!(sidecar.contains("key: x-runta-tenant, value: \"acme\""));
-        assert!(sidecar.contains("key: x-runta-runtime, value: \"worker\""));
+        assert!(sidecar.contains("key: x-runta-runtime-token, value: \"runta_rt_abc\""));
+        assert!(
+            !sidecar.contains("authorization"),
+            "no gateway token in a sidecar"
+        );
+        assert!(!sidecar.contains("x-runta-tenant"));
         let gateway = Bootstrap::defaults(Mode::Gateway).render();
         assert!(!gateway.contains("x-runta-"));
         assert!(gateway.contains("value: \"Bearer runta_gw_CHANGE_ME\""));
+    }
+
+    #[test]
+    fn the_guard_refuses_private_ranges_by_default_on_the_gateway_only() {
+        let private = "address_prefix: \"10.0.0.0\", prefix_len: 8";
+        let loopback = "address_prefix: \"127.0.0.0\", prefix_len: 8";
+        let gateway = Bootstrap::defaults(Mode::Gateway).render();
+        assert!(gateway.contains(private) && gateway.contains(loopback));
+        let sidecar = Bootstrap::defaults(Mode::Sidecar {
+            runtime: "worker".into(),
+            runtime_token: "t".into(),
+        })
+        .render();
+        assert!(sidecar.contains(loopback) && !sidecar.contains(private));
+        // Every refused range is in the rendering.
+        for cidr in ALWAYS_BLOCKED_UPSTREAMS.iter().chain(PRIVATE_UPSTREAMS) {
+            let net = IpNet::parse(cidr).unwrap();
+            let text = format!(
+                "address_prefix: \"{}\", prefix_len: {}",
+                net.addr, net.prefix_len
+            );
+            assert!(gateway.contains(&text), "{cidr}");
+        }
+        // An exception comes as "refused and not allowed".
+        let mut with_exception = Bootstrap::defaults(Mode::Gateway);
+        with_exception.allowed_upstreams = vec![AllowedUpstream::parse("127.0.0.1:8443").unwrap()];
+        let text = with_exception.render();
+        assert!(text.contains("not_rule:"));
+        assert!(text.contains("upstream_port_range: { start: 8443, end: 8444 }"));
+    }
+
+    #[test]
+    fn allowed_upstreams_parse() {
+        for (text, addr, len, port) in [
+            ("127.0.0.1", "127.0.0.1", 32, None),
+            ("127.0.0.1:8443", "127.0.0.1", 32, Some(8443)),
+            ("10.0.0.0/8", "10.0.0.0", 8, None),
+            ("10.0.0.0/8:443", "10.0.0.0", 8, Some(443)),
+            ("::1", "::1", 128, None),
+            ("[::1]:8443", "::1", 128, Some(8443)),
+            ("[fd00::/8]:443", "fd00::", 8, Some(443)),
+        ] {
+            let parsed = AllowedUpstream::parse(text).unwrap();
+            assert_eq!(parsed.network.addr.to_string(), addr, "{text}");
+            assert_eq!(parsed.network.prefix_len, len, "{text}");
+            assert_eq!(parsed.port, port, "{text}");
+        }
+        for bad in [
+            "",
+            "x",
+            "127.0.0.1:+1",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "10.0.0.0/33",
+            "10.0.0.0/+8",
+            "[::1",
+            "[::1]8443",
+            "::1/129",
+        ] {
+            assert!(AllowedUpstream::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub hot: HotCounters,
 }
 
+/// The operations `runta_store_errors_total` counts.
+pub const STORE_OPERATIONS: [&str; 3] = ["secret", "reload", "notify"];
+
 /// Children of the labelled counters the ext_proc hot path bumps on every request.
 pub struct HotCounters {
     /// One per outcome, in `Outcome::ALL` order.
@@ -84,7 +87,7 @@ impl Metrics {
             )
             .buckets(vec![
                 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
-                0.0025, 0.005, 0.01, 0.05,
+                0.0025, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
             ]),
         )
         .expect("valid metric");
@@ -160,6 +163,14 @@ impl Metrics {
             Box::new(metrics.reloads.clone()),
             Box::new(metrics.store_errors.clone()),
         ];
+        // Every fixed label value exists from the start, so a first error is a change a rate()
+        // sees rather than a series appearing out of nowhere.
+        for result in ["ok", "error"] {
+            metrics.reloads.with_label_values(&[result]);
+        }
+        for operation in STORE_OPERATIONS {
+            metrics.store_errors.with_label_values(&[operation]);
+        }
         for collector in collectors {
             metrics
                 .registry

@@ -105,6 +105,15 @@ impl Server {
         self.log_text()
     }
 
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, ...) to the server process, as a fault would.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
