@@ -4,12 +4,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ListParams, OperatorAuth, TenantAuth};
-use super::views::{ApiKey, List, Tenant};
+use super::views::{ApiKey, CreatedApiKey, CreatedTenant, List, Tenant};
 use crate::crypto;
 use crate::names::validate_name;
 use crate::store::{NewApiKey, TenantRow, now_millis};
@@ -18,12 +18,6 @@ use crate::store::{NewApiKey, TenantRow, now_millis};
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     name: String,
-}
-
-#[derive(Serialize)]
-pub struct CreatedTenant {
-    tenant: Tenant,
-    api_key: String,
 }
 
 pub async fn create_tenant(
@@ -65,14 +59,6 @@ pub async fn list_tenants(
 pub struct CreateApiKey {
     #[serde(default)]
     name: Option<String>,
-}
-
-#[derive(Serialize)]
-pub struct CreatedApiKey {
-    #[serde(flatten)]
-    api_key: ApiKey,
-    /// The key itself: shown this once.
-    key: String,
 }
 
 pub async fn create_api_key(

@@ -5,23 +5,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
-use serde::Serialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ListParams, TenantAuth};
-use super::views::{List, RuntimeToken};
+use super::views::{CreatedRuntimeToken, List, RuntimeToken};
 use crate::crypto::{self, TokenKind};
 use crate::names::validate_name;
 use crate::store::{NewRuntimeToken, now_millis};
-
-#[derive(Serialize)]
-pub struct CreatedRuntimeToken {
-    #[serde(flatten)]
-    runtime_token: RuntimeToken,
-    /// The token itself: shown this once.
-    token: String,
-}
 
 pub async fn create_runtime_token(
     auth: TenantAuth,

@@ -1,8 +1,13 @@
-//! What the admin API answers with. These types have no field that could hold a secret value,
-//! a ciphertext or a token hash: rows are mapped into them, never serialised directly.
+//! What the admin API answers with: the contract of its JSON, shared by the server (which
+//! serialises them) and the CLI (which reads the answers back into them), so a renamed field
+//! breaks the build on both sides rather than the CLI's output at run time.
+//!
+//! No type here has a field that could hold a secret value, a ciphertext or a token hash: rows
+//! are mapped into them, never serialised directly. The `Created*` answers carry a new API key
+//! or runtime token, the one time it is shown, and derive no `Debug` that could print it.
 
 use chrono::{DateTime, SecondsFormat};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rules::TargetFields;
 use crate::store::{ApiKeyRow, Paged, RuleRow, RuntimeTokenRow, SecretRow, TenantRow};
@@ -15,7 +20,7 @@ pub fn timestamp(millis: i64) -> String {
 }
 
 /// A page of a list: `{data: [...], next_cursor}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct List<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
@@ -30,7 +35,7 @@ impl<T> List<T> {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
@@ -47,7 +52,7 @@ impl From<TenantRow> for Tenant {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub id: String,
     pub name: Option<String>,
@@ -64,7 +69,7 @@ impl From<ApiKeyRow> for ApiKey {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Secret {
     pub id: String,
     pub name: String,
@@ -89,7 +94,7 @@ impl From<SecretRow> for Secret {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     pub id: String,
     pub runtime: String,
@@ -99,7 +104,7 @@ pub struct Rule {
     pub created_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Injection {
     pub credential: String,
     /// `header` and `param`, exactly one of them set.
@@ -128,7 +133,7 @@ impl From<RuleRow> for Rule {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeToken {
     pub id: String,
     pub runtime: String,
@@ -144,5 +149,110 @@ impl From<RuntimeTokenRow> for RuntimeToken {
             created_at: timestamp(row.created_at),
             revoked_at: row.revoked_at.map(timestamp),
         }
+    }
+}
+
+/// A new tenant and its first API key (`POST /v1/tenants`).
+#[derive(Serialize, Deserialize)]
+pub struct CreatedTenant {
+    pub tenant: Tenant,
+    /// The key itself: shown this once.
+    pub api_key: String,
+}
+
+/// A new API key (`POST /v1/api-keys`): its metadata and the key.
+#[derive(Serialize, Deserialize)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub api_key: ApiKey,
+    /// The key itself: shown this once.
+    pub key: String,
+}
+
+/// A new runtime token (`POST /v1/runtimes/{runtime}/tokens`): its metadata and the token.
+#[derive(Serialize, Deserialize)]
+pub struct CreatedRuntimeToken {
+    #[serde(flatten)]
+    pub runtime_token: RuntimeToken,
+    /// The token itself: shown this once.
+    pub token: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The JSON a view serialises to reads back into the same view, field for field.
+    fn round_trip<T: Serialize + DeserializeOwned>(view: &T) -> (Value, Value) {
+        let sent = serde_json::to_value(view).unwrap();
+        let read: T = serde_json::from_value(sent.clone()).unwrap();
+        (sent, serde_json::to_value(read).unwrap())
+    }
+
+    #[test]
+    fn views_read_back_what_they_write() {
+        let rule = Rule::from(RuleRow {
+            id: "rule_1".into(),
+            tenant_id: "ten_1".into(),
+            runtime: "worker".into(),
+            host_pattern: "api.example.com".into(),
+            path_pattern: None,
+            credential: "cred".into(),
+            header: None,
+            param: Some("key".into()),
+            value_template: "${credential}".into(),
+            created_at: 0,
+        });
+        let (sent, read) = round_trip(&rule);
+        assert_eq!(sent, read);
+        assert_eq!(
+            sent["injection"],
+            json!({"credential": "cred", "header": null, "param": "key", "value": "${credential}"}),
+            "the target's fields sit beside the credential"
+        );
+        let token = RuntimeToken {
+            id: "rtk_1".into(),
+            runtime: "worker".into(),
+            created_at: timestamp(0),
+            revoked_at: None,
+        };
+        let (sent, read) = round_trip(&CreatedRuntimeToken {
+            runtime_token: token,
+            token: "runta_rt_x".into(),
+        });
+        assert_eq!(sent, read);
+        assert_eq!(sent["token"], "runta_rt_x");
+        assert_eq!(sent["id"], "rtk_1", "the token's fields are flattened");
+        let key = ApiKey {
+            id: "key_1".into(),
+            name: None,
+            created_at: timestamp(0),
+        };
+        let (sent, read) = round_trip(&CreatedApiKey {
+            api_key: key,
+            key: "runta_ak_x".into(),
+        });
+        assert_eq!(sent, read);
+        assert_eq!(sent["id"], "key_1");
+        let tenant = Tenant {
+            id: "ten_1".into(),
+            name: "acme".into(),
+            created_at: timestamp(0),
+        };
+        let (sent, read) = round_trip(&CreatedTenant {
+            tenant,
+            api_key: "runta_ak_y".into(),
+        });
+        assert_eq!(sent, read);
+        let list = List {
+            data: vec![rule],
+            next_cursor: Some("c".into()),
+        };
+        let (sent, read) = round_trip(&list);
+        assert_eq!(sent, read);
     }
 }

@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::admin::views::List;
 use crate::bootstrap::{API_KEY_FILE, OPERATOR_TOKEN_FILE};
 
 /// A CLI failure; `Display` is what the user reads.
@@ -22,12 +23,16 @@ pub enum CliError {
     /// The server could not be reached.
     #[error("cannot reach the runta server at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The server answered with JSON that is not the view this CLI knows (another version of
+    /// the API, or not a runta server).
+    #[error("unexpected answer from the server: {0}")]
+    Answer(String),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Usage(_) | Self::Api { .. } => 1,
+            Self::Usage(_) | Self::Api { .. } | Self::Answer(_) => 1,
             Self::Unreachable { .. } => 2,
         }
     }
@@ -155,7 +160,8 @@ impl Client {
         })
     }
 
-    /// Follows `next_cursor` until the list is complete.
+    /// Follows `next_cursor` until the list is complete; answers the items as the server sent
+    /// them.
     pub async fn list_all(&self, caller: Caller, path: &str) -> Result<Vec<Value>, CliError> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
@@ -165,15 +171,20 @@ impl Client {
                 None => format!("{path}?limit=1000"),
             };
             let page = self.call(caller, Method::GET, &url, None::<&()>).await?;
-            if let Some(data) = page.get("data").and_then(Value::as_array) {
-                items.extend(data.iter().cloned());
-            }
-            match page.get("next_cursor").and_then(Value::as_str) {
-                Some(next) => cursor = Some(next.to_owned()),
+            let page: List<Value> = super::output::view(&page)?;
+            items.extend(page.data);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
                 None => return Ok(items),
             }
         }
     }
+}
+
+/// A path segment, percent-encoded (names are validated by the server; this keeps a bad one
+/// from changing the path).
+pub fn segment(text: &str) -> String {
+    crate::percent::encode(text)
 }
 
 fn read_token_file(path: &Path) -> Option<SecretString> {

@@ -5,6 +5,11 @@
 mod client;
 mod commands;
 mod output;
+mod rules;
+mod runtimes;
+mod secrets;
+mod server;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

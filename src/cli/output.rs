@@ -1,6 +1,12 @@
-//! Printing answers: aligned tables for people, the server's JSON for scripts.
+//! Printing answers. For scripts (`--output json`) the server's JSON as it came; for people,
+//! tables and sentences built from the answer read into its typed view (`admin::views`, the
+//! types the server serialises), so a field the server renames fails to compile, not to print.
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::Output;
+use super::client::CliError;
 
 /// Prints rows under headers, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -35,61 +41,68 @@ pub fn json(value: &Value) {
     );
 }
 
-/// A field as text for a table cell; `-` for null or missing.
-pub fn cell(value: &Value, pointer: &str) -> String {
-    match value.pointer(pointer) {
-        None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+/// An optional field as a table cell: `-` when absent.
+pub fn or_dash(text: Option<&str>) -> String {
+    text.unwrap_or("-").to_owned()
+}
+
+/// Reads an answer of the server into its view.
+pub fn view<T: DeserializeOwned>(answer: &Value) -> Result<T, CliError> {
+    T::deserialize(answer).map_err(|e| CliError::Answer(e.to_string()))
+}
+
+/// One answer: as the server sent it, or a sentence about it for people.
+pub fn one<T: DeserializeOwned>(
+    out: Output,
+    answer: &Value,
+    human: impl FnOnce(T) -> String,
+) -> Result<(), CliError> {
+    match out {
+        Output::Json => json(answer),
+        Output::Table => println!("{}", human(view(answer)?)),
+    }
+    Ok(())
+}
+
+/// One answer: as the server sent it, or a one-row table for people.
+pub fn item<T: DeserializeOwned>(
+    out: Output,
+    answer: &Value,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<(), CliError> {
+    match out {
+        Output::Json => json(answer),
+        Output::Table => table(headers, &[row(&view(answer)?)]),
+    }
+    Ok(())
+}
+
+/// The items of a list (every page): a JSON array of them as the server sent them, or a table.
+pub fn list<T: DeserializeOwned>(
+    out: Output,
+    items: &[Value],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<(), CliError> {
+    match out {
+        Output::Json => json(&Value::Array(items.to_vec())),
+        Output::Table => {
+            let rows = items
+                .iter()
+                .map(|item| view(item).map(|v| row(&v)))
+                .collect::<Result<Vec<_>, _>>()?;
+            table(headers, &rows);
+        }
+    }
+    Ok(())
+}
+
+/// What a command that the server answers with no body did (a delete, a revocation): a small
+/// JSON object of the CLI's own, or a sentence.
+pub fn done(out: Output, what: &Value, human: impl FnOnce() -> String) {
+    match out {
+        Output::Json => json(what),
+        Output::Table => println!("{}", human()),
     }
 }
-
-pub fn secret_row(secret: &Value) -> Vec<String> {
-    vec![
-        cell(secret, "/name"),
-        cell(secret, "/id"),
-        cell(secret, "/display_name"),
-        cell(secret, "/cache_ttl_secs"),
-        cell(secret, "/version"),
-        cell(secret, "/updated_at"),
-    ]
-}
-
-pub const SECRET_HEADERS: &[&str] = &[
-    "NAME",
-    "ID",
-    "DISPLAY NAME",
-    "CACHE TTL",
-    "VERSION",
-    "UPDATED",
-];
-
-pub fn rule_row(rule: &Value) -> Vec<String> {
-    let target = match (
-        rule.pointer("/injection/header"),
-        rule.pointer("/injection/param"),
-    ) {
-        (Some(Value::String(h)), _) => format!("header {h}"),
-        (_, Some(Value::String(p))) => format!("param {p}"),
-        _ => "-".to_owned(),
-    };
-    vec![
-        cell(rule, "/id"),
-        cell(rule, "/runtime"),
-        cell(rule, "/host_pattern"),
-        cell(rule, "/path_pattern"),
-        cell(rule, "/injection/credential"),
-        target,
-        cell(rule, "/injection/value"),
-    ]
-}
-
-pub const RULE_HEADERS: &[&str] = &[
-    "ID",
-    "RUNTIME",
-    "HOST",
-    "PATH",
-    "CREDENTIAL",
-    "INJECT",
-    "VALUE",
-];

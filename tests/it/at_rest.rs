@@ -10,7 +10,8 @@ use crate::support::{Backend, TestApp, TestDb, backend_tests, keyring_with};
 
 backend_tests!(
     values_never_in_database_bytes,
-    moved_ciphertext_does_not_open
+    moved_ciphertext_does_not_open,
+    rotation,
 );
 
 const VALUE: &str = "sk-test-ATREST-77e0b5";
@@ -149,22 +150,8 @@ async fn moved_ciphertext_does_not_open(app: TestApp) {
     assert_eq!(opened.as_slice(), VALUE.as_bytes());
 }
 
-mod rotation {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        rotate_on(Backend::Sqlite).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        rotate_on(Backend::Postgres).await;
-    }
-}
-
 /// Keys: old k1 (text kept so it can be rebuilt), then k2 added and made active.
-async fn rotate_on(backend: Backend) {
+async fn rotation(backend: Backend) {
     let k1 = MasterKey::generate();
     let k1_text = k1.to_base64();
     let Some(app) = TestApp::with_keyring(

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::assert_no_marker;
+
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_runta");
 
 /// A `runta serve` process on a free port, stopped (SIGTERM, then kill) when dropped.
@@ -168,13 +170,9 @@ const MARKERS: &[&str] = &[
     "MARKER-prompt-d00d",
 ];
 
+#[track_caller]
 fn assert_no_value(what: &str, text: &str) {
-    for marker in MARKERS {
-        assert!(
-            !text.contains(marker),
-            "a secret value ({marker}) appears in {what}:\n{text}"
-        );
-    }
+    assert_no_marker(MARKERS, what, text);
 }
 
 #[test]

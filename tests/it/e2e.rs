@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cli::{BIN, Server, ok};
+use crate::support::{assert_no_marker, free_port};
 
 /// The Envoy binary: `RUNTA_TEST_ENVOY`, the project's `.venv`, or `envoy` on the PATH.
 pub fn envoy_binary() -> Option<PathBuf> {
@@ -65,14 +66,6 @@ fn spawn_printing_port(mut command: Command) -> (Guard, u16) {
         .parse()
         .unwrap_or_else(|_| panic!("no port from helper: {line:?}"));
     (Guard(child), port)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_port(port: u16, what: &str, log: &Path) {
@@ -334,13 +327,9 @@ const MARKERS: &[&str] = &[
     "ROTATED-e2e",
 ];
 
+#[track_caller]
 fn assert_no_value(what: &str, text: &str) {
-    for marker in MARKERS {
-        assert!(
-            !text.contains(marker),
-            "a secret value ({marker}) appears in {what}:\n{text}"
-        );
-    }
+    assert_no_marker(MARKERS, what, text);
 }
 
 /// The default tenant's rules for runtime `worker`: the seed's, a parameter, a wildcard.

@@ -1,5 +1,8 @@
 //! The test harness: an in-process `TestApp` (the real router over a real database: a SQLite
-//! file or a fresh PostgreSQL database), and `backend_tests!`, which runs one test body on both.
+//! file or a fresh PostgreSQL database), `admin_router`, the one place the tests wire the admin
+//! API's state, and `backend_tests!`, the one way to run a test body on both backends (the body
+//! takes whatever `OnBackend` fixture it needs: a `TestApp`, a served `Gateway`, or the bare
+//! `Backend`).
 //!
 //! PostgreSQL comes from `RUNTA_TEST_DATABASE_URL` (a server `scripts/test` starts). Without it
 //! the PostgreSQL half is skipped locally, with a warning per test on the terminal, and fails
@@ -9,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use http_body_util::BodyExt;
 use runta::admin::{self, AppState};
@@ -62,6 +65,14 @@ impl TestDb {
                 let url = replace_database(&admin_url, &name);
                 Some((Self::Postgres { url: url.clone() }, url))
             }
+        }
+    }
+
+    /// The database's URL, for a connection of the test's own.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("runta.db").display()),
+            Self::Postgres { url } => url.clone(),
         }
     }
 
@@ -141,6 +152,88 @@ pub struct TestTenant {
     pub key: String,
 }
 
+/// The admin router over `store`, wired the way `runta serve` wires it, with the test operator
+/// token: every in-process router of the tests is built here.
+pub fn admin_router(store: Store, keyring: Arc<Keyring>) -> Router {
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(runta::engine::Engine::new(
+        store.clone(),
+        keyring.clone(),
+        metrics.clone(),
+    ));
+    admin::router(AppState {
+        store,
+        keyring,
+        operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
+        metrics,
+        engine,
+        max_body_bytes: 64 * 1024,
+    })
+}
+
+/// An answer of the router: status, headers, and the body as JSON (`Null` when empty, a
+/// string when not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// Sends one request through a router, with an API key or token and a JSON body.
+pub async fn send(
+    router: &Router,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A TCP port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Asserts that none of the markers (unique pieces of the test's secret values) is in `text`.
+#[track_caller]
+pub fn assert_no_marker(markers: &[&str], what: &str, text: &str) {
+    for marker in markers {
+        assert!(
+            !text.contains(marker),
+            "a secret value ({marker}) appears in {what}:\n{text}"
+        );
+    }
+}
+
 pub fn keyring_with(ids: &[&str], active: &str) -> Keyring {
     Keyring::new(
         ids.iter().map(|id| (id.to_string(), MasterKey::generate())),
@@ -159,22 +252,8 @@ impl TestApp {
         let store = Store::connect(&url, 4).await.expect("connect");
         store.migrate().await.expect("migrate");
         let keyring = Arc::new(keyring);
-        let metrics = Arc::new(Metrics::new());
-        let engine = Arc::new(runta::engine::Engine::new(
-            store.clone(),
-            keyring.clone(),
-            metrics.clone(),
-        ));
-        let state = AppState {
-            store: store.clone(),
-            keyring: keyring.clone(),
-            operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
-            metrics,
-            engine,
-            max_body_bytes: 64 * 1024,
-        };
         Some(Self {
-            router: admin::router(state),
+            router: admin_router(store.clone(), keyring.clone()),
             store,
             keyring,
             db,
@@ -195,6 +274,20 @@ impl TestApp {
         self.call_raw(method, path, key, body).await
     }
 
+    /// `call`, asserting a success; answers the body.
+    pub async fn ok(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
+        let what = format!("{method} {path}");
+        let (status, body) = self.call(method, path, key, body).await;
+        assert!(status.is_success(), "{what}: {status} {body}");
+        body
+    }
+
     pub async fn call_raw(
         &self,
         method: Method,
@@ -202,26 +295,8 @@ impl TestApp {
         key: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(key) = key {
-            request = request.header("authorization", format!("Bearer {key}"));
-        }
-        if body.is_some() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(body.map(Body::from).unwrap_or_else(Body::empty))
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        (status, value)
+        let answer = send(&self.router, method, path, key, body).await;
+        (answer.status, answer.body)
     }
 
     pub async fn tenant(&self, name: &str) -> TestTenant {
@@ -258,38 +333,78 @@ impl TestApp {
 /// Asserts an error answer: its status, the one error shape, and words its message contains.
 #[track_caller]
 pub fn assert_error(answer: &(StatusCode, Value), status: StatusCode, words: &[&str]) {
+    assert_error_in("", answer, status, words);
+}
+
+/// `assert_error` for one case of a table of cases: a failure names the case.
+#[track_caller]
+pub fn assert_error_in(
+    case: &str,
+    answer: &(StatusCode, Value),
+    status: StatusCode,
+    words: &[&str],
+) {
     let (got, body) = answer;
-    assert_eq!(*got, status, "{body}");
+    assert_eq!(*got, status, "{case}: {body}");
     let message = body["error"]["message"]
         .as_str()
-        .unwrap_or_else(|| panic!("no error message in {body}"));
-    assert!(body["error"]["code"].is_string(), "{body}");
+        .unwrap_or_else(|| panic!("{case}: no error message in {body}"));
+    assert!(body["error"]["code"].is_string(), "{case}: {body}");
     for word in words {
         assert!(
             message.contains(word),
-            "'{message}' does not mention '{word}'"
+            "{case}: '{message}' does not mention '{word}'"
         );
     }
 }
 
-/// Runs each `async fn name(app: TestApp)` on SQLite and on PostgreSQL.
+/// What a test run on both backends is given: built for the backend, or `None` when the
+/// backend is not available (PostgreSQL outside CI; `postgres_url` says so loudly).
+pub trait OnBackend: Sized {
+    fn on(backend: Backend) -> impl Future<Output = Option<Self>> + Send;
+}
+
+impl OnBackend for TestApp {
+    async fn on(backend: Backend) -> Option<Self> {
+        Self::new(backend).await
+    }
+}
+
+/// The bare backend, for a test that builds its own fixture (it must skip when that fixture
+/// is `None`).
+impl OnBackend for Backend {
+    async fn on(backend: Backend) -> Option<Self> {
+        Some(backend)
+    }
+}
+
+/// Runs one test body on one backend, if it is there. SQLite always is.
+pub async fn run_on<F: OnBackend, T: Future<Output = ()>>(
+    backend: Backend,
+    test: impl FnOnce(F) -> T,
+) {
+    match F::on(backend).await {
+        Some(fixture) => test(fixture).await,
+        None => assert_eq!(backend, Backend::Postgres, "SQLite is always there"),
+    }
+}
+
+/// Runs each `async fn name(fixture: F)` on SQLite and on PostgreSQL, as the tests
+/// `name::sqlite` and `name::postgres`; `F` is any `OnBackend`.
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
-                use $crate::support::{Backend, TestApp};
+                use $crate::support::{Backend, run_on};
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    let app = TestApp::new(Backend::Sqlite).await.expect("SQLite is always there");
-                    super::$name(app).await;
+                    run_on(Backend::Sqlite, super::$name).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    if let Some(app) = TestApp::new(Backend::Postgres).await {
-                        super::$name(app).await;
-                    }
+                    run_on(Backend::Postgres, super::$name).await;
                 }
             }
         )*

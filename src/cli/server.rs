@@ -1,0 +1,232 @@
+//! The server-side commands: `serve`, `migrate`, `keys` and `envoy bootstrap`. They load the
+//! configuration the way `runta serve` does and work on the database, the keys and the Envoy
+//! configuration directly, never through the admin API.
+
+use super::client::{CliError, Client};
+use super::output;
+use super::{EnvoyBootstrapArgs, EnvoyMode, GlobalArgs, KeysCommand, PrivateUpstreams, ServerArgs};
+use crate::bootstrap;
+use crate::config::{Config, Overrides};
+use crate::crypto::MasterKey;
+use crate::serve;
+
+/// `runta serve`: runs until a signal, or until one of its tasks fails.
+pub async fn serve(args: &ServerArgs, global: &GlobalArgs) -> Result<(), CliError> {
+    let config = load_config(args, global)?;
+    serve::init_logging(&config);
+    serve::run(config).await.map_err(|e| {
+        tracing::error!(error = %e, "runta serve failed");
+        CliError::Usage(e.to_string())
+    })
+}
+
+/// `runta migrate`: applies the migrations to an existing database.
+pub async fn migrate(args: &ServerArgs, global: &GlobalArgs) -> Result<(), CliError> {
+    let config = load_config(args, global)?;
+    let database = bootstrap::existing_database(&config).map_err(usage)?;
+    let (_, applied) = serve::open_store(&config, &database.url)
+        .await
+        .map_err(usage)?;
+    println!("{applied} migration(s) applied; the schema is up to date");
+    Ok(())
+}
+
+/// `runta envoy bootstrap`: an Envoy configuration pointing at this server, printed or written.
+/// A sidecar without `--runtime-token` gets a new token of its runtime, created through the
+/// admin API (the only server command that calls it).
+pub async fn envoy_bootstrap(
+    args: &EnvoyBootstrapArgs,
+    global: &GlobalArgs,
+    client: impl FnOnce() -> Result<Client, CliError>,
+) -> Result<(), CliError> {
+    use crate::envoy::{AllowedUpstream, Bootstrap, ExtprocAddress, Mode};
+    use secrecy::ExposeSecret;
+    let allowed = args
+        .allow_upstream_address
+        .iter()
+        .map(|a| AllowedUpstream::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| CliError::Usage(format!("--allow-upstream-address: {m}")))?;
+    let mode = match args.mode {
+        EnvoyMode::Gateway => Mode::Gateway,
+        EnvoyMode::Sidecar => {
+            let runtime = args.runtime.clone().unwrap_or_default();
+            crate::names::validate_name(&runtime)
+                .map_err(|m| CliError::Usage(format!("--runtime: {m}")))?;
+            let runtime_token = match (&args.runtime_token, args.example) {
+                (Some(token), _) => token.trim().to_owned(),
+                (None, true) => crate::envoy::EXAMPLE_RUNTIME_TOKEN.to_owned(),
+                (None, false) => {
+                    let (_, created) = super::runtimes::create_token(&client()?, &runtime).await?;
+                    eprintln!(
+                        "created runtime token {} for runtime {runtime}; revoke it with `runta runtime token revoke {}`",
+                        created.runtime_token.id, created.runtime_token.id,
+                    );
+                    created.token
+                }
+            };
+            if runtime_token.is_empty() {
+                return Err(CliError::Usage("--runtime-token: must not be empty".into()));
+            }
+            Mode::Sidecar {
+                runtime,
+                runtime_token,
+            }
+        }
+    };
+    let sidecar = matches!(mode, Mode::Sidecar { .. });
+    let mut bootstrap = Bootstrap::defaults(mode);
+    bootstrap.allowed_upstreams = allowed;
+    if let Some(private) = args.private_upstreams {
+        bootstrap.block_private_upstreams = private == PrivateUpstreams::Deny;
+    }
+    let listen = crate::config::parse_listen(&args.listen)
+        .map_err(|m| CliError::Usage(format!("--listen: {m}")))?;
+    bootstrap.listen_host = listen.ip().to_string();
+    bootstrap.listen_port = listen.port();
+    bootstrap.ca_bundle = args.ca_bundle.clone();
+    bootstrap.message_timeout_ms = args.message_timeout_ms.max(1);
+    if let Some(socket) = &args.admin_socket {
+        bootstrap.admin_socket = socket.clone();
+    }
+    if let Some(resolver) = &args.dns_resolver {
+        let addr = crate::config::parse_listen(resolver)
+            .map_err(|m| CliError::Usage(format!("--dns-resolver: {m}")))?;
+        bootstrap.dns_resolver = Some((addr.ip().to_string(), addr.port()));
+    }
+    // The server's own configuration gives the address and the real gateway token; an
+    // example uses neither.
+    let config = if args.example {
+        None
+    } else {
+        Some(load_config(&args.server, global)?)
+    };
+    let extproc = match (&args.extproc_address, &config) {
+        (Some(address), _) => Some(address.clone()),
+        (None, Some(config)) => Some(match &config.grpc.listen {
+            crate::config::GrpcListen::Tcp(addr) if addr.ip().is_unspecified() => {
+                format!("127.0.0.1:{}", addr.port())
+            }
+            listen => listen.to_string(),
+        }),
+        (None, None) => None,
+    };
+    if let Some(extproc) = extproc {
+        bootstrap.extproc = ExtprocAddress::parse(&extproc)
+            .map_err(|m| CliError::Usage(format!("--extproc-address: {m}")))?;
+    }
+    if let Some(config) = config.as_ref().filter(|_| !sidecar) {
+        let token = bootstrap::existing_gateway_token(config).map_err(usage)?.ok_or_else(|| {
+            CliError::Usage(format!(
+                "no gateway token: configure grpc.gateway_tokens, or run `runta serve` once so that it writes {}",
+                config.data_dir.join(bootstrap::GATEWAY_TOKEN_FILE).display()
+            ))
+        })?;
+        bootstrap.gateway_token = token.expose_secret().to_owned();
+    }
+    let yaml = bootstrap.render();
+    match &args.out {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            bootstrap::write_new_file(path, yaml.trim_end().as_bytes()).map_err(usage)?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(())
+}
+
+fn usage(err: impl std::fmt::Display) -> CliError {
+    CliError::Usage(err.to_string())
+}
+
+fn load_config(args: &ServerArgs, global: &GlobalArgs) -> Result<Config, CliError> {
+    Config::load(
+        args.config.clone(),
+        &Overrides {
+            data_dir: global.data_dir.clone(),
+            database_url: args.database_url.clone(),
+            grpc_listen: args.grpc_listen.clone(),
+            admin_listen: args.admin_listen.clone(),
+        },
+    )
+    .map_err(usage)
+}
+
+/// `runta keys generate|rotate|status`.
+pub async fn keys(command: KeysCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Generate { out } => {
+            let key = MasterKey::generate();
+            match out {
+                Some(path) => {
+                    bootstrap::write_new_file(&path, key.to_base64().as_bytes()).map_err(usage)?;
+                    eprintln!(
+                        "wrote a new key to {}; list it under [[encryption.keys]] with an id and key_file = \"{}\"",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                None => println!("{}", key.to_base64().as_str()),
+            }
+            Ok(())
+        }
+        KeysCommand::Rotate(args) => {
+            let (store, keyring) = open_for_keys(&args, global).await?;
+            let report = crate::keys::rotate(&store, &keyring).await.map_err(usage)?;
+            println!(
+                "re-encrypted {} secret(s) under key '{}'{}",
+                report.resealed,
+                keyring.active_key_id(),
+                if report.skipped > 0 {
+                    format!(
+                        " ({} changed meanwhile and were already under it)",
+                        report.skipped
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            print_key_counts(&store).await?;
+            if report.failed.is_empty() {
+                Ok(())
+            } else {
+                for (id, reason) in &report.failed {
+                    eprintln!("error: secret {id}: {reason}");
+                }
+                Err(CliError::Usage(format!(
+                    "{} secret(s) could not be re-encrypted; is every old key still listed in encryption.keys?",
+                    report.failed.len()
+                )))
+            }
+        }
+        KeysCommand::Status(args) => {
+            let (store, keyring) = open_for_keys(&args, global).await?;
+            println!("active key: {}", keyring.active_key_id());
+            print_key_counts(&store).await
+        }
+    }
+}
+
+async fn open_for_keys(
+    args: &ServerArgs,
+    global: &GlobalArgs,
+) -> Result<(crate::store::Store, crate::crypto::Keyring), CliError> {
+    let config = load_config(args, global)?;
+    let database = bootstrap::existing_database(&config).map_err(usage)?;
+    let keyring = bootstrap::load_keyring(&config, database.embedded()).map_err(usage)?;
+    let (store, _) = serve::open_store(&config, &database.url)
+        .await
+        .map_err(usage)?;
+    Ok((store, keyring))
+}
+
+async fn print_key_counts(store: &crate::store::Store) -> Result<(), CliError> {
+    let counts = store.count_secrets_by_key().await.map_err(usage)?;
+    let rows: Vec<Vec<String>> = counts
+        .into_iter()
+        .map(|(key, n)| vec![key, n.to_string()])
+        .collect();
+    output::table(&["KEY", "SECRETS"], &rows);
+    Ok(())
+}
