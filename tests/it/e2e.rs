@@ -284,6 +284,41 @@ impl Reply {
     }
 }
 
+/// Envoy's answer to a request written byte for byte (status 0 when nothing answered).
+pub fn raw_http(port: u16, request: &[u8]) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// An absolute-form GET through the proxy with a runtime token as proxy credentials.
+pub fn proxy_get(target: &str, authority: &str, token: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{token}:x"));
+    format!(
+        "GET http://{authority}{target} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// curl through a proxy, as a runtime would.
 pub fn curl(proxy: &str, url: &str, extra: &[&str]) -> Reply {
     let out = Command::new("curl")

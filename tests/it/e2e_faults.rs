@@ -2,46 +2,18 @@
 //! (`SIGSTOP`) while runtimes keep sending. Not one request may leave without its credential;
 //! traffic comes back when runta does, without restarting Envoy.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::cli::{Server, ok};
-use crate::e2e::{Envoy, World, envoy_binary};
+use crate::e2e::{Envoy, World, envoy_binary, proxy_get, raw_http};
 
 const VALUE: &str = "sk-e2e-FAULT-2b7e";
 
-/// One request through the proxy; answers the status and the body.
+/// One request through the proxy; answers the status and the body (0 when Envoy is gone).
 fn request(envoy_port: u16, authority: &str, token: &str) -> (u16, String) {
-    use base64::Engine as _;
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", envoy_port)) else {
-        return (0, String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{token}:x"));
-    let _ = stream.write_all(
-        format!(
-            "GET http://{authority}/v1/models HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
+    raw_http(envoy_port, &proxy_get("/v1/models", authority, token))
 }
 
 /// What the load saw.

@@ -6,45 +6,10 @@
 //! name the test's DNS server resolves to loopback), and runta's own admin port is the
 //! service a successful attack would reach.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use crate::cli::{Server, ok};
-use crate::e2e::{Envoy, World, curl, envoy_binary};
+use crate::e2e::{Envoy, World, curl, envoy_binary, proxy_get as get, raw_http};
 
 const OPENAI: &str = "sk-e2e-HARDEN-71d2";
-
-/// Envoy's answer to a request written byte for byte (absolute-form, as a proxy gets it).
-fn raw(envoy: &Envoy, request: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", envoy.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    stream.write_all(request).unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
-
-fn get(target: &str, authority: &str, token: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{token}:x"));
-    format!(
-        "GET http://{authority}{target} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: Basic {credentials}\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes()
-}
 
 fn setup(server: &Server) -> String {
     ok(&server.shell(&format!(
@@ -101,7 +66,7 @@ fn loopback_in_any_spelling_is_refused_by_resolved_address() {
         // The allowed address in its IPv4-mapped spelling is another address: refused.
         format!("[::ffff:127.0.0.1]:{}", world.upstream_port),
     ] {
-        let (status, body) = raw(&envoy, &get("/healthz", &authority, &token));
+        let (status, body) = raw_http(envoy.port, &get("/healthz", &authority, &token));
         assert_eq!(status, 403, "{authority}: {body}");
         assert!(body.contains("RBAC: access denied"), "{authority}: {body}");
     }
@@ -111,7 +76,7 @@ fn loopback_in_any_spelling_is_refused_by_resolved_address() {
         format!("127.0.0.1:+{admin_port}"),
         format!("api.openai.com:{}x", world.upstream_port),
     ] {
-        let (status, body) = raw(&envoy, &get("/healthz", &authority, &token));
+        let (status, body) = raw_http(envoy.port, &get("/healthz", &authority, &token));
         assert_eq!(status, 400, "{authority}: {body}");
     }
     // In a Host header (origin form), userinfo-like text is no authority either: runta would
@@ -121,7 +86,7 @@ fn loopback_in_any_spelling_is_refused_by_resolved_address() {
         "api.openai.com@127.0.0.1".to_owned(),
     ] {
         let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        let (status, body) = raw(&envoy, request.as_bytes());
+        let (status, body) = raw_http(envoy.port, request.as_bytes());
         assert_eq!(status, 400, "{host}: {body}");
     }
     assert!(
@@ -186,7 +151,7 @@ fn upstream_sees_the_runtime_request_and_the_injection_only() {
     request.extend_from_slice(b"\xff\xfe");
     request.extend_from_slice(token.as_bytes());
     request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
-    let (status, body) = raw(&gateway, &request);
+    let (status, body) = raw_http(gateway.port, &request);
     assert_eq!(status, 407, "{body}");
     assert_eq!(
         world.upstream_requests(),
@@ -203,7 +168,7 @@ fn upstream_sees_the_runtime_request_and_the_injection_only() {
         &["--mode", "sidecar", "--runtime", "worker"],
         "sidecar",
     );
-    let (status, body) = raw(&sidecar, &request);
+    let (status, body) = raw_http(sidecar.port, &request);
     assert_eq!(status, 200, "{body}");
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     let headers = echo["headers"].as_array().unwrap();
