@@ -2,14 +2,14 @@
 //! (tenant, secret id, version), and never returned, logged or quoted in an error.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, TenantAuth};
+use super::extract::{JsonBody, ListParams, PathParam, TenantAuth};
 use super::tenants::validate_label;
 use super::views::{List, Secret};
 use crate::crypto::SealContext;
@@ -137,7 +137,7 @@ pub async fn list_secrets(
 pub async fn get_secret(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<Json<Secret>> {
     let row = state
         .store
@@ -150,7 +150,7 @@ pub async fn get_secret(
 pub async fn update_secret(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     JsonBody(body): JsonBody<UpdateSecret>,
 ) -> ApiResult<Json<Secret>> {
     if body.value.is_none() && body.display_name.is_none() && body.cache_ttl_secs.is_none() {
@@ -207,7 +207,7 @@ pub async fn update_secret(
 pub async fn delete_secret(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<StatusCode> {
     state.store.delete_secret(&auth.tenant.id, &name).await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;

@@ -12,5 +12,6 @@ mod identity;
 mod openapi;
 mod properties;
 mod read_only_commands;
+mod request_shapes;
 mod store_faults;
 mod support;
