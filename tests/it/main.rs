@@ -13,5 +13,6 @@ mod openapi;
 mod properties;
 mod read_only_commands;
 mod request_shapes;
+mod sqlite_writes;
 mod store_faults;
 mod support;
