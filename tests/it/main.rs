@@ -13,6 +13,7 @@ mod openapi;
 mod properties;
 mod read_only_commands;
 mod request_shapes;
+mod secret_cache;
 mod sqlite_faults;
 mod sqlite_writes;
 mod store_faults;
