@@ -31,7 +31,7 @@ pub struct CreateSecret {
     value: SecretString,
     #[serde(default, alias = "displayName")]
     display_name: Option<String>,
-    #[serde(default, alias = "cacheTtlSecs")]
+    #[serde(default, alias = "cacheTtlSecs", deserialize_with = "whole_number")]
     cache_ttl_secs: Option<i64>,
 }
 
@@ -43,8 +43,26 @@ pub struct UpdateSecret {
     /// Absent: unchanged; `null`: cleared.
     #[serde(default, alias = "displayName", deserialize_with = "present")]
     display_name: Option<Option<String>>,
-    #[serde(default, alias = "cacheTtlSecs")]
+    #[serde(default, alias = "cacheTtlSecs", deserialize_with = "whole_number")]
     cache_ttl_secs: Option<i64>,
+}
+
+/// An integer as JSON Schema means it: any number without a fraction, `300.0` as well as
+/// `300` (serde alone refuses the former for an `i64`).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!(
+            "invalid type or value, expected a whole number of seconds, got {number}"
+        ))),
+    }
 }
 
 /// Tells a field that is present (even as `null`) from one that is absent.

@@ -11,7 +11,53 @@ backend_tests!(
     json_bodies_must_be_objects,
     path_parameters_not_utf8_answer_json,
     secret_values_refuse_c1_and_line_separators,
+    whole_numbers_with_a_fraction_part_are_integers,
 );
+
+/// JSON Schema's `integer` is any number without a fraction: `600.0` is a TTL of 600 s, as the
+/// OpenAPI document says; `1.5` is not a TTL.
+async fn whole_numbers_with_a_fraction_part_are_integers(app: TestApp) {
+    let tenant = app.tenant("acme").await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/secrets",
+            Some(&tenant.key),
+            Some(json!({"name": "x", "value": "sk-test", "cache_ttl_secs": 600.0})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["cache_ttl_secs"]),
+        (StatusCode::CREATED, &json!(600)),
+        "{body}"
+    );
+    let (status, body) = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/x",
+            Some(&tenant.key),
+            Some(json!({"cache_ttl_secs": 4545.0})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["cache_ttl_secs"]),
+        (StatusCode::OK, &json!(4545)),
+        "{body}"
+    );
+    let answer = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/x",
+            Some(&tenant.key),
+            Some(json!({"cache_ttl_secs": 1.5})),
+        )
+        .await;
+    assert_error(
+        &answer,
+        StatusCode::BAD_REQUEST,
+        &["cache_ttl_secs", "whole number"],
+    );
+}
 
 /// `[]` and `["x"]` are JSON, and serde would read a struct from them field by position: a
 /// key created, a secret given a new version. Every body-taking call refuses them.
