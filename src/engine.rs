@@ -5,8 +5,15 @@
 //! - The snapshot is immutable; readers take an `Arc` of it without a lock and keep it for
 //!   one request. Reloads build a new one off to the side and swap it in.
 //! - A decrypted value stays in memory at most its secret's `cache_ttl_secs` (0: never cached,
-//!   fetched and decrypted for every request); an update or delete through this process drops
-//!   it at once, and a fetch that raced with that invalidation does not put the old value back.
+//!   fetched and decrypted for every request): it is never served once expired, and the sweep
+//!   task (`evict_expired_secrets`, spawned with the server) drops it at its expiry, whether or
+//!   not it is asked for again. An update or delete through this process drops it at once.
+//! - One read per key at a time: concurrent misses on one key share a single store read (a
+//!   `Flight` in the key's slot). Invalidation removes the slot, flight included, and a flight
+//!   caches its result only if its slot still holds it, both under the map's shard lock: a
+//!   fetch that raced with an invalidation cannot put the old value back.
+//! - A miss waits for the store at most `SECRET_FETCH_DEADLINE`, less than Envoy's message
+//!   timeout, so the gateway hears a clear 503 rather than timing out.
 //! - Values are `SecretString`s: zeroized when the last reference is dropped.
 //! - No lock is held across an `.await` (the reload mutex only serialises reloads).
 //! - Several replicas on one PostgreSQL database: every change made through one is announced
@@ -15,13 +22,14 @@
 //!   dedicated connection; after a reconnect it reloads everything and drops its cached
 //!   values, since notifications may have been missed. The periodic reload is the safety net.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use secrecy::SecretString;
+use tokio::sync::{Notify, OnceCell};
 
 use crate::crypto::TokenHash;
 use crate::crypto::{Keyring, SealContext};
@@ -29,20 +37,45 @@ use crate::metrics::Metrics;
 use crate::rules::snapshot::{Snapshot, TokenEntry, secret_key};
 use crate::store::{Store, StoreError};
 
-/// Why a rule's secret could not be had. Never holds the value.
-#[derive(Debug, thiserror::Error)]
+/// How long a secret miss may wait for the store, pool included: less than the 0.5 s message
+/// timeout runta's Envoy configurations give ext_proc, so the gateway gets runta's fail-closed
+/// 503 naming the rule rather than its own timeout.
+pub const SECRET_FETCH_DEADLINE: Duration = Duration::from_millis(400);
+
+/// How long a secret miss waits for a pooled connection (part of the deadline above).
+const SECRET_POOL_WAIT: Duration = Duration::from_millis(250);
+
+/// Why a rule's secret could not be had. Never holds the value. Cloned to every request that
+/// shared the failed read.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SecretError {
     #[error("the secret no longer exists")]
     Missing,
     #[error("the store is unavailable: {0}")]
-    Store(StoreError),
+    Store(Arc<StoreError>),
     #[error("the secret does not decrypt: {0}")]
-    Decrypt(crate::crypto::CryptoError),
+    Decrypt(Arc<crate::crypto::CryptoError>),
 }
 
-struct CachedSecret {
+/// A key's place in the cache: its value until `expires`, or the read in progress.
+enum Slot {
+    Ready {
+        value: Arc<SecretString>,
+        expires: tokio::time::Instant,
+    },
+    Loading(Arc<Flight>),
+}
+
+/// One store read that every concurrent miss on a key waits for. If the request running it is
+/// dropped (Envoy gave up), the next waiter runs it (`OnceCell::get_or_init`).
+#[derive(Default)]
+struct Flight {
+    result: OnceCell<Result<Loaded, SecretError>>,
+}
+
+struct Loaded {
     value: Arc<SecretString>,
-    expires: Instant,
+    ttl: Duration,
 }
 
 /// The snapshot and the secret cache, shared by the ext_proc service and the admin API.
@@ -50,10 +83,14 @@ pub struct Engine {
     store: Store,
     keyring: Arc<Keyring>,
     metrics: Arc<Metrics>,
+    /// The store with the ext_proc path's short pool wait, for secret reads.
+    secret_store: Store,
     snapshot: ArcSwap<Snapshot>,
-    secrets: DashMap<Arc<str>, CachedSecret, foldhash::fast::RandomState>,
-    /// Bumped by every invalidation; a fetch caches its result only if it did not move.
-    generation: AtomicU64,
+    secrets: DashMap<Arc<str>, Slot, foldhash::fast::RandomState>,
+    /// The earliest expiry the sweep task will wake for (`None`: it sleeps until told).
+    next_sweep: Mutex<Option<tokio::time::Instant>>,
+    /// Wakes the sweep task for a value that expires before `next_sweep`.
+    sweep_wake: Notify,
     reload_lock: tokio::sync::Mutex<()>,
     /// This process's id in change notifications (its own are ignored when they come back).
     replica: String,
@@ -63,12 +100,14 @@ impl Engine {
     /// An engine with an empty snapshot; call `reload` before serving.
     pub fn new(store: Store, keyring: Arc<Keyring>, metrics: Arc<Metrics>) -> Self {
         Self {
+            secret_store: store.with_pool_wait(SECRET_POOL_WAIT),
             store,
             keyring,
             metrics,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             secrets: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-            generation: AtomicU64::new(0),
+            next_sweep: Mutex::new(None),
+            sweep_wake: Notify::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             replica: crate::crypto::new_id("replica"),
         }
@@ -161,9 +200,8 @@ impl Engine {
         }
     }
 
-    /// Drops a cached secret value.
+    /// Drops a cached secret value, or the read in progress (its result will not be cached).
     pub fn invalidate_secret(&self, tenant_id: &str, name: &str) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         self.secrets.remove(secret_key(tenant_id, name).as_ref());
     }
 
@@ -183,7 +221,6 @@ impl Engine {
                 }
             }
             ("secret", Some(key)) => {
-                self.generation.fetch_add(1, Ordering::SeqCst);
                 self.secrets.remove(key);
             }
             _ => tracing::debug!(%payload, "ignoring an unknown change notification"),
@@ -252,32 +289,100 @@ impl Engine {
         }
     }
 
-    /// Drops every cached value (after a key rotation, or on request).
+    /// Drops every cached value (after a key rotation, or on request), and every read in
+    /// progress.
     pub fn invalidate_all_secrets(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
         self.secrets.clear();
     }
 
+    /// How many decrypted values are in memory now.
+    pub fn cached_secrets(&self) -> usize {
+        self.secrets
+            .iter()
+            .filter(|slot| matches!(slot.value(), Slot::Ready { .. }))
+            .count()
+    }
+
     /// The decrypted value of a tenant's secret: from the cache while fresh, else from the
-    /// store (and cached for its TTL).
+    /// store (and cached for its TTL). Concurrent misses on one key share one store read.
     pub async fn secret(
         &self,
         key: &Arc<str>,
         tenant_id: &str,
         name: &str,
     ) -> Result<Arc<SecretString>, SecretError> {
-        if let Some(entry) = self.secrets.get(key.as_ref()) {
-            if entry.expires > Instant::now() {
-                self.metrics.hot.cache_hits.inc();
-                return Ok(entry.value.clone());
-            }
-            drop(entry);
-            self.secrets
-                .remove_if(key.as_ref(), |_, e| e.expires <= Instant::now());
+        // The hot path: a shared lock on one shard.
+        if let Some(slot) = self.secrets.get(key.as_ref())
+            && let Slot::Ready { value, expires } = slot.value()
+            && *expires > tokio::time::Instant::now()
+        {
+            self.metrics.hot.cache_hits.inc();
+            return Ok(value.clone());
         }
+        let flight = match self.secrets.entry(key.clone()) {
+            Entry::Occupied(mut slot) => match slot.get() {
+                Slot::Ready { value, expires } if *expires > tokio::time::Instant::now() => {
+                    self.metrics.hot.cache_hits.inc();
+                    return Ok(value.clone());
+                }
+                Slot::Loading(flight) => {
+                    self.metrics.hot.cache_coalesced.inc();
+                    flight.clone()
+                }
+                Slot::Ready { .. } => {
+                    let flight = Arc::new(Flight::default());
+                    slot.insert(Slot::Loading(flight.clone()));
+                    flight
+                }
+            },
+            Entry::Vacant(slot) => {
+                let flight = Arc::new(Flight::default());
+                slot.insert(Slot::Loading(flight.clone()));
+                flight
+            }
+        };
+        let read = flight.result.get_or_init(|| self.load(tenant_id, name));
+        let result = match tokio::time::timeout(SECRET_FETCH_DEADLINE, read).await {
+            Ok(result) => result
+                .as_ref()
+                .map(|l| (l.value.clone(), l.ttl))
+                .map_err(Clone::clone),
+            Err(_) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["secret"])
+                    .inc();
+                Err(SecretError::Store(Arc::new(StoreError::Unavailable(
+                    format!("no answer within {} ms", SECRET_FETCH_DEADLINE.as_millis()),
+                ))))
+            }
+        };
+        // Settle the slot, if it still holds this flight (an invalidation may have removed it,
+        // or another waiter settled it): the value for its TTL, or nothing.
+        if let Entry::Occupied(mut slot) = self.secrets.entry(key.clone())
+            && matches!(slot.get(), Slot::Loading(f) if Arc::ptr_eq(f, &flight))
+        {
+            match &result {
+                Ok((value, ttl)) if !ttl.is_zero() => {
+                    let expires = tokio::time::Instant::now() + *ttl;
+                    slot.insert(Slot::Ready {
+                        value: value.clone(),
+                        expires,
+                    });
+                    self.schedule_sweep(expires);
+                }
+                _ => {
+                    slot.remove();
+                }
+            }
+        }
+        result.map(|(value, _)| value)
+    }
+
+    /// Reads and decrypts one secret: the store read that a flight shares.
+    async fn load(&self, tenant_id: &str, name: &str) -> Result<Loaded, SecretError> {
         self.metrics.hot.cache_misses.inc();
-        let generation = self.generation.load(Ordering::SeqCst);
-        let row = match self.store.get_secret(tenant_id, name).await {
+        let row = match self.secret_store.get_secret(tenant_id, name).await {
             Ok(Some(row)) => row,
             Ok(None) => return Err(SecretError::Missing),
             Err(err) => {
@@ -285,7 +390,7 @@ impl Engine {
                     .store_errors
                     .with_label_values(&["secret"])
                     .inc();
-                return Err(SecretError::Store(err));
+                return Err(SecretError::Store(Arc::new(err)));
             }
         };
         let ctx = SealContext {
@@ -293,21 +398,68 @@ impl Engine {
             secret_id: &row.id,
             version: row.version,
         };
-        let value = Arc::new(
-            self.keyring
-                .open_string(&row.sealed(), ctx)
-                .map_err(SecretError::Decrypt)?,
-        );
-        if row.cache_ttl_secs > 0 && self.generation.load(Ordering::SeqCst) == generation {
-            self.secrets.insert(
-                key.clone(),
-                CachedSecret {
-                    value: value.clone(),
-                    expires: Instant::now() + Duration::from_secs(row.cache_ttl_secs as u64),
-                },
-            );
+        let value = self
+            .keyring
+            .open_string(&row.sealed(), ctx)
+            .map_err(|e| SecretError::Decrypt(Arc::new(e)))?;
+        Ok(Loaded {
+            value: Arc::new(value),
+            ttl: Duration::from_secs(row.cache_ttl_secs.max(0) as u64),
+        })
+    }
+
+    /// Makes sure the sweep task wakes by `expires`.
+    fn schedule_sweep(&self, expires: tokio::time::Instant) {
+        let mut next = self.next_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        if next.is_none_or(|next| expires < next) {
+            *next = Some(expires);
+            self.sweep_wake.notify_one();
         }
-        Ok(value)
+    }
+
+    /// Drops every expired value; answers the earliest expiry left.
+    fn sweep(&self) -> Option<tokio::time::Instant> {
+        // Values cached from here on wake the task again (`schedule_sweep`).
+        *self.next_sweep.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let now = tokio::time::Instant::now();
+        let mut earliest: Option<tokio::time::Instant> = None;
+        self.secrets.retain(|_, slot| match slot {
+            Slot::Ready { expires, .. } if *expires <= now => false,
+            Slot::Ready { expires, .. } => {
+                earliest = Some(earliest.map_or(*expires, |e| e.min(*expires)));
+                true
+            }
+            Slot::Loading(_) => true,
+        });
+        let mut next = self.next_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        *next = match (*next, earliest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        *next
+    }
+
+    /// Drops each cached value when it expires, asked for again or not, until `shutdown`:
+    /// sleeps until the earliest expiry (or until a value that expires earlier is cached).
+    pub async fn evict_expired_secrets(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let next = self.sweep();
+            let until_next = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = until_next => {}
+                () = self.sweep_wake.notified() => {}
+                () = &mut shutdown => return,
+            }
+        }
     }
 
     /// Keeps the snapshot fresh: a full reload every `interval` (the safety net behind

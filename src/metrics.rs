@@ -30,7 +30,8 @@ pub struct Metrics {
     pub active_streams: IntGauge,
     /// ext_proc calls refused for want of gateway authentication.
     pub grpc_unauthenticated: IntCounter,
-    /// Secret cache lookups by result (hit, miss).
+    /// Secret cache lookups by result: hit, miss (read the store), coalesced (waited for
+    /// another request's read of the same secret).
     pub secret_cache: IntCounterVec,
     /// Rules in the current snapshot.
     pub rules_loaded: IntGauge,
@@ -56,7 +57,10 @@ pub struct HotCounters {
     header_injections: IntCounter,
     param_injections: IntCounter,
     pub cache_hits: IntCounter,
+    /// Misses that read the store.
     pub cache_misses: IntCounter,
+    /// Misses that waited for another request's read of the same secret.
+    pub cache_coalesced: IntCounter,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -103,7 +107,7 @@ impl Metrics {
         );
         let secret_cache = counter_vec(
             "runta_secret_cache_total",
-            "Secret cache lookups by result.",
+            "Secret cache lookups by result: hit, miss (read the store), coalesced (shared another lookup's read).",
             &["result"],
         );
         let hot = HotCounters {
@@ -112,6 +116,7 @@ impl Metrics {
             param_injections: injections.with_label_values(&["param"]),
             cache_hits: secret_cache.with_label_values(&["hit"]),
             cache_misses: secret_cache.with_label_values(&["miss"]),
+            cache_coalesced: secret_cache.with_label_values(&["coalesced"]),
         };
         let metrics = Self {
             registry: Registry::new(),

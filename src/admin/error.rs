@@ -128,6 +128,18 @@ impl From<StoreError> for ApiError {
                 "the database is unavailable; retry later",
             )
             .with_cause(err),
+            err @ StoreError::ReadOnly(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_read_only",
+                "the database refuses writes (it is read-only); nothing was changed",
+            )
+            .with_cause(err),
+            err @ StoreError::FileMissing(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_file_missing",
+                "the database file was removed or replaced while the server ran; nothing was changed, and nothing will be until the server is restarted with its database",
+            )
+            .with_cause(err),
             err @ (StoreError::InvalidUrl(_)
             | StoreError::Database(_)
             | StoreError::Migration(_)) => Self::internal().with_cause(err),

@@ -1,9 +1,9 @@
-//! Request extractors whose failures answer in the API's error shape: JSON bodies (with the
-//! failing field named), list parameters, and the two kinds of caller (a tenant's API key, the
-//! operator token).
+//! Request extractors whose failures answer in the API's error shape: JSON bodies (objects
+//! only, with the failing field named), path parameters, list parameters, and the two kinds of
+//! caller (a tenant's API key, the operator token).
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -13,7 +13,9 @@ use super::error::ApiError;
 use crate::crypto;
 use crate::store::{ApiKeyRow, Page, TenantRow};
 
-/// A JSON body. An empty body reads as `{}`, so calls whose fields are all optional need none.
+/// A JSON body, which must be an object. An empty body reads as `{}`, so calls whose fields are
+/// all optional need none. (serde would also read a struct from an array, `[]` or `["x"]`,
+/// field by position: that is refused before it gets the chance.)
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -34,10 +36,18 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::new(rejection.status(), "invalid_request", rejection.body_text())
             }
         })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
+        let bytes: &[u8] = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => b"{}",
+            Some(b'{') => &bytes,
+            Some(_) => {
+                // Not an object: say whether it is JSON at all.
+                return Err(
+                    match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                        Ok(_) => ApiError::invalid("body", "must be a JSON object"),
+                        Err(err) => not_json(&err),
+                    },
+                );
+            }
         };
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
@@ -73,6 +83,25 @@ fn describe_data_error(message: &str) -> String {
         }
     } else {
         message.to_owned()
+    }
+}
+
+/// The one path parameter of a route (`{name}`, `{id}`, `{runtime}`). A parameter that is not
+/// valid UTF-8 once percent-decoded answers 400 in the API's error shape, not axum's plain text.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("path: {}", rejection.body_text()),
+            )),
+        }
     }
 }
 

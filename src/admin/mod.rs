@@ -175,17 +175,24 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when the store answers.
+/// Ready when the store can be used, writes included (`Store::ping`). Not ready answers 503
+/// with the store error's code (`store_unavailable`, `store_read_only`, `store_file_missing`).
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(err) => {
-            tracing::warn!(error = %err, "readiness check failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the database is unavailable",
-            )
+            let detail = err.to_string();
+            let answer = ApiError::from(err);
+            if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+                answer
+            } else {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database is unavailable",
+                )
+            }
+            .with_cause(format_args!("readiness check failed: {detail}"))
             .into_response()
         }
     }

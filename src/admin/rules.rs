@@ -3,13 +3,13 @@
 //! checks in the same transaction that every credential names a secret of the tenant.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, TenantAuth};
+use super::extract::{JsonBody, ListParams, PathParam, TenantAuth};
 use super::views::{List, Rule};
 use crate::crypto;
 use crate::names::validate_name;
@@ -85,7 +85,7 @@ fn runtime_param(runtime: &str) -> ApiResult<()> {
 pub async fn create_rule(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(runtime): Path<String>,
+    PathParam(runtime): PathParam,
     JsonBody(body): JsonBody<CreateRule>,
 ) -> ApiResult<(StatusCode, Json<Rule>)> {
     runtime_param(&runtime)?;
@@ -173,7 +173,7 @@ pub async fn create_rules_batch(
 pub async fn list_runtime_rules(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(runtime): Path<String>,
+    PathParam(runtime): PathParam,
     ListParams(page): ListParams,
 ) -> ApiResult<Json<List<Rule>>> {
     runtime_param(&runtime)?;
@@ -196,7 +196,7 @@ pub async fn list_rules(
 pub async fn get_rule(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<Json<Rule>> {
     let row = state
         .store
@@ -209,7 +209,7 @@ pub async fn get_rule(
 pub async fn delete_rule(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
     state.store.delete_rule(&auth.tenant.id, &id).await?;
     state.engine.changed().await;

@@ -2,14 +2,14 @@
 //! (tenant, secret id, version), and never returned, logged or quoted in an error.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, TenantAuth};
+use super::extract::{JsonBody, ListParams, PathParam, TenantAuth};
 use super::tenants::validate_label;
 use super::views::{List, Secret};
 use crate::crypto::SealContext;
@@ -31,7 +31,7 @@ pub struct CreateSecret {
     value: SecretString,
     #[serde(default, alias = "displayName")]
     display_name: Option<String>,
-    #[serde(default, alias = "cacheTtlSecs")]
+    #[serde(default, alias = "cacheTtlSecs", deserialize_with = "whole_number")]
     cache_ttl_secs: Option<i64>,
 }
 
@@ -43,8 +43,26 @@ pub struct UpdateSecret {
     /// Absent: unchanged; `null`: cleared.
     #[serde(default, alias = "displayName", deserialize_with = "present")]
     display_name: Option<Option<String>>,
-    #[serde(default, alias = "cacheTtlSecs")]
+    #[serde(default, alias = "cacheTtlSecs", deserialize_with = "whole_number")]
     cache_ttl_secs: Option<i64>,
+}
+
+/// An integer as JSON Schema means it: any number without a fraction, `300.0` as well as
+/// `300` (serde alone refuses the former for an `i64`).
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = number.as_i64() {
+        return Ok(Some(n));
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom(format!(
+            "invalid type or value, expected a whole number of seconds, got {number}"
+        ))),
+    }
 }
 
 /// Tells a field that is present (even as `null`) from one that is absent.
@@ -137,7 +155,7 @@ pub async fn list_secrets(
 pub async fn get_secret(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<Json<Secret>> {
     let row = state
         .store
@@ -150,7 +168,7 @@ pub async fn get_secret(
 pub async fn update_secret(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
     JsonBody(body): JsonBody<UpdateSecret>,
 ) -> ApiResult<Json<Secret>> {
     if body.value.is_none() && body.display_name.is_none() && body.cache_ttl_secs.is_none() {
@@ -207,7 +225,7 @@ pub async fn update_secret(
 pub async fn delete_secret(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> ApiResult<StatusCode> {
     state.store.delete_secret(&auth.tenant.id, &name).await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;

@@ -1,14 +1,14 @@
 //! Tenants (operator only) and a tenant's API keys. Keys are shown once, when created.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, OperatorAuth, TenantAuth};
+use super::extract::{JsonBody, ListParams, OperatorAuth, PathParam, TenantAuth};
 use super::views::{ApiKey, CreatedApiKey, CreatedTenant, List, Tenant};
 use crate::crypto;
 use crate::names::validate_name;
@@ -96,7 +96,7 @@ pub async fn list_api_keys(
 pub async fn delete_api_key(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
     state.store.delete_api_key(&auth.tenant.id, &id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -2,13 +2,13 @@
 //! credentials. Shown once, when created; revocation keeps the record.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ListParams, TenantAuth};
+use super::extract::{ListParams, PathParam, TenantAuth};
 use super::views::{CreatedRuntimeToken, List, RuntimeToken};
 use crate::crypto::{self, TokenKind};
 use crate::names::validate_name;
@@ -17,7 +17,7 @@ use crate::store::{NewRuntimeToken, now_millis};
 pub async fn create_runtime_token(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(runtime): Path<String>,
+    PathParam(runtime): PathParam,
 ) -> ApiResult<(StatusCode, Json<CreatedRuntimeToken>)> {
     validate_name(&runtime).map_err(|m| ApiError::invalid("runtime", m))?;
     let token = crypto::generate_token(TokenKind::RuntimeToken);
@@ -47,7 +47,7 @@ pub async fn create_runtime_token(
 pub async fn list_runtime_tokens(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(runtime): Path<String>,
+    PathParam(runtime): PathParam,
     ListParams(page): ListParams,
 ) -> ApiResult<Json<List<RuntimeToken>>> {
     validate_name(&runtime).map_err(|m| ApiError::invalid("runtime", m))?;
@@ -61,7 +61,7 @@ pub async fn list_runtime_tokens(
 pub async fn revoke_runtime_token(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
     let row = state
         .store

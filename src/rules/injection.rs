@@ -52,8 +52,17 @@ fn is_forbidden_control(c: char) -> bool {
 /// The largest secret value accepted, in bytes.
 pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 
+/// Characters a secret value may not hold: every control character but horizontal tab (C0,
+/// DEL and the C1 range U+0080–U+009F), and the line and paragraph separators U+2028/U+2029.
+/// Values are injected into headers and query strings, where these either break the message or
+/// are read as line breaks by some parsers and log viewers.
+fn is_forbidden_in_value(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
 /// Checks a secret value before it is stored: it must be usable in a header, so CR, LF, NUL
-/// and other control characters are refused. The message never quotes the value.
+/// and other control characters (C0, DEL, C1) and U+2028/U+2029 are refused. The message never
+/// quotes the value.
 pub fn validate_secret_value(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".into());
@@ -61,7 +70,10 @@ pub fn validate_secret_value(value: &str) -> Result<(), String> {
     if value.len() > MAX_SECRET_BYTES {
         return Err(format!("must be at most {MAX_SECRET_BYTES} bytes"));
     }
-    if let Some((at, c)) = value.char_indices().find(|(_, c)| is_forbidden_control(*c)) {
+    if let Some((at, c)) = value
+        .char_indices()
+        .find(|(_, c)| is_forbidden_in_value(*c))
+    {
         let what = match c {
             '\r' => "CR".to_owned(),
             '\n' => "LF".to_owned(),
@@ -109,6 +121,11 @@ mod tests {
             ("sk-a\nb", "LF"),
             ("sk-a\0b", "NUL"),
             ("", "empty"),
+            ("sk-a\u{85}b", "U+0085"),
+            ("sk-a\u{9f}b", "U+009F"),
+            ("sk-a\u{2028}b", "U+2028"),
+            ("sk-a\u{2029}b", "U+2029"),
+            ("sk-a\u{7f}b", "U+007F"),
         ] {
             let err = validate_secret_value(bad).unwrap_err();
             assert!(err.contains(what), "{err}");

@@ -4,7 +4,8 @@
 //!
 //! The parts: `wire` builds the shared state and the services from the configuration,
 //! `listen` binds the ports (TCP or a Unix socket, TLS), and [`Running`] owns every task —
-//! the two servers, the periodic reload and the PostgreSQL change follower — in one
+//! the two servers, the periodic reload, the secret cache sweep and the PostgreSQL change
+//! follower — in one
 //! `JoinSet`. A task that ends before shutdown was asked for is a failure: the server stops
 //! every other task and exits non-zero rather than serve a stale snapshot until SIGTERM.
 
@@ -182,6 +183,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     tasks.spawn(async move {
         reloader.reload_periodically(interval, stop).await;
         ("periodic reload", Ok(()))
+    });
+    let sweeper = wired.engine.clone();
+    let stop = shutdown_future(&shutdown_rx);
+    tasks.spawn(async move {
+        sweeper.evict_expired_secrets(stop).await;
+        ("secret cache sweep", Ok(()))
     });
     if let Some(url) = wired.follow {
         let follower = wired.engine.clone();

@@ -11,6 +11,14 @@
 //! (The `LISTEN` side of change notifications lives with its only user, the engine's follower
 //! task, on a connection of its own outside the pool.)
 //!
+//! Faults are errors, never silent: a database that refuses writes is `ReadOnly`, one that
+//! cannot be reached or fails is `Unavailable`. A SQLite file is opened by path once (created
+//! if absent), its identity (device, inode) noted, and every pooled connection opens it without
+//! the right to create it; before each call the path is checked to still name that file. A file
+//! removed or replaced under a running server is `FileMissing` for every call, logged once as
+//! an error: nothing is written into the unlinked file or into a new empty one. PostgreSQL
+//! migrations run under an advisory lock, so replicas starting at once migrate one at a time.
+//!
 //! The store knows nothing of encryption: it keeps sealed values as the crypto module made them.
 
 mod api_keys;
@@ -21,8 +29,12 @@ mod secrets;
 mod tenants;
 mod tokens;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use deadpool::managed::Timeouts;
 use diesel::connection::SimpleConnection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, SqliteConnection};
@@ -107,9 +119,18 @@ pub enum StoreError {
     /// A tenant's last API key cannot be deleted.
     #[error("the last API key of a tenant cannot be deleted")]
     LastApiKey,
-    /// The database cannot be reached or is busy: worth retrying.
+    /// The database cannot be reached, is busy or fails (I/O error, disk full, corrupt file):
+    /// worth retrying once an operator had a look.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The database refuses writes: a read-only file or mount, a read-only PostgreSQL
+    /// transaction (a standby).
+    #[error("the database is read-only: {0}")]
+    ReadOnly(String),
+    /// The SQLite file this process opened was removed or replaced while it ran: nothing is
+    /// read from or written into it (or a new empty one) until a restart.
+    #[error("the database file is gone: {0}")]
+    FileMissing(String),
     /// The database URL cannot work: a configuration error, not worth retrying.
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
@@ -130,10 +151,10 @@ impl From<DieselError> for StoreError {
             DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
                 Self::Unavailable(info.message().to_owned())
             }
-            DieselError::DatabaseError(_, ref info)
-                if info.message().contains("database is locked")
-                    || info.message().contains("database is busy") =>
-            {
+            DieselError::DatabaseError(_, ref info) if is_read_only(info.message()) => {
+                Self::ReadOnly(info.message().to_owned())
+            }
+            DieselError::DatabaseError(_, ref info) if is_unavailable(info.message()) => {
                 Self::Unavailable(info.message().to_owned())
             }
             DieselError::BrokenTransactionManager => {
@@ -164,6 +185,36 @@ impl From<PoolError> for StoreError {
             _ => Self::Unavailable(err.to_string()),
         }
     }
+}
+
+/// SQLite's `SQLITE_READONLY` ("attempt to write a readonly database") and PostgreSQL's
+/// read_only_sql_transaction (a standby).
+fn is_read_only(message: &str) -> bool {
+    message.contains("readonly database") || message.contains("read-only transaction")
+}
+
+/// Errors of the database's state rather than of the query: a locked or busy SQLite file, I/O
+/// errors, a full disk, a file that is not (or no longer) a database; a PostgreSQL server
+/// shutting down, starting up, or closing the connection (pg_terminate_backend). diesel has
+/// no code for them, only SQLite's and PostgreSQL's fixed messages.
+fn is_unavailable(message: &str) -> bool {
+    const MESSAGES: &[&str] = &[
+        "database is locked",
+        "database is busy",
+        "disk I/O error",
+        "database or disk is full",
+        "unable to open database file",
+        "database disk image is malformed",
+        "file is not a database",
+        "terminating connection due to administrator command",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "the database system is in recovery mode",
+        "server closed the connection",
+        "connection closed",
+        "no connection to the server",
+    ];
+    MESSAGES.iter().any(|m| message.contains(m))
 }
 
 /// A unique violation of the insert that creates `resource` becomes `AlreadyExists`.
@@ -236,12 +287,13 @@ macro_rules! with_conn {
     ($store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite(pool) => {
-                let mut pooled = pool.get().await?;
+                $store.check_sqlite_file()?;
+                let mut pooled = pool.timeout_get(&$store.timeouts).await?;
                 let $conn = &mut *pooled;
                 $sqlite
             }
             $crate::store::Backend::Postgres(pool) => {
-                let mut pooled = pool.get().await?;
+                let mut pooled = pool.timeout_get(&$store.timeouts).await?;
                 let $conn = &mut *pooled;
                 $postgres
             }
@@ -322,6 +374,47 @@ impl<T> Paged<T> {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) backend: Backend,
+    /// SQLite opened by path: the file, to check it is still there before each call.
+    sqlite_file: Option<Arc<SqliteFile>>,
+    /// How long a call waits for a pooled connection (and for a new one to be made).
+    pub(crate) timeouts: Timeouts,
+}
+
+/// How long a call waits for a pooled connection, and for a new connection, by default.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// The SQLite file a store opened, and what tells it is still the same file.
+struct SqliteFile {
+    path: PathBuf,
+    /// (device, inode) when the store was opened.
+    identity: (u64, u64),
+    /// Whether the loss was logged already (it is logged once).
+    reported: AtomicBool,
+}
+
+impl SqliteFile {
+    fn identity(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).map(|m| (m.dev(), m.ino()))
+    }
+
+    /// `FileMissing` unless the path still names the file that was opened.
+    fn check(&self) -> Result<(), StoreError> {
+        let what = match Self::identity(&self.path) {
+            Ok(identity) if identity == self.identity => return Ok(()),
+            Ok(_) => "was replaced by another file".to_owned(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => "was removed".to_owned(),
+            Err(err) => format!("cannot be checked ({err})"),
+        };
+        let detail = format!("{} {what} while the server ran", self.path.display());
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                path = %self.path.display(),
+                "the SQLite database file {what} while the server runs: every database call is refused (nothing is written) until the server is restarted with its database"
+            );
+        }
+        Err(StoreError::FileMissing(detail))
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -333,11 +426,35 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens a pool on the database the URL names. Nothing is queried yet.
+    /// Opens a pool on the database the URL names. Nothing is queried yet; a SQLite file that
+    /// does not exist is created (empty), and from then on only that file is used.
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let kind = BackendKind::from_url(url).map_err(StoreError::InvalidUrl)?;
+        let mut sqlite_file = None;
         let backend = match kind {
             BackendKind::Sqlite => {
+                let path = sqlite_path(url);
+                // A path (not `:memory:` or a `file:` URI of the caller's): open it once, with
+                // the right to create it, then only ever the same file, without that right.
+                let open = if path == ":memory:" || path.starts_with("file:") {
+                    path.to_owned()
+                } else {
+                    let owned = path.to_owned();
+                    tokio::task::spawn_blocking(move || establish_sqlite(&owned).map(drop))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                        .map_err(|e| StoreError::Unavailable(format!("{path}: {e}")))?;
+                    let path = PathBuf::from(path);
+                    let identity = SqliteFile::identity(&path)
+                        .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+                    let open = format!("file:{}?mode=rw", sqlite_uri_path(&path.to_string_lossy()));
+                    sqlite_file = Some(Arc::new(SqliteFile {
+                        path,
+                        identity,
+                        reported: AtomicBool::new(false),
+                    }));
+                    open
+                };
                 let mut config = ManagerConfig::<SqliteConn>::default();
                 config.custom_setup = Box::new(|path| {
                     let path = path.to_owned();
@@ -347,8 +464,7 @@ impl Store {
                             .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?
                     })
                 });
-                let manager =
-                    AsyncDieselConnectionManager::new_with_config(sqlite_path(url), config);
+                let manager = AsyncDieselConnectionManager::new_with_config(open, config);
                 Backend::Sqlite(build_pool(manager, max_connections)?)
             }
             BackendKind::Postgres => {
@@ -356,7 +472,33 @@ impl Store {
                 Backend::Postgres(build_pool(manager, max_connections)?)
             }
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            sqlite_file,
+            timeouts: Timeouts {
+                wait: Some(POOL_WAIT),
+                create: Some(POOL_WAIT),
+                recycle: None,
+            },
+        })
+    }
+
+    /// The same store (same pool) whose calls wait at most `wait` for a pooled connection, or
+    /// for a new one: for callers with a deadline of their own, such as the ext_proc path,
+    /// which must answer Envoy before its message timeout.
+    pub fn with_pool_wait(&self, wait: Duration) -> Self {
+        let mut store = self.clone();
+        store.timeouts.wait = Some(wait);
+        store.timeouts.create = Some(wait);
+        store
+    }
+
+    /// `FileMissing` if this is a SQLite store whose file was removed or replaced.
+    pub(crate) fn check_sqlite_file(&self) -> Result<(), StoreError> {
+        match &self.sqlite_file {
+            Some(file) => file.check(),
+            None => Ok(()),
+        }
     }
 
     pub fn kind(&self) -> BackendKind {
@@ -371,8 +513,25 @@ impl Store {
         // The harness blocks on the runtime internally (block_in_place): needs a
         // multi-threaded runtime, which `runta` and the tests use.
         match &self.backend {
-            Backend::Sqlite(pool) => run_migrations(pool.get().await?, SQLITE_MIGRATIONS),
-            Backend::Postgres(pool) => run_migrations(pool.get().await?, POSTGRES_MIGRATIONS),
+            Backend::Sqlite(pool) => {
+                self.check_sqlite_file()?;
+                run_migrations(pool.get().await?, SQLITE_MIGRATIONS).0
+            }
+            Backend::Postgres(pool) => {
+                // Replicas starting at once on a fresh database would each create the same
+                // tables: the migrations run under a session-level advisory lock, so the
+                // others wait, then find nothing left to apply.
+                let mut conn = pool.get().await?;
+                diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+                    .execute(&mut *conn)
+                    .await?;
+                let (applied, mut conn) = run_migrations(conn, POSTGRES_MIGRATIONS);
+                // Released whatever the outcome: the connection goes back to the pool.
+                diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+                    .execute(&mut *conn)
+                    .await?;
+                applied
+            }
         }
     }
 
@@ -393,9 +552,14 @@ impl Store {
         })
     }
 
-    /// A trivial query: is the database there?
+    /// Whether the store can be used, writes included: a query on PostgreSQL; on SQLite the
+    /// file's identity and a write that changes nothing (`DELETE ... WHERE 0` needs the write
+    /// lock and fails on a read-only file, where a `SELECT` would pass).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
+        with_conn!(self, conn => sqlite => {
+            diesel::sql_query("DELETE FROM tenants WHERE 0").execute(conn).await?;
+            Ok(())
+        } postgres => {
             diesel::sql_query("SELECT 1").execute(conn).await?;
             Ok(())
         })
@@ -411,8 +575,8 @@ where
 {
     Pool::builder(manager)
         .max_size(max_connections.max(1))
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))
@@ -430,16 +594,28 @@ fn establish_sqlite(path: &str) -> diesel::ConnectionResult<SqliteConn> {
     Ok(SyncConnectionWrapper::new(conn))
 }
 
-fn run_migrations<C>(conn: C, migrations: EmbeddedMigrations) -> Result<usize, StoreError>
+/// A `file:` URI path: SQLite decodes `%HH`, and `?` and `#` would end the path.
+fn sqlite_uri_path(path: &str) -> String {
+    path.replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
+}
+
+/// The advisory lock key PostgreSQL migrations run under (arbitrary, fixed: "runta" in ASCII).
+const MIGRATION_LOCK: i64 = 0x72_75_6e_74_61;
+
+/// Applies pending migrations; answers how many (or why not), and the connection.
+fn run_migrations<C>(conn: C, migrations: EmbeddedMigrations) -> (Result<usize, StoreError>, C)
 where
     C: diesel_async::AsyncConnection + 'static,
     AsyncMigrationHarness<C>: MigrationHarness<<C as diesel_async::AsyncConnectionCore>::Backend>,
 {
     let mut harness = AsyncMigrationHarness::new(conn);
-    harness
+    let applied = harness
         .run_pending_migrations(migrations)
         .map(|applied| applied.len())
-        .map_err(|e| StoreError::Migration(e.to_string()))
+        .map_err(|e| StoreError::Migration(e.to_string()));
+    (applied, harness.into_inner())
 }
 
 /// Milliseconds since the Unix epoch: the stored form of every timestamp.
