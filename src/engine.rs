@@ -234,14 +234,14 @@ impl Engine {
         database_url: SecretString,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        use diesel_async::RunQueryDsl;
         use futures_util::StreamExt;
         use secrecy::ExposeSecret;
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(250);
         loop {
             let connected = async {
-                let mut conn = AsyncPgConnection::establish(database_url.expose_secret())
+                let mut conn = crate::store::tls::establish(database_url.expose_secret())
                     .await
                     .map_err(|e| e.to_string())?;
                 diesel::sql_query(format!("LISTEN {}", crate::store::CHANGES_CHANNEL))

@@ -27,6 +27,7 @@ mod rules;
 pub mod schema;
 mod secrets;
 mod tenants;
+pub mod tls;
 mod tokens;
 
 use std::path::PathBuf;
@@ -468,7 +469,16 @@ impl Store {
                 Backend::Sqlite(build_pool(manager, max_connections)?)
             }
             BackendKind::Postgres => {
-                let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+                // TLS settings and root certificates are read once, here; every pooled
+                // connection is made by the same connector.
+                let connector = tls::PgConnector::from_url(url)
+                    .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+                let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                config.custom_setup = Box::new(move |_url| {
+                    let connector = connector.clone();
+                    Box::pin(async move { connector.connect().await })
+                });
+                let manager = AsyncDieselConnectionManager::new_with_config(url, config);
                 Backend::Postgres(build_pool(manager, max_connections)?)
             }
         };

@@ -10,6 +10,7 @@ mod e2e_hardening;
 mod extproc;
 mod identity;
 mod openapi;
+mod pg_tls;
 mod postgres_faults;
 mod properties;
 mod read_only_commands;
