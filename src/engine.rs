@@ -272,6 +272,7 @@ impl Engine {
                 tracing::warn!(error = %err, "reload after (re)connecting to change notifications failed");
             }
             tracing::debug!("following change notifications");
+            self.metrics.change_listener_connected.set(1);
             let mut notifications = std::pin::pin!(conn.notifications_stream());
             loop {
                 tokio::select! {
@@ -283,9 +284,13 @@ impl Engine {
                         }
                         None => break,
                     },
-                    () = &mut shutdown => return,
+                    () = &mut shutdown => {
+                        self.metrics.change_listener_connected.set(0);
+                        return;
+                    }
                 }
             }
+            self.metrics.change_listener_connected.set(0);
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Metrics {
     /// Seconds since the current snapshot was built (computed when scraped).
     snapshot_age_seconds: IntGauge,
     snapshot_built_unix: AtomicI64,
+    /// 1 while this replica follows the other replicas' change notifications (PostgreSQL).
+    pub change_listener_connected: IntGauge,
     /// Snapshot reloads by result (ok, error).
     pub reloads: IntCounterVec,
     /// Store errors on the injection path, by operation.
@@ -142,6 +144,10 @@ impl Metrics {
                 "Seconds since the rule snapshot was built.",
             ),
             snapshot_built_unix: AtomicI64::new(0),
+            change_listener_connected: gauge(
+                "runta_change_listener_connected",
+                "1 while this replica follows change notifications from the others (PostgreSQL).",
+            ),
             reloads: counter_vec(
                 "runta_snapshot_reloads_total",
                 "Rule snapshot reloads by result.",
@@ -154,7 +160,7 @@ impl Metrics {
             ),
             hot,
         };
-        let collectors: [Box<dyn Collector>; 12] = [
+        let collectors: [Box<dyn Collector>; 13] = [
             Box::new(metrics.admin_requests.clone()),
             Box::new(metrics.admin_request_seconds.clone()),
             Box::new(metrics.decisions.clone()),
@@ -165,6 +171,7 @@ impl Metrics {
             Box::new(metrics.secret_cache.clone()),
             Box::new(metrics.rules_loaded.clone()),
             Box::new(metrics.snapshot_age_seconds.clone()),
+            Box::new(metrics.change_listener_connected.clone()),
             Box::new(metrics.reloads.clone()),
             Box::new(metrics.store_errors.clone()),
         ];

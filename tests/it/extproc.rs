@@ -68,6 +68,26 @@ fn config(dir: &std::path::Path, database_url: &str, key_text: &str) -> Config {
     config
 }
 
+/// Waits until a PostgreSQL replica follows change notifications: connecting drops cached
+/// values (whatever was announced before is lost), which would race with what a test caches.
+async fn following(http: &reqwest::Client, admin: &str) {
+    for _ in 0..200 {
+        let metrics = http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("runta_change_listener_connected 1") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the replica never followed change notifications");
+}
+
 /// The gRPC tests' fixture on each backend: a served runta with its tenant `acme`.
 impl OnBackend for Gateway {
     async fn on(backend: Backend) -> Option<Self> {
@@ -90,6 +110,9 @@ impl Gateway {
         let running = serve::start(config).await.expect("runta starts");
         let admin = format!("http://{}", running.addresses.admin);
         let http = reqwest::Client::new();
+        if backend == Backend::Postgres {
+            following(&http, &admin).await;
+        }
         let created: Value = http
             .post(format!("{admin}/v1/tenants"))
             .bearer_auth(OPERATOR)
@@ -126,6 +149,7 @@ impl Gateway {
         config.validate().unwrap();
         let running = serve::start(config).await.expect("the replica starts");
         let admin = format!("http://{}", running.addresses.admin);
+        following(&self.http, &admin).await;
         Self {
             running: Some(running),
             http: reqwest::Client::new(),
