@@ -2,6 +2,10 @@
 //! `tenants`) are thin: build the request, call the admin API, print the answer (`output`).
 //! Server commands (`server`) load the configuration like `runta serve` does.
 
+use std::io::Write as _;
+
+use clap::CommandFactory as _;
+
 use super::client::{CliError, Client};
 use super::{ApiArgs, Cli, Command, EnvoyCommand, RuntimeCommand};
 use super::{runtimes, secrets, server, tenants};
@@ -39,6 +43,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::ApiKey(api_key) => {
             let client = tenant_client(&api_key.client.api, api_key.client.key.api_key)?;
             tenants::api_key(api_key.command, &client, api_key.client.output.output).await
+        }
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics when its writer fails (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "runta", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .map_err(|e| CliError::Usage(format!("cannot write the script: {e}")))
         }
     }
 }

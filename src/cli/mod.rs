@@ -1,6 +1,6 @@
 //! The `runta` command: the server (`serve`, `migrate`, `keys`, `envoy`), the client of the
-//! admin API (`secret`, `runtime`, `tenant`, `api-key`). Exit codes: 0 ok; 1 usage or API
-//! error (the server's message is printed); 2 the server cannot be reached.
+//! admin API (`secret`, `runtime`, `tenant`, `api-key`) and `completions`. Exit codes: 0 ok;
+//! 1 usage or API error (the server's message is printed); 2 the server cannot be reached.
 //!
 //! Settings shared by several commands are small groups (`ApiArgs`, `ApiKeyArg`, `OutputArg`,
 //! `ConfigArgs`, ...) flattened into exactly the commands that read them, so that `--help`
@@ -129,6 +129,11 @@ pub enum Command {
     ApiKey(ApiKeyArgs),
     /// Envoy configurations pointing at this server.
     Envoy(EnvoyArgs),
+    /// Print a shell completion script (`source <(runta completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `runta secret`: its settings and subcommand.

@@ -646,6 +646,7 @@ const SETTINGS: &[(&str, &[&str])] = &[
         "envoy bootstrap",
         &["config", "data-dir", "grpc-listen", "api-url", "api-key"],
     ),
+    ("completions", &[]),
 ];
 const STORE_SETTINGS: &[&str] = &["config", "data-dir", "database-url"];
 const TENANT_CLIENT_SETTINGS: &[&str] = &["api-url", "data-dir", "api-key", "output"];
@@ -759,4 +760,67 @@ fn help_of_every_command_lists_only_its_own_options() {
     }
     assert!(walked > 25, "only {walked} commands walked");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `runta --version` and `-V`: the crate's version.
+#[test]
+fn version_is_the_crate_version() {
+    for flag in ["--version", "-V"] {
+        let out = Command::new(BIN).arg(flag).output().unwrap();
+        assert_eq!(
+            ok(&out),
+            format!("runta {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+}
+
+/// `runta completions SHELL` prints a script naming the commands and their options; bash's
+/// parses, and completes a command and a setting of a family.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "_runta()"),
+        ("zsh", "#compdef runta"),
+        ("fish", "complete -c runta"),
+    ] {
+        let script = ok(&Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap());
+        assert!(script.contains(marker), "{shell}: no {marker}");
+        for word in [
+            "serve",
+            "secret",
+            "rule",
+            "runtime",
+            "tenant",
+            "api-key",
+            "envoy",
+            "bootstrap",
+            "keys",
+            "completions",
+            "api-url",
+            "value-stdin",
+        ] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+        std::fs::write(dir.path().join(shell), &script).unwrap();
+    }
+    let bash = dir.path().join("bash");
+    let out = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    ok(&out);
+    let complete = |words: &str| {
+        let line = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _runta runta \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; echo \"${{COMPREPLY[*]}}\"",
+            bash.display()
+        );
+        ok(&Command::new("bash").args(["-c", &line]).output().unwrap())
+    };
+    assert_eq!(complete("runta sec").trim(), "secret");
+    assert_eq!(
+        complete("runta secret list --api").trim(),
+        "--api-url --api-key"
+    );
 }
