@@ -824,3 +824,24 @@ fn completions_for_bash_zsh_and_fish() {
         "--api-url --api-key"
     );
 }
+
+/// `--config` takes any readable file: `/dev/null` (the defaults) and a pipe, here the shell's
+/// process substitution.
+#[test]
+fn special_files_as_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--config", "/dev/null"]);
+    ok(&server.runta(&["secret", "list"]));
+    drop(server);
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" envoy bootstrap --mode gateway --config <(printf '[grpc]\ngateway_tokens = ["runta_gw_from-a-pipe"]\n')"#,
+            BIN,
+        ])
+        .current_dir(dir.path())
+        .env_remove("RUNTA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("runta_gw_from-a-pipe"));
+}
