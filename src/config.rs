@@ -330,13 +330,7 @@ impl Config {
         let file = file.or_else(|| std::env::var_os("RUNTA_CONFIG").map(PathBuf::from));
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
-            if !file.is_file() {
-                return Err(ConfigError::new(
-                    "config",
-                    format!("the configuration file {} does not exist", file.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file_exact(file));
+            figment = figment.merge(Toml::string(&read_config_file(&file)?));
         }
         figment = figment.merge(Env::prefixed("RUNTA_").split("__").filter(|key| {
             // The key is already split into a dotted path here ("grpc.listen").
@@ -504,6 +498,27 @@ impl Config {
     }
 }
 
+/// The text of the configuration file. Anything readable is one (a regular file, `/dev/null`,
+/// a pipe such as the shell's `<(...)`), read once, since a pipe can be read only once; a
+/// directory is not.
+fn read_config_file(file: &Path) -> Result<String, ConfigError> {
+    if file.is_dir() {
+        return Err(ConfigError::new(
+            "config",
+            format!(
+                "{} is a directory, not a configuration file",
+                file.display()
+            ),
+        ));
+    }
+    std::fs::read_to_string(file).map_err(|e| {
+        ConfigError::new(
+            "config",
+            format!("cannot read the configuration file {}: {e}", file.display()),
+        )
+    })
+}
+
 /// A figment error without the value it found: a token, key or URL written with the wrong
 /// type must not be echoed into a terminal or a log.
 fn describe_error(kind: &figment::error::Kind) -> String {
@@ -651,6 +666,67 @@ mod tests {
         ] {
             let err = load(file, &env, Overrides::default()).unwrap_err();
             assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+    }
+
+    #[allow(clippy::result_large_err)] // figment's Jail API returns figment::Error.
+    /// Loads `file` as given, with no `RUNTA_*` variables.
+    fn load_path(file: &str) -> Result<Config, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|_| {
+            result = Some(Config::load(
+                Some(PathBuf::from(file)),
+                &Overrides::default(),
+            ));
+            Ok(())
+        });
+        result.unwrap()
+    }
+
+    #[test]
+    fn special_files_are_configuration_files() {
+        // /dev/null: an empty configuration, the defaults.
+        let config = load_path("/dev/null").unwrap();
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:8080");
+        // A pipe (a FIFO, as the shell's `<(...)` gives), read once.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("runta.toml");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                std::fs::write(&fifo, "[admin]\nlisten = \"127.0.0.1:1000\"\n").unwrap()
+            })
+        };
+        let loaded = load_path(fifo.to_str().unwrap());
+        if loaded.is_err() {
+            // Unblocks the writer, still waiting for a reader.
+            let _ = std::fs::File::open(&fifo);
+        }
+        writer.join().unwrap();
+        let config = loaded.unwrap();
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:1000");
+    }
+
+    #[test]
+    fn unreadable_configuration_files_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, words) in [
+            (dir.path().to_owned(), &["is a directory"][..]),
+            (
+                dir.path().join("missing.toml"),
+                &["cannot read the configuration file", "missing.toml"],
+            ),
+        ] {
+            let err = load_path(path.to_str().unwrap()).unwrap_err();
+            assert_eq!(err.key, "config");
+            for word in words {
+                assert!(err.to_string().contains(word), "{err}");
+            }
         }
     }
 

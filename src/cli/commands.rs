@@ -2,32 +2,60 @@
 //! `tenants`) are thin: build the request, call the admin API, print the answer (`output`).
 //! Server commands (`server`) load the configuration like `runta serve` does.
 
+use std::io::Write as _;
+
+use clap::CommandFactory as _;
+
 use super::client::{CliError, Client};
-use super::{Cli, Command, EnvoyCommand, RuntimeCommand};
+use super::{ApiArgs, Cli, Command, EnvoyCommand, RuntimeCommand};
 use super::{runtimes, secrets, server, tenants};
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let g = &cli.global;
-    let client = || {
-        Client::new(
-            &g.api_url,
-            g.api_key.clone(),
-            g.operator_token.clone(),
-            g.data_dir.clone(),
-        )
-    };
     match cli.command {
-        Command::Serve(args) => server::serve(&args, g).await,
-        Command::Migrate(args) => server::migrate(&args, g).await,
-        Command::Keys(command) => server::keys(command, g).await,
-        Command::Envoy(EnvoyCommand::Bootstrap(args)) => {
-            server::envoy_bootstrap(&args, g, client).await
+        Command::Serve(args) => server::serve(&args).await,
+        Command::Migrate(args) => server::migrate(&args).await,
+        Command::Keys(command) => server::keys(command).await,
+        Command::Envoy(envoy) => match envoy.command {
+            EnvoyCommand::Bootstrap(args) => {
+                let client = || tenant_client(&envoy.api, envoy.key.api_key.clone());
+                server::envoy_bootstrap(&args, &envoy.api, client).await
+            }
+        },
+        Command::Secret(secret) => {
+            let client = tenant_client(&secret.client.api, secret.client.key.api_key)?;
+            secrets::run(secret.command, &client, secret.client.output.output).await
         }
-        Command::Secret(command) => secrets::run(command, &client()?, g.output).await,
-        Command::Runtime(RuntimeCommand::Token(command)) => {
-            runtimes::token(command, &client()?, g.output).await
+        Command::Runtime(runtime) => {
+            let client = tenant_client(&runtime.client.api, runtime.client.key.api_key)?;
+            let RuntimeCommand::Token(command) = runtime.command;
+            runtimes::token(command, &client, runtime.client.output.output).await
         }
-        Command::Tenant(command) => tenants::tenant(command, &client()?, g.output).await,
-        Command::ApiKey(command) => tenants::api_key(command, &client()?, g.output).await,
+        Command::Tenant(tenant) => {
+            let api = &tenant.client.api;
+            let client = Client::new(
+                &api.api_url,
+                None,
+                tenant.client.operator_token,
+                api.data_dir.data_dir.clone(),
+            )?;
+            tenants::tenant(tenant.command, &client, tenant.client.output.output).await
+        }
+        Command::ApiKey(api_key) => {
+            let client = tenant_client(&api_key.client.api, api_key.client.key.api_key)?;
+            tenants::api_key(api_key.command, &client, api_key.client.output.output).await
+        }
+        Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics when its writer fails (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "runta", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .map_err(|e| CliError::Usage(format!("cannot write the script: {e}")))
+        }
     }
+}
+
+/// A client of the admin API that calls as a tenant.
+fn tenant_client(api: &ApiArgs, api_key: Option<String>) -> Result<Client, CliError> {
+    Client::new(&api.api_url, api_key, None, api.data_dir.data_dir.clone())
 }

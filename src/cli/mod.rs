@@ -1,6 +1,12 @@
-//! The `runta` command: the server (`serve`, `migrate`, `keys`) and the client of the admin
-//! API (`secret`, `runtime`, `tenant`, `api-key`). Exit codes: 0 ok; 1 usage or API error (the
-//! server's message is printed); 2 the server cannot be reached.
+//! The `runta` command: the server (`serve`, `migrate`, `keys`, `envoy`), the client of the
+//! admin API (`secret`, `runtime`, `tenant`, `api-key`) and `completions`. Exit codes: 0 ok;
+//! 1 usage or API error (the server's message is printed); 2 the server cannot be reached.
+//!
+//! Settings shared by several commands are small groups (`ApiArgs`, `ApiKeyArg`, `OutputArg`,
+//! `ConfigArgs`, ...) flattened into exactly the commands that read them, so that `--help`
+//! lists only what a command uses; a test walks every command and holds it to its list. The
+//! client groups are `global` within the command family that takes them: `runta secret
+//! --api-key K list` and `runta secret list --api-key K` both work.
 
 mod client;
 mod commands;
@@ -20,17 +26,25 @@ pub use client::CliError;
 
 /// runta egress: credentials for sandboxed runtimes, injected at the egress gateway.
 #[derive(Debug, Parser)]
-#[command(name = "runta", version, about, propagate_version = true)]
+#[command(name = "runta", version, about)]
 pub struct Cli {
-    #[command(flatten)]
-    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Settings every command takes.
+/// The data directory of the embedded default (server side: its database and generated
+/// credentials; client side: where the generated API key and operator token are read).
 #[derive(Debug, Args)]
-pub struct GlobalArgs {
+pub struct DataDirArg {
+    /// The data directory of the embedded default: its database and the credentials `runta
+    /// serve` generates [default: ./runta-data].
+    #[arg(long, global = true, env = "RUNTA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the admin API is, and the data directory its generated credentials are read from.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
     /// URL of the admin API.
     #[arg(
         long,
@@ -39,10 +53,43 @@ pub struct GlobalArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub api_url: String,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+/// The credential of a tenant's calls.
+#[derive(Debug, Args)]
+pub struct ApiKeyArg {
     /// A tenant API key [default: the key `runta serve` wrote into its data directory].
     #[arg(long, global = true, env = "RUNTA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// The operator token, for tenant management [default: from the data directory].
+}
+
+/// How answers are printed.
+#[derive(Debug, Args)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// The settings of a command family that calls the admin API as a tenant.
+#[derive(Debug, Args)]
+pub struct TenantClientArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub key: ApiKeyArg,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// The settings of a command family that calls the admin API as the operator.
+#[derive(Debug, Args)]
+pub struct OperatorClientArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The operator token [default: the token `runta serve` wrote into its data directory].
     #[arg(
         long,
         global = true,
@@ -50,12 +97,8 @@ pub struct GlobalArgs {
         hide_env_values = true
     )]
     pub operator_token: Option<String>,
-    /// The data directory of the embedded default [default: ./runta-data].
-    #[arg(long, global = true, env = "RUNTA_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,27 +112,76 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (admin API; SQLite in ./runta-data by default).
-    Serve(ServerArgs),
+    Serve(ServeArgs),
     /// Apply database migrations and exit.
-    Migrate(ServerArgs),
+    Migrate(StoreArgs),
     /// Encryption keys: generate one, or re-encrypt every secret under the active key.
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Secrets and their injection rules.
-    #[command(subcommand)]
-    Secret(SecretCommand),
+    Secret(SecretArgs),
     /// Runtimes: egress tokens.
-    #[command(subcommand)]
-    Runtime(RuntimeCommand),
+    Runtime(RuntimeArgs),
     /// Tenants (needs the operator token).
-    #[command(subcommand)]
-    Tenant(TenantCommand),
+    Tenant(TenantArgs),
     /// API keys of your tenant.
-    #[command(subcommand, name = "api-key")]
-    ApiKey(ApiKeyCommand),
+    #[command(name = "api-key")]
+    ApiKey(ApiKeyArgs),
     /// Envoy configurations pointing at this server.
+    Envoy(EnvoyArgs),
+    /// Print a shell completion script (`source <(runta completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `runta secret`: its settings and subcommand.
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    #[command(flatten)]
+    pub client: TenantClientArgs,
     #[command(subcommand)]
-    Envoy(EnvoyCommand),
+    pub command: SecretCommand,
+}
+
+/// `runta runtime`: its settings and subcommand.
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    #[command(flatten)]
+    pub client: TenantClientArgs,
+    #[command(subcommand)]
+    pub command: RuntimeCommand,
+}
+
+/// `runta tenant`: its settings and subcommand.
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    #[command(flatten)]
+    pub client: OperatorClientArgs,
+    #[command(subcommand)]
+    pub command: TenantCommand,
+}
+
+/// `runta api-key`: its settings and subcommand.
+#[derive(Debug, Args)]
+pub struct ApiKeyArgs {
+    #[command(flatten)]
+    pub client: TenantClientArgs,
+    #[command(subcommand)]
+    pub command: ApiKeyCommand,
+}
+
+/// `runta envoy`: the admin API a sidecar's new runtime token is created through (JSON output
+/// has no use: the answer is a configuration), and the subcommand.
+#[derive(Debug, Args)]
+pub struct EnvoyArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub key: ApiKeyArg,
+    #[command(subcommand)]
+    pub command: EnvoyCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,19 +250,40 @@ pub struct EnvoyBootstrapArgs {
     /// Write the configuration to this file (mode 0600: it holds a token).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[command(flatten)]
-    pub server: ServerArgs,
-}
-
-/// How the server is configured.
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// A TOML configuration file [env: RUNTA_CONFIG].
+    /// A TOML configuration file [env: RUNTA_CONFIG]; gives the server's ext_proc address and
+    /// gateway token.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Address of the server's ext_proc gRPC service [default: from the configuration].
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
+}
+
+/// Where the server's configuration comes from.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// A TOML configuration file [env: RUNTA_CONFIG].
+    #[arg(long = "config", value_name = "CONFIG")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_dir: DataDirArg,
+}
+
+/// The commands that work on the database: `migrate`, `keys rotate`, `keys status`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Database URL: sqlite://PATH or postgres://... [default: SQLite in the data directory].
     #[arg(long)]
     pub database_url: Option<String>,
+}
+
+/// `runta serve`: the configuration, the database and the listeners.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Address of the ext_proc gRPC service.
     #[arg(long)]
     pub grpc_listen: Option<String>,
@@ -188,9 +301,9 @@ pub enum KeysCommand {
         out: Option<PathBuf>,
     },
     /// Re-encrypt every secret not under the active key.
-    Rotate(ServerArgs),
+    Rotate(StoreArgs),
     /// How many secrets each key holds.
-    Status(ServerArgs),
+    Status(StoreArgs),
 }
 
 /// Where a secret's value comes from; never a command-line argument, so it stays out of shell

@@ -1,18 +1,28 @@
 //! The server-side commands: `serve`, `migrate`, `keys` and `envoy bootstrap`. They load the
 //! configuration the way `runta serve` does and work on the database, the keys and the Envoy
-//! configuration directly, never through the admin API.
+//! configuration directly; only `envoy bootstrap` calls the admin API, for a sidecar's new
+//! runtime token.
+
+use std::path::Path;
 
 use super::client::{CliError, Client};
 use super::output;
-use super::{EnvoyBootstrapArgs, EnvoyMode, GlobalArgs, KeysCommand, PrivateUpstreams, ServerArgs};
+use super::{
+    ApiArgs, EnvoyBootstrapArgs, EnvoyMode, KeysCommand, PrivateUpstreams, ServeArgs, StoreArgs,
+};
 use crate::bootstrap;
 use crate::config::{Config, Overrides};
 use crate::crypto::MasterKey;
 use crate::serve;
 
 /// `runta serve`: runs until a signal, or until one of its tasks fails.
-pub async fn serve(args: &ServerArgs, global: &GlobalArgs) -> Result<(), CliError> {
-    let config = load_config(args, global)?;
+pub async fn serve(args: &ServeArgs) -> Result<(), CliError> {
+    let overrides = Overrides {
+        grpc_listen: args.grpc_listen.clone(),
+        admin_listen: args.admin_listen.clone(),
+        ..store_overrides(&args.store)
+    };
+    let config = load_config(args.store.config.file.as_deref(), &overrides)?;
     serve::init_logging(&config);
     serve::run(config).await.map_err(|e| {
         tracing::error!(error = %e, "runta serve failed");
@@ -21,8 +31,8 @@ pub async fn serve(args: &ServerArgs, global: &GlobalArgs) -> Result<(), CliErro
 }
 
 /// `runta migrate`: applies the migrations to an existing database.
-pub async fn migrate(args: &ServerArgs, global: &GlobalArgs) -> Result<(), CliError> {
-    let config = load_config(args, global)?;
+pub async fn migrate(args: &StoreArgs) -> Result<(), CliError> {
+    let config = load_store_config(args)?;
     let database = bootstrap::existing_database(&config).map_err(usage)?;
     let (_, applied) = serve::open_store(&config, &database.url)
         .await
@@ -36,7 +46,7 @@ pub async fn migrate(args: &ServerArgs, global: &GlobalArgs) -> Result<(), CliEr
 /// admin API (the only server command that calls it).
 pub async fn envoy_bootstrap(
     args: &EnvoyBootstrapArgs,
-    global: &GlobalArgs,
+    api: &ApiArgs,
     client: impl FnOnce() -> Result<Client, CliError>,
 ) -> Result<(), CliError> {
     use crate::envoy::{AllowedUpstream, Bootstrap, ExtprocAddress, Mode};
@@ -99,7 +109,12 @@ pub async fn envoy_bootstrap(
     let config = if args.example {
         None
     } else {
-        Some(load_config(&args.server, global)?)
+        let overrides = Overrides {
+            data_dir: api.data_dir.data_dir.clone(),
+            grpc_listen: args.grpc_listen.clone(),
+            ..Overrides::default()
+        };
+        Some(load_config(args.config.as_deref(), &overrides)?)
     };
     let extproc = match (&args.extproc_address, &config) {
         (Some(address), _) => Some(address.clone()),
@@ -140,21 +155,28 @@ fn usage(err: impl std::fmt::Display) -> CliError {
     CliError::Usage(err.to_string())
 }
 
-fn load_config(args: &ServerArgs, global: &GlobalArgs) -> Result<Config, CliError> {
-    Config::load(
-        args.config.clone(),
-        &Overrides {
-            data_dir: global.data_dir.clone(),
-            database_url: args.database_url.clone(),
-            grpc_listen: args.grpc_listen.clone(),
-            admin_listen: args.admin_listen.clone(),
-        },
-    )
-    .map_err(usage)
+/// The configuration as `runta serve` loads it: the file (`--config`), then the command's
+/// flags.
+fn load_config(file: Option<&Path>, overrides: &Overrides) -> Result<Config, CliError> {
+    Config::load(file.map(Path::to_owned), overrides).map_err(usage)
+}
+
+/// What the flags of a command that works on the database override.
+fn store_overrides(args: &StoreArgs) -> Overrides {
+    Overrides {
+        data_dir: args.config.data_dir.data_dir.clone(),
+        database_url: args.database_url.clone(),
+        ..Overrides::default()
+    }
+}
+
+/// The configuration of a command that works on the database.
+fn load_store_config(args: &StoreArgs) -> Result<Config, CliError> {
+    load_config(args.config.file.as_deref(), &store_overrides(args))
 }
 
 /// `runta keys generate|rotate|status`.
-pub async fn keys(command: KeysCommand, global: &GlobalArgs) -> Result<(), CliError> {
+pub async fn keys(command: KeysCommand) -> Result<(), CliError> {
     match command {
         KeysCommand::Generate { out } => {
             let key = MasterKey::generate();
@@ -172,7 +194,7 @@ pub async fn keys(command: KeysCommand, global: &GlobalArgs) -> Result<(), CliEr
             Ok(())
         }
         KeysCommand::Rotate(args) => {
-            let (store, keyring) = open_for_keys(&args, global).await?;
+            let (store, keyring) = open_for_keys(&args).await?;
             let report = crate::keys::rotate(&store, &keyring).await.map_err(usage)?;
             println!(
                 "re-encrypted {} secret(s) under key '{}'{}",
@@ -201,7 +223,7 @@ pub async fn keys(command: KeysCommand, global: &GlobalArgs) -> Result<(), CliEr
             }
         }
         KeysCommand::Status(args) => {
-            let (store, keyring) = open_for_keys(&args, global).await?;
+            let (store, keyring) = open_for_keys(&args).await?;
             println!("active key: {}", keyring.active_key_id());
             print_key_counts(&store).await
         }
@@ -209,10 +231,9 @@ pub async fn keys(command: KeysCommand, global: &GlobalArgs) -> Result<(), CliEr
 }
 
 async fn open_for_keys(
-    args: &ServerArgs,
-    global: &GlobalArgs,
+    args: &StoreArgs,
 ) -> Result<(crate::store::Store, crate::crypto::Keyring), CliError> {
-    let config = load_config(args, global)?;
+    let config = load_store_config(args)?;
     let database = bootstrap::existing_database(&config).map_err(usage)?;
     let keyring = bootstrap::load_keyring(&config, database.embedded()).map_err(usage)?;
     let (store, _) = serve::open_store(&config, &database.url)

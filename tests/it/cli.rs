@@ -616,3 +616,232 @@ impl Server {
             .to_owned()
     }
 }
+
+/// The settings several commands share, and which commands take them, by the longest prefix of
+/// the command's path: a new subcommand of a family is held to its family's line; a new family
+/// needs a line of its own.
+const SETTINGS: &[(&str, &[&str])] = &[
+    (
+        "serve",
+        &[
+            "config",
+            "data-dir",
+            "database-url",
+            "grpc-listen",
+            "admin-listen",
+        ],
+    ),
+    ("migrate", STORE_SETTINGS),
+    ("keys", STORE_SETTINGS),
+    ("keys generate", &[]),
+    ("secret", TENANT_CLIENT_SETTINGS),
+    ("runtime", TENANT_CLIENT_SETTINGS),
+    ("api-key", TENANT_CLIENT_SETTINGS),
+    (
+        "tenant",
+        &["api-url", "data-dir", "operator-token", "output"],
+    ),
+    // The server's configuration, and the admin API for a sidecar's new runtime token.
+    (
+        "envoy bootstrap",
+        &["config", "data-dir", "grpc-listen", "api-url", "api-key"],
+    ),
+    ("completions", &[]),
+];
+const STORE_SETTINGS: &[&str] = &["config", "data-dir", "database-url"];
+const TENANT_CLIENT_SETTINGS: &[&str] = &["api-url", "data-dir", "api-key", "output"];
+
+/// The settings a leaf command takes, from `SETTINGS`.
+fn settings_of(path: &str) -> std::collections::BTreeSet<&'static str> {
+    let line = SETTINGS
+        .iter()
+        .filter(|(prefix, _)| path == *prefix || path.starts_with(&format!("{prefix} ")))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .unwrap_or_else(|| {
+            panic!("`runta {path}` has no line in SETTINGS: which settings does it take?")
+        });
+    line.1.iter().copied().collect()
+}
+
+/// The path of `sub`, a subcommand of the command at `path` ("" for `runta` itself).
+fn subcommand_path(path: &str, sub: &clap::Command) -> String {
+    format!("{path} {}", sub.get_name()).trim().to_owned()
+}
+
+/// Every leaf command under `command`, by path.
+fn leaves(command: &clap::Command, path: &str, out: &mut Vec<String>) {
+    if command.has_subcommands() {
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            leaves(sub, &subcommand_path(path, sub), out);
+        }
+    } else {
+        out.push(path.to_owned());
+    }
+}
+
+/// Walks every command: a leaf takes exactly its settings; a family (and `runta` itself) takes
+/// only settings every command under it takes; no setting is hidden, so that `--help` shows
+/// what is accepted; any global option is a setting of the table; only `runta` has `--version`.
+#[test]
+fn help_of_every_command_lists_only_its_own_options() {
+    use clap::CommandFactory;
+    use std::collections::BTreeSet;
+    let all: BTreeSet<&str> = SETTINGS
+        .iter()
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    let mut root = runta::cli::Cli::command();
+    root.build();
+    let mut failures = Vec::new();
+    let mut walked = 0;
+    let mut stack = vec![(String::new(), root.clone())];
+    while let Some((path, command)) = stack.pop() {
+        walked += 1;
+        let help = command.clone().render_long_help().to_string();
+        let shown = if path.is_empty() {
+            "runta".to_owned()
+        } else {
+            format!("runta {path}")
+        };
+        let longs: Vec<(&str, bool, bool)> = command
+            .get_arguments()
+            .filter_map(|a| Some((a.get_long()?, a.is_global_set(), a.is_hide_set())))
+            .collect();
+        let given: BTreeSet<&str> = longs
+            .iter()
+            .map(|(long, ..)| *long)
+            .filter(|long| all.contains(long))
+            .collect();
+        let mut leaf_paths = Vec::new();
+        leaves(&command, &path, &mut leaf_paths);
+        let expected = leaf_paths
+            .iter()
+            .map(|leaf| settings_of(leaf))
+            .reduce(|a, b| a.intersection(&b).copied().collect())
+            .unwrap_or_default();
+        if command.has_subcommands() {
+            if !given.is_subset(&expected) {
+                failures.push(format!(
+                    "{shown}: {:?} are not taken by every command under it",
+                    given.difference(&expected).collect::<Vec<_>>()
+                ));
+            }
+        } else if given != expected {
+            failures.push(format!(
+                "{shown}: takes {given:?}, should take {expected:?}"
+            ));
+        }
+        for (long, global, hidden) in &longs {
+            if *global && !all.contains(long) {
+                failures.push(format!(
+                    "{shown}: --{long} is global but not a setting of SETTINGS"
+                ));
+            }
+            if *hidden && all.contains(long) {
+                failures.push(format!(
+                    "{shown}: --{long} is accepted but hidden from --help"
+                ));
+            }
+            if *long == "version" && !path.is_empty() {
+                failures.push(format!("{shown}: --version belongs to runta alone"));
+            }
+        }
+        // What a person reads: every setting taken is listed, no other is.
+        for name in &all {
+            let listed =
+                help.contains(&format!("--{name} ")) || help.contains(&format!("--{name}\n"));
+            if listed != given.contains(name) {
+                failures.push(format!("{shown}: --help lists --{name}: {listed}"));
+            }
+        }
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            stack.push((subcommand_path(&path, sub), sub.clone()));
+        }
+    }
+    assert!(walked > 25, "only {walked} commands walked");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `runta --version` and `-V`: the crate's version.
+#[test]
+fn version_is_the_crate_version() {
+    for flag in ["--version", "-V"] {
+        let out = Command::new(BIN).arg(flag).output().unwrap();
+        assert_eq!(
+            ok(&out),
+            format!("runta {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+}
+
+/// `runta completions SHELL` prints a script naming the commands and their options; bash's
+/// parses, and completes a command and a setting of a family.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [
+        ("bash", "_runta()"),
+        ("zsh", "#compdef runta"),
+        ("fish", "complete -c runta"),
+    ] {
+        let script = ok(&Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap());
+        assert!(script.contains(marker), "{shell}: no {marker}");
+        for word in [
+            "serve",
+            "secret",
+            "rule",
+            "runtime",
+            "tenant",
+            "api-key",
+            "envoy",
+            "bootstrap",
+            "keys",
+            "completions",
+            "api-url",
+            "value-stdin",
+        ] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+        std::fs::write(dir.path().join(shell), &script).unwrap();
+    }
+    let bash = dir.path().join("bash");
+    let out = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    ok(&out);
+    let complete = |words: &str| {
+        let line = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _runta runta \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; echo \"${{COMPREPLY[*]}}\"",
+            bash.display()
+        );
+        ok(&Command::new("bash").args(["-c", &line]).output().unwrap())
+    };
+    assert_eq!(complete("runta sec").trim(), "secret");
+    assert_eq!(
+        complete("runta secret list --api").trim(),
+        "--api-url --api-key"
+    );
+}
+
+/// `--config` takes any readable file: `/dev/null` (the defaults) and a pipe, here the shell's
+/// process substitution.
+#[test]
+fn special_files_as_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--config", "/dev/null"]);
+    ok(&server.runta(&["secret", "list"]));
+    drop(server);
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" envoy bootstrap --mode gateway --config <(printf '[grpc]\ngateway_tokens = ["runta_gw_from-a-pipe"]\n')"#,
+            BIN,
+        ])
+        .current_dir(dir.path())
+        .env_remove("RUNTA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(ok(&out).contains("runta_gw_from-a-pipe"));
+}
