@@ -97,10 +97,11 @@ fn migrate_with_an_unusable_database_url_is_a_configuration_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_with_an_unusable_url_says_so() {
     use runta::store::{Store, StoreError};
-    let store = Store::connect("postgres://runta@127.0.0.1:notaport/runta", 1)
+    // The URL is read when the store is opened, before any connection is attempted.
+    let err = Store::connect("postgres://runta@127.0.0.1:notaport/runta", 1)
         .await
-        .unwrap();
-    let err = store.ping().await.unwrap_err();
+        .err()
+        .expect("a URL with a port that is not a number opens no store");
     assert!(matches!(err, StoreError::InvalidUrl(_)), "{err:?}");
     let err = Store::connect("mysql://runta@127.0.0.1/runta", 1)
         .await
