@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{Config, ConfigError, read_secret_file};
 use crate::crypto::{self, Keyring, MasterKey, TokenKind};
 use crate::store::{
-    Actor, AuditAction, AuditEntry, AuditTarget, BackendKind, NewApiKey, Outcome, Store, StoreError,
+    Actor, AuditAction, AuditEntry, AuditTarget, BackendKind, NewApiKey, Store, StoreError,
     TargetKind, TenantRow, now_millis,
 };
 
@@ -360,13 +360,8 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
     if path.exists() {
         return Ok(());
     }
-    let audit = |tenant: &TenantRow, action, target| AuditEntry {
-        tenant_id: Some(tenant.id.clone()),
-        actor: Actor::Server,
-        request_id: None,
-        action,
-        target,
-        outcome: Outcome::Ok,
+    let audit = |tenant: &TenantRow, action, target| {
+        AuditEntry::new(Some(&tenant.id), Actor::Server, action, target)
     };
     let key = match store.find_tenant_by_name(DEFAULT_TENANT).await? {
         Some(tenant) => {
@@ -386,7 +381,11 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
             let (row, key) = NewApiKey::generate(&tenant.id, Some("quickstart".into()));
             let target = AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name));
             store
-                .create_tenant(&tenant, &row, &audit(&tenant, AuditAction::TenantCreate, target))
+                .create_tenant(
+                    &tenant,
+                    &row,
+                    &audit(&tenant, AuditAction::TenantCreate, target),
+                )
                 .await?;
             tracing::info!(tenant = DEFAULT_TENANT, "created the default tenant");
             key

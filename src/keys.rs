@@ -63,19 +63,15 @@ pub async fn rotate(store: &Store, keyring: &Keyring) -> Result<RotationReport, 
             }
         }
     }
-    store
-        .record_audit(&AuditEntry {
-            tenant_id: None,
-            actor: Actor::Cli,
-            request_id: None,
-            action: AuditAction::KeysRotate,
-            target: AuditTarget::new(TargetKind::EncryptionKey, Some(&active), None),
-            outcome: if report.failed.is_empty() {
-                Outcome::Ok
-            } else {
-                Outcome::Failed
-            },
-        })
-        .await?;
+    let mut audit = AuditEntry::new(
+        None,
+        Actor::Cli,
+        AuditAction::KeysRotate,
+        AuditTarget::new(TargetKind::EncryptionKey, Some(&active), None),
+    );
+    if !report.failed.is_empty() {
+        audit.outcome = Outcome::Failed;
+    }
+    store.record_audit(&audit).await?;
     Ok(report)
 }

@@ -205,7 +205,12 @@ pub struct TenantAuth {
 
 impl TenantAuth {
     /// The audit entry of a change this caller makes in its tenant.
-    pub fn audit(&self, request: &RequestId, action: AuditAction, target: AuditTarget) -> AuditEntry {
+    pub fn audit(
+        &self,
+        request: &RequestId,
+        action: AuditAction,
+        target: AuditTarget,
+    ) -> AuditEntry {
         AuditEntry {
             tenant_id: Some(self.tenant.id.clone()),
             actor: Actor::ApiKey(self.key.id.clone()),

@@ -240,7 +240,10 @@ pub async fn delete_rule(
         AuditAction::RuleDelete,
         AuditTarget::new(TargetKind::Rule, Some(&id), None),
     );
-    state.store.delete_rule(&auth.tenant.id, &id, &audit).await?;
+    state
+        .store
+        .delete_rule(&auth.tenant.id, &id, &audit)
+        .await?;
     state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)

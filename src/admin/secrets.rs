@@ -253,7 +253,10 @@ pub async fn delete_secret(
         AuditAction::SecretDelete,
         secret_target(None, &name),
     );
-    state.store.delete_secret(&auth.tenant.id, &name, &audit).await?;
+    state
+        .store
+        .delete_secret(&auth.tenant.id, &name, &audit)
+        .await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
     Ok(StatusCode::NO_CONTENT)

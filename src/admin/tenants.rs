@@ -117,7 +117,10 @@ pub async fn delete_api_key(
         AuditAction::ApiKeyDelete,
         AuditTarget::new(TargetKind::ApiKey, Some(&id), None),
     );
-    state.store.delete_api_key(&auth.tenant.id, &id, &audit).await?;
+    state
+        .store
+        .delete_api_key(&auth.tenant.id, &id, &audit)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,10 +1,11 @@
 //! Which module runs each command. Client commands (`secrets` with its `rules`, `runtimes`,
-//! `tenants`) are thin: build the request, call the admin API, print the answer (`output`).
-//! Server commands (`server`) load the configuration like `runta serve` does.
+//! `tenants`, `audit list`) are thin: build the request, call the admin API, print the answer
+//! (`output`). Server commands (`server`, `audit verify`) load the configuration like `runta
+//! serve` does.
 
 use super::client::{CliError, Client};
-use super::{Cli, Command, EnvoyCommand, RuntimeCommand};
-use super::{runtimes, secrets, server, tenants};
+use super::{AuditCommand, Cli, Command, EnvoyCommand, RuntimeCommand};
+use super::{audit, runtimes, secrets, server, tenants};
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let g = &cli.global;
@@ -29,5 +30,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Tenant(command) => tenants::tenant(command, &client()?, g.output).await,
         Command::ApiKey(command) => tenants::api_key(command, &client()?, g.output).await,
+        Command::Audit(AuditCommand::List(args)) => audit::list(&args, &client()?, g.output).await,
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(&args, g).await,
     }
 }

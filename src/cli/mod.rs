@@ -1,7 +1,9 @@
 //! The `runta` command: the server (`serve`, `migrate`, `keys`) and the client of the admin
-//! API (`secret`, `runtime`, `tenant`, `api-key`). Exit codes: 0 ok; 1 usage or API error (the
-//! server's message is printed); 2 the server cannot be reached.
+//! API (`secret`, `runtime`, `tenant`, `api-key`, `audit list`); `audit verify` is a server
+//! command. Exit codes: 0 ok; 1 usage or API error (the server's message is printed); 2 the
+//! server cannot be reached.
 
+mod audit;
 mod client;
 mod commands;
 mod output;
@@ -90,6 +92,41 @@ pub enum Command {
     /// Envoy configurations pointing at this server.
     #[command(subcommand)]
     Envoy(EnvoyCommand),
+    /// The audit trail of admin changes: list it, or verify its hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events (your tenant's; every tenant's with --operator), oldest first.
+    List(AuditListArgs),
+    /// Check the hash chain in the database (server-side, read-only): exit 0 when intact,
+    /// 1 naming the first event that does not hold.
+    Verify(ServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    /// Only events at or after this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this action (secret.create, rule.delete, api_key.create, keys.rotate, ...).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only changes to this kind of target (tenant, api_key, secret, rule, runtime_token,
+    /// encryption_key).
+    #[arg(long)]
+    pub target_kind: Option<String>,
+    /// Only changes to the target with this id.
+    #[arg(long)]
+    pub target_id: Option<String>,
+    /// Use the operator token: every tenant's events, and key rotations.
+    #[arg(long)]
+    pub operator: bool,
 }
 
 #[derive(Debug, Subcommand)]

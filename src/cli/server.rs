@@ -136,11 +136,11 @@ pub async fn envoy_bootstrap(
     Ok(())
 }
 
-fn usage(err: impl std::fmt::Display) -> CliError {
+pub(super) fn usage(err: impl std::fmt::Display) -> CliError {
     CliError::Usage(err.to_string())
 }
 
-fn load_config(args: &ServerArgs, global: &GlobalArgs) -> Result<Config, CliError> {
+pub(super) fn load_config(args: &ServerArgs, global: &GlobalArgs) -> Result<Config, CliError> {
     Config::load(
         args.config.clone(),
         &Overrides {

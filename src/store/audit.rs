@@ -159,6 +159,25 @@ pub struct AuditEntry {
     pub outcome: Outcome,
 }
 
+impl AuditEntry {
+    /// An entry with outcome `ok` and no request id (a change no admin request made).
+    pub fn new(
+        tenant_id: Option<&str>,
+        actor: Actor,
+        action: AuditAction,
+        target: AuditTarget,
+    ) -> Self {
+        Self {
+            tenant_id: tenant_id.map(str::to_owned),
+            actor,
+            request_id: None,
+            action,
+            target,
+            outcome: Outcome::Ok,
+        }
+    }
+}
+
 /// A stored audit event.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = audit_events)]

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{rules, secrets};
 use super::audit::audited_write;
+use super::schema::{rules, secrets};
 use super::{
     AuditEntry, Page, Paged, Resource, RuleRow, Store, StoreError, is_foreign_key_violation,
     load_page, with_conn,

@@ -5,8 +5,8 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{rules, secrets};
 use super::audit::audited_write;
+use super::schema::{rules, secrets};
 use super::{
     AuditEntry, Page, Paged, Resource, SecretChanges, SecretRow, Store, StoreError,
     is_foreign_key_violation, load_page, unique_names, with_conn,

@@ -3,8 +3,8 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::schema::{api_keys, tenants};
 use super::audit::audited_write;
+use super::schema::{api_keys, tenants};
 use super::{
     ApiKeyRow, AuditEntry, NewApiKey, Page, Paged, Resource, Store, StoreError, TenantRow,
     load_page, unique_names, with_conn,

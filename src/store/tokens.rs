@@ -3,8 +3,8 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::schema::runtime_tokens;
 use super::audit::audited_write;
+use super::schema::runtime_tokens;
 use super::{
     AuditEntry, NewRuntimeToken, Page, Paged, Resource, RuntimeTokenRow, Store, StoreError,
     load_page, now_millis, with_conn,
