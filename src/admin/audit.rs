@@ -66,7 +66,21 @@ impl<S: Send + Sync> FromRequestParts<S> for AuditQuery {
                         )
                     })?);
                 }
-                "target_id" => filter.target_id = Some(value),
+                "target_id" => {
+                    // Ids are ASCII (`rule_…`; a batch's comma-separated): anything else names
+                    // nothing, and is refused rather than sent to the database.
+                    let valid = !value.is_empty()
+                        && value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.,-".contains(&b));
+                    if !valid {
+                        return Err(ApiError::invalid(
+                            "target_id",
+                            "must be an id: letters, digits, '_', '.', '-' and ','",
+                        ));
+                    }
+                    filter.target_id = Some(value);
+                }
                 other => {
                     return Err(ApiError::invalid(
                         "query",

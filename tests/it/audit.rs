@@ -621,6 +621,8 @@ async fn the_list_is_isolated_filtered_and_paged(app: TestApp) {
         "?cursor=abc",
         "?limit=0",
         "?tenant_id=x",
+        "?target_id=%00",
+        "?target_id=",
     ] {
         let (status, body) = app
             .call(
