@@ -19,7 +19,7 @@ use runta::extproc::ExtProc;
 use runta::extproc::decide::{RequestView, Sidecar, decide};
 use runta::metrics::Metrics;
 use runta::rules::snapshot::Snapshot;
-use runta::store::{SecretRow, Store};
+use runta::store::{Actor, AuditAction, AuditEntry, AuditTarget, SecretRow, Store, TargetKind};
 
 const SIZES: [usize; 3] = [10, 1_000, 100_000];
 const TENANT: &str = runta::test_support::TENANT_ID;
@@ -67,7 +67,18 @@ fn served(rt: &tokio::runtime::Runtime, count: usize, dir: &std::path::Path) -> 
             key_hash: vec![1; 32],
             created_at: 0,
         };
-        store.create_tenant(&tenants()[0], &key).await.unwrap();
+        let audit = |action| {
+            AuditEntry::new(
+                Some(TENANT),
+                Actor::Server,
+                action,
+                AuditTarget::new(TargetKind::Tenant, Some(TENANT), None),
+            )
+        };
+        store
+            .create_tenant(&tenants()[0], &key, &audit(AuditAction::TenantCreate))
+            .await
+            .unwrap();
         let id = new_id("sec");
         let sealed = keyring
             .seal(
@@ -80,23 +91,29 @@ fn served(rt: &tokio::runtime::Runtime, count: usize, dir: &std::path::Path) -> 
             )
             .unwrap();
         store
-            .insert_secret(&SecretRow {
-                id,
-                tenant_id: TENANT.into(),
-                name: "openai-api-key".into(),
-                display_name: None,
-                cache_ttl_secs: 3600,
-                version: 1,
-                key_id: sealed.key_id,
-                nonce: sealed.nonce,
-                ciphertext: sealed.ciphertext,
-                created_at: 0,
-                updated_at: 0,
-            })
+            .insert_secret(
+                &SecretRow {
+                    id,
+                    tenant_id: TENANT.into(),
+                    name: "openai-api-key".into(),
+                    display_name: None,
+                    cache_ttl_secs: 3600,
+                    version: 1,
+                    key_id: sealed.key_id,
+                    nonce: sealed.nonce,
+                    ciphertext: sealed.ciphertext,
+                    created_at: 0,
+                    updated_at: 0,
+                },
+                &audit(AuditAction::SecretCreate),
+            )
             .await
             .unwrap();
         for chunk in rule_rows(count).chunks(5_000) {
-            store.insert_rules(TENANT, chunk).await.unwrap();
+            store
+                .insert_rules(TENANT, chunk, &audit(AuditAction::RuleBatchCreate))
+                .await
+                .unwrap();
         }
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Engine::new(store, keyring, metrics.clone()));

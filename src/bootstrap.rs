@@ -20,7 +20,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{Config, ConfigError, read_secret_file};
 use crate::crypto::{self, Keyring, MasterKey, TokenKind};
-use crate::store::{BackendKind, NewApiKey, Store, StoreError, TenantRow, now_millis};
+use crate::store::{
+    Actor, AuditAction, AuditEntry, AuditTarget, BackendKind, NewApiKey, Store, StoreError,
+    TargetKind, TenantRow, now_millis,
+};
 
 /// File names inside the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
@@ -357,10 +360,16 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
     if path.exists() {
         return Ok(());
     }
+    let audit = |tenant: &TenantRow, action, target| {
+        AuditEntry::new(Some(&tenant.id), Actor::Server, action, target)
+    };
     let key = match store.find_tenant_by_name(DEFAULT_TENANT).await? {
         Some(tenant) => {
             let (row, key) = NewApiKey::generate(&tenant.id, Some("quickstart".into()));
-            store.create_api_key(&row).await?;
+            let target = AuditTarget::new(TargetKind::ApiKey, Some(&row.id), row.name.as_deref());
+            store
+                .create_api_key(&row, &audit(&tenant, AuditAction::ApiKeyCreate, target))
+                .await?;
             key
         }
         None => {
@@ -370,7 +379,14 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
                 created_at: now_millis(),
             };
             let (row, key) = NewApiKey::generate(&tenant.id, Some("quickstart".into()));
-            store.create_tenant(&tenant, &row).await?;
+            let target = AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name));
+            store
+                .create_tenant(
+                    &tenant,
+                    &row,
+                    &audit(&tenant, AuditAction::TenantCreate, target),
+                )
+                .await?;
             tracing::info!(tenant = DEFAULT_TENANT, "created the default tenant");
             key
         }

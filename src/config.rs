@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "encryption",
     "injection",
     "log",
+    "audit",
 ];
 
 /// Everything `runta serve` can be told.
@@ -39,6 +40,7 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub injection: InjectionConfig,
     pub log: LogConfig,
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             encryption: EncryptionConfig::default(),
             injection: InjectionConfig::default(),
             log: LogConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -295,6 +298,44 @@ impl Default for LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The audit trail is always written to the database; this adds a copy for log shippers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Also write each committed event as one JSON line: `"stdout"` or a file path
+    /// (appended to, created with mode 0600).
+    pub stream: Option<AuditStream>,
+}
+
+/// Where the JSON lines of the audit trail go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AuditStream {
+    Stdout,
+    File(PathBuf),
+}
+
+impl TryFrom<String> for AuditStream {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.trim() {
+            "" => Err("must be \"stdout\" or a file path".into()),
+            "stdout" => Ok(Self::Stdout),
+            path => Ok(Self::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl From<AuditStream> for String {
+    fn from(stream: AuditStream) -> Self {
+        match stream {
+            AuditStream::Stdout => "stdout".into(),
+            AuditStream::File(path) => path.display().to_string(),
+        }
+    }
 }
 
 /// Values given on the command line; they win over every other source.

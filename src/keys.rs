@@ -3,9 +3,15 @@
 //! Each secret is opened with the key that sealed it and sealed again under the active key,
 //! bound to the same (tenant, secret, version); the write only lands if the row is unchanged
 //! since it was read, so a concurrent update (which seals under the active key anyway) wins.
+//!
+//! A rotation is recorded as one audit event (`keys.rotate`, actor `cli`, target the active
+//! key) once it has run: it is made of many independent re-seals, each safe on its own, not of
+//! one transaction. Its outcome is `failed` when some secret could not be re-sealed.
 
 use crate::crypto::{Keyring, SealContext, Sealed};
-use crate::store::{Store, StoreError};
+use crate::store::{
+    Actor, AuditAction, AuditEntry, AuditTarget, Outcome, Store, StoreError, TargetKind,
+};
 
 /// What a rotation did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -57,5 +63,15 @@ pub async fn rotate(store: &Store, keyring: &Keyring) -> Result<RotationReport, 
             }
         }
     }
+    let mut audit = AuditEntry::new(
+        None,
+        Actor::Cli,
+        AuditAction::KeysRotate,
+        AuditTarget::new(TargetKind::EncryptionKey, Some(&active), None),
+    );
+    if !report.failed.is_empty() {
+        audit.outcome = Outcome::Failed;
+    }
+    store.record_audit(&audit).await?;
     Ok(report)
 }

@@ -11,7 +11,9 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use crate::crypto;
-use crate::store::{ApiKeyRow, Page, TenantRow};
+use crate::store::{
+    Actor, ApiKeyRow, AuditAction, AuditEntry, AuditTarget, Outcome, Page, TenantRow,
+};
 
 /// A JSON body, which must be an object. An empty body reads as `{}`, so calls whose fields are
 /// all optional need none. (serde would also read a struct from an array, `[]` or `["x"]`,
@@ -171,6 +173,30 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     Ok(Some(token.trim()))
 }
 
+/// The id of the request being served: made by the request middleware for every request
+/// (never taken from the client), answered as the `x-request-id` header, and recorded with
+/// the audit event of the change the request makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    pub fn generate() -> Self {
+        Self(crypto::new_id("req"))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<Self>()
+            .cloned()
+            .unwrap_or_else(Self::generate))
+    }
+}
+
 /// A caller holding one of a tenant's API keys; everything it does stays in that tenant.
 pub struct TenantAuth {
     pub tenant: TenantRow,
@@ -178,6 +204,23 @@ pub struct TenantAuth {
 }
 
 impl TenantAuth {
+    /// The audit entry of a change this caller makes in its tenant.
+    pub fn audit(
+        &self,
+        request: &RequestId,
+        action: AuditAction,
+        target: AuditTarget,
+    ) -> AuditEntry {
+        AuditEntry {
+            tenant_id: Some(self.tenant.id.clone()),
+            actor: Actor::ApiKey(self.key.id.clone()),
+            request_id: Some(request.0.clone()),
+            action,
+            target,
+            outcome: Outcome::Ok,
+        }
+    }
+
     /// The tenant and key a presented API key belongs to, if it is one.
     async fn of_key(state: &AppState, token: &str) -> Result<Option<Self>, ApiError> {
         let found = state
@@ -217,6 +260,26 @@ impl FromRequestParts<AppState> for TenantAuth {
 /// A caller holding the operator token: manages tenants, nothing inside them.
 pub struct OperatorAuth;
 
+impl OperatorAuth {
+    /// The audit entry of a change the operator makes (to `tenant_id`'s tenant).
+    pub fn audit(
+        &self,
+        request: &RequestId,
+        tenant_id: &str,
+        action: AuditAction,
+        target: AuditTarget,
+    ) -> AuditEntry {
+        AuditEntry {
+            tenant_id: Some(tenant_id.to_owned()),
+            actor: Actor::Operator,
+            request_id: Some(request.0.clone()),
+            action,
+            target,
+            outcome: Outcome::Ok,
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for OperatorAuth {
     type Rejection = ApiError;
 
@@ -244,4 +307,47 @@ impl FromRequestParts<AppState> for OperatorAuth {
         }
         Err(ApiError::unauthenticated("invalid operator token"))
     }
+}
+
+/// A caller of a call both kinds of caller may make (the audit trail): a tenant's API key,
+/// which sees its tenant only, or the operator token, which sees every tenant.
+pub enum AnyCaller {
+    Tenant(TenantAuth),
+    Operator,
+}
+
+impl FromRequestParts<AppState> for AnyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?.ok_or_else(|| {
+            ApiError::unauthenticated(
+                "missing credential: send 'Authorization: Bearer <api key or operator token>'",
+            )
+        })?;
+        if let Some(operator) = &state.operator_token
+            && crypto::tokens_equal(token, operator)
+        {
+            return Ok(Self::Operator);
+        }
+        match TenantAuth::of_key(state, token).await? {
+            Some(auth) => {
+                if let Some(slot) = parts.extensions.get::<super::RequestTenant>() {
+                    slot.set(&auth.tenant.name);
+                }
+                Ok(Self::Tenant(auth))
+            }
+            None => Err(ApiError::unauthenticated(
+                "invalid API key or operator token",
+            )),
+        }
+    }
+}
+
+/// The query pairs of a request, or a 400.
+pub fn query_pairs(parts: &Parts) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded_pairs(parts.uri.query().unwrap_or(""))
 }

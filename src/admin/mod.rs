@@ -1,11 +1,12 @@
-//! The admin REST API (`/v1`): tenants, API keys, secrets, rules and runtime tokens, plus
-//! `/healthz`, `/readyz`, `/metrics` and the OpenAPI document.
+//! The admin REST API (`/v1`): tenants, API keys, secrets, rules and runtime tokens, the audit
+//! trail of their changes, plus `/healthz`, `/readyz`, `/metrics` and the OpenAPI document.
 //!
 //! One routing table (`routes!` below) builds the router and the list of served routes that the
 //! OpenAPI test compares with `docs/openapi.yaml`. Handlers extract, call the store, map to a
 //! view; every failure leaves as an `ApiError` in the one JSON error shape, including unknown
 //! routes, wrong methods, oversized bodies and malformed JSON.
 
+mod audit;
 pub mod error;
 pub mod extract;
 mod rules;
@@ -79,6 +80,7 @@ routes! {
         GET => tokens::list_runtime_tokens,
     ],
     "/v1/runtime-tokens/{id}" => [DELETE => tokens::revoke_runtime_token],
+    "/v1/audit-events" => [GET => audit::list_audit_events],
     "/healthz" => [GET => healthz],
     "/readyz" => [GET => readyz],
     "/metrics" => [GET => metrics],
@@ -107,9 +109,13 @@ impl RequestTenant {
     }
 }
 
+/// The response header that carries the request's id (`extract::RequestId`).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Counts and times every request by route pattern (never by raw path), and logs it: one line
-/// per request with route, method, status and tenant, and the internal cause of an error
-/// answer (`ErrorCause`). This is the one place error causes are logged.
+/// per request with route, method, status, tenant and request id, and the internal cause of an
+/// error answer (`ErrorCause`). This is the one place error causes are logged. It also gives
+/// every request its id (`extract::RequestId`), answered as `x-request-id`.
 async fn track(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -120,7 +126,13 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
         .unwrap_or_else(|| "unmatched".to_owned());
     let tenant = RequestTenant::default();
     request.extensions_mut().insert(tenant.clone());
+    let request_id = extract::RequestId::generate();
+    request.extensions_mut().insert(request_id.clone());
     let mut response = next.run(request).await;
+    if let Ok(value) = header::HeaderValue::from_str(&request_id.0) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let request_id = request_id.0;
     let elapsed = started.elapsed();
     let status = response.status();
     state
@@ -142,15 +154,15 @@ async fn track(State(state): State<AppState>, mut request: Request, next: Next) 
     let status = status.as_u16();
     match status {
         503 => {
-            tracing::warn!(%method, %route, status, tenant, cause, micros, "admin request failed")
+            tracing::warn!(%method, %route, status, tenant, %request_id, cause, micros, "admin request failed")
         }
         500.. => {
-            tracing::error!(%method, %route, status, tenant, cause, micros, "admin request failed")
+            tracing::error!(%method, %route, status, tenant, %request_id, cause, micros, "admin request failed")
         }
         _ if cause.is_some() => {
-            tracing::info!(%method, %route, status, tenant, cause, micros, "admin request refused")
+            tracing::info!(%method, %route, status, tenant, %request_id, cause, micros, "admin request refused")
         }
-        _ => tracing::debug!(%method, %route, status, tenant, micros, "admin request"),
+        _ => tracing::debug!(%method, %route, status, tenant, %request_id, micros, "admin request"),
     }
     response
 }

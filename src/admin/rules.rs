@@ -9,12 +9,14 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, PathParam, TenantAuth};
+use super::extract::{JsonBody, ListParams, PathParam, RequestId, TenantAuth};
 use super::views::{List, Rule};
 use crate::crypto;
 use crate::names::validate_name;
 use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, TargetFields};
-use crate::store::{Resource, RuleRow, StoreError, now_millis};
+use crate::store::{
+    AuditAction, AuditTarget, Resource, RuleRow, StoreError, TargetKind, now_millis,
+};
 
 /// The largest batch accepted.
 pub const MAX_BATCH: usize = 1000;
@@ -84,6 +86,7 @@ fn runtime_param(runtime: &str) -> ApiResult<()> {
 
 pub async fn create_rule(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(runtime): PathParam,
     JsonBody(body): JsonBody<CreateRule>,
@@ -102,9 +105,14 @@ pub async fn create_rule(
     };
     let spec = RuleSpec::from_draft(&draft, &DraftFields::SINGLE)?;
     let row = new_row(&auth.tenant.id, spec, now_millis());
+    let audit = auth.audit(
+        &request,
+        AuditAction::RuleCreate,
+        AuditTarget::new(TargetKind::Rule, Some(&row.id), Some(&row.runtime)),
+    );
     state
         .store
-        .insert_rules(&auth.tenant.id, std::slice::from_ref(&row))
+        .insert_rules(&auth.tenant.id, std::slice::from_ref(&row), &audit)
         .await?;
     state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
@@ -113,6 +121,7 @@ pub async fn create_rule(
 
 pub async fn create_rules_batch(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<BatchBody>,
 ) -> ApiResult<(StatusCode, Json<List<Rule>>)> {
@@ -146,9 +155,23 @@ pub async fn create_rules_batch(
             .map_err(|e: FieldError| e.within(&format!("rules[{i}]")))?;
         rows.push(new_row(&auth.tenant.id, spec, now));
     }
+    // One event for the batch: its rules' ids, and the runtimes they go to.
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let runtimes: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r.runtime.as_str()).collect();
+    let runtimes: Vec<&str> = runtimes.into_iter().collect();
+    let audit = auth.audit(
+        &request,
+        AuditAction::RuleBatchCreate,
+        AuditTarget::new(
+            TargetKind::Rule,
+            Some(&ids.join(",")),
+            Some(&runtimes.join(",")),
+        ),
+    );
     state
         .store
-        .insert_rules(&auth.tenant.id, &rows)
+        .insert_rules(&auth.tenant.id, &rows, &audit)
         .await
         .map_err(|err| match err {
             StoreError::UnknownCredential { name, rule } => ApiError::invalid(
@@ -208,10 +231,19 @@ pub async fn get_rule(
 
 pub async fn delete_rule(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_rule(&auth.tenant.id, &id).await?;
+    let audit = auth.audit(
+        &request,
+        AuditAction::RuleDelete,
+        AuditTarget::new(TargetKind::Rule, Some(&id), None),
+    );
+    state
+        .store
+        .delete_rule(&auth.tenant.id, &id, &audit)
+        .await?;
     state.engine.changed().await;
     tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -9,13 +9,16 @@ use serde::{Deserialize, Deserializer};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, PathParam, TenantAuth};
+use super::extract::{JsonBody, ListParams, PathParam, RequestId, TenantAuth};
 use super::tenants::validate_label;
 use super::views::{List, Secret};
 use crate::crypto::SealContext;
 use crate::names::validate_name;
 use crate::rules::injection::validate_secret_value;
-use crate::store::{Resource, SecretChanges, SecretRow, StoreError, now_millis};
+use crate::store::{
+    AuditAction, AuditTarget, Resource, SecretChanges, SecretRow, StoreError, TargetKind,
+    now_millis,
+};
 
 // Field names are snake_case; the camelCase spellings a TypeScript client may send
 // (`cacheTtlSecs`, `displayName`) are accepted as aliases.
@@ -99,8 +102,13 @@ fn sealing_failed(err: crate::crypto::CryptoError) -> ApiError {
     ApiError::internal().with_cause(format_args!("sealing a secret failed: {err}"))
 }
 
+fn secret_target(id: Option<&str>, name: &str) -> AuditTarget {
+    AuditTarget::new(TargetKind::Secret, id, Some(name))
+}
+
 pub async fn create_secret(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateSecret>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<Secret>)> {
@@ -134,7 +142,12 @@ pub async fn create_secret(
         created_at: now,
         updated_at: now,
     };
-    state.store.insert_secret(&row).await?;
+    let audit = auth.audit(
+        &request,
+        AuditAction::SecretCreate,
+        secret_target(Some(&row.id), &row.name),
+    );
+    state.store.insert_secret(&row, &audit).await?;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, id = %row.id, "secret created");
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/secrets/{}", row.name)) {
@@ -167,6 +180,7 @@ pub async fn get_secret(
 
 pub async fn update_secret(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(name): PathParam,
     JsonBody(body): JsonBody<UpdateSecret>,
@@ -213,9 +227,15 @@ pub async fn update_secret(
             })?;
         changes = changes.with_sealed(sealed, version);
     }
+    let action = if body.value.is_some() {
+        AuditAction::SecretUpdateValue
+    } else {
+        AuditAction::SecretUpdateMetadata
+    };
+    let audit = auth.audit(&request, action, secret_target(Some(&current.id), &name));
     let row = state
         .store
-        .update_secret(&auth.tenant.id, &name, current.version, &changes)
+        .update_secret(&auth.tenant.id, &name, current.version, &changes, &audit)
         .await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, version = row.version, "secret updated");
@@ -224,10 +244,19 @@ pub async fn update_secret(
 
 pub async fn delete_secret(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(name): PathParam,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_secret(&auth.tenant.id, &name).await?;
+    let audit = auth.audit(
+        &request,
+        AuditAction::SecretDelete,
+        secret_target(None, &name),
+    );
+    state
+        .store
+        .delete_secret(&auth.tenant.id, &name, &audit)
+        .await?;
     state.engine.secret_changed(&auth.tenant.id, &name).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -8,11 +8,11 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonBody, ListParams, OperatorAuth, PathParam, TenantAuth};
+use super::extract::{JsonBody, ListParams, OperatorAuth, PathParam, RequestId, TenantAuth};
 use super::views::{ApiKey, CreatedApiKey, CreatedTenant, List, Tenant};
 use crate::crypto;
 use crate::names::validate_name;
-use crate::store::{NewApiKey, TenantRow, now_millis};
+use crate::store::{AuditAction, AuditTarget, NewApiKey, TargetKind, TenantRow, now_millis};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,7 +21,8 @@ pub struct CreateTenant {
 }
 
 pub async fn create_tenant(
-    _: OperatorAuth,
+    operator: OperatorAuth,
+    request: RequestId,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<CreatedTenant>)> {
@@ -33,7 +34,13 @@ pub async fn create_tenant(
         created_at: now,
     };
     let (new_key, key) = NewApiKey::generate(&tenant.id, Some("initial".into()));
-    state.store.create_tenant(&tenant, &new_key).await?;
+    let audit = operator.audit(
+        &request,
+        &tenant.id,
+        AuditAction::TenantCreate,
+        AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name)),
+    );
+    state.store.create_tenant(&tenant, &new_key, &audit).await?;
     state.engine.changed().await;
     tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
     Ok((
@@ -63,6 +70,7 @@ pub struct CreateApiKey {
 
 pub async fn create_api_key(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateApiKey>,
 ) -> ApiResult<(StatusCode, Json<CreatedApiKey>)> {
@@ -70,7 +78,12 @@ pub async fn create_api_key(
         validate_label(name).map_err(|m| ApiError::invalid("name", m))?;
     }
     let (row, key) = NewApiKey::generate(&auth.tenant.id, body.name);
-    state.store.create_api_key(&row).await?;
+    let audit = auth.audit(
+        &request,
+        AuditAction::ApiKeyCreate,
+        AuditTarget::new(TargetKind::ApiKey, Some(&row.id), row.name.as_deref()),
+    );
+    state.store.create_api_key(&row, &audit).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedApiKey {
@@ -95,10 +108,19 @@ pub async fn list_api_keys(
 
 pub async fn delete_api_key(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_api_key(&auth.tenant.id, &id).await?;
+    let audit = auth.audit(
+        &request,
+        AuditAction::ApiKeyDelete,
+        AuditTarget::new(TargetKind::ApiKey, Some(&id), None),
+    );
+    state
+        .store
+        .delete_api_key(&auth.tenant.id, &id, &audit)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

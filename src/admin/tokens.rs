@@ -8,14 +8,15 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ListParams, PathParam, TenantAuth};
+use super::extract::{ListParams, PathParam, RequestId, TenantAuth};
 use super::views::{CreatedRuntimeToken, List, RuntimeToken};
 use crate::crypto::{self, TokenKind};
 use crate::names::validate_name;
-use crate::store::{NewRuntimeToken, now_millis};
+use crate::store::{AuditAction, AuditTarget, NewRuntimeToken, TargetKind, now_millis};
 
 pub async fn create_runtime_token(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(runtime): PathParam,
 ) -> ApiResult<(StatusCode, Json<CreatedRuntimeToken>)> {
@@ -28,7 +29,12 @@ pub async fn create_runtime_token(
         token_hash: crypto::hash_token(token.expose_secret()).to_vec(),
         created_at: now_millis(),
     };
-    state.store.create_runtime_token(&row).await?;
+    let audit = auth.audit(
+        &request,
+        AuditAction::RuntimeTokenCreate,
+        AuditTarget::new(TargetKind::RuntimeToken, Some(&row.id), Some(&row.runtime)),
+    );
+    state.store.create_runtime_token(&row, &audit).await?;
     state.engine.changed().await;
     Ok((
         StatusCode::CREATED,
@@ -60,12 +66,18 @@ pub async fn list_runtime_tokens(
 
 pub async fn revoke_runtime_token(
     auth: TenantAuth,
+    request: RequestId,
     State(state): State<AppState>,
     PathParam(id): PathParam,
 ) -> ApiResult<StatusCode> {
+    let audit = auth.audit(
+        &request,
+        AuditAction::RuntimeTokenRevoke,
+        AuditTarget::new(TargetKind::RuntimeToken, Some(&id), None),
+    );
     let row = state
         .store
-        .revoke_runtime_token(&auth.tenant.id, &id)
+        .revoke_runtime_token(&auth.tenant.id, &id, &audit)
         .await?;
     state.engine.changed().await;
     tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");

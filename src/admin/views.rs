@@ -10,7 +10,9 @@ use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::rules::TargetFields;
-use crate::store::{ApiKeyRow, Paged, RuleRow, RuntimeTokenRow, SecretRow, TenantRow};
+use crate::store::{
+    ApiKeyRow, AuditEventRow, Paged, RuleRow, RuntimeTokenRow, SecretRow, TenantRow,
+};
 
 /// RFC 3339 in UTC with milliseconds, from stored Unix milliseconds.
 pub fn timestamp(millis: i64) -> String {
@@ -148,6 +150,48 @@ impl From<RuntimeTokenRow> for RuntimeToken {
             runtime: row.runtime,
             created_at: timestamp(row.created_at),
             revoked_at: row.revoked_at.map(timestamp),
+        }
+    }
+}
+
+/// One event of the audit trail (`GET /v1/audit-events`, and each line of the JSON-lines
+/// stream): who did what to what, when, for which request, how it ended, and its place in
+/// the hash chain. Never a value or a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: String,
+    pub seq: i64,
+    pub time: String,
+    /// `null` for a change of no tenant (a key rotation).
+    pub tenant_id: Option<String>,
+    /// `key_…` (an API key), `operator`, `cli` or `server`.
+    pub actor: String,
+    pub action: String,
+    pub target_kind: String,
+    pub target_id: Option<String>,
+    pub target_name: Option<String>,
+    pub request_id: Option<String>,
+    pub outcome: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<AuditEventRow> for AuditEvent {
+    fn from(row: AuditEventRow) -> Self {
+        Self {
+            id: row.id,
+            seq: row.seq,
+            time: timestamp(row.occurred_at),
+            tenant_id: row.tenant_id,
+            actor: row.actor,
+            action: row.action,
+            target_kind: row.target_kind,
+            target_id: row.target_id,
+            target_name: row.target_name,
+            request_id: row.request_id,
+            outcome: row.outcome,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
         }
     }
 }

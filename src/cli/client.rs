@@ -161,14 +161,15 @@ impl Client {
     }
 
     /// Follows `next_cursor` until the list is complete; answers the items as the server sent
-    /// them.
+    /// them. `path` may carry a query of its own.
     pub async fn list_all(&self, caller: Caller, path: &str) -> Result<Vec<Value>, CliError> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
+        let separator = if path.contains('?') { '&' } else { '?' };
         loop {
             let url = match &cursor {
-                Some(c) => format!("{path}?limit=1000&cursor={c}"),
-                None => format!("{path}?limit=1000"),
+                Some(c) => format!("{path}{separator}limit=1000&cursor={}", segment(c)),
+                None => format!("{path}{separator}limit=1000"),
             };
             let page = self.call(caller, Method::GET, &url, None::<&()>).await?;
             let page: List<Value> = super::output::view(&page)?;

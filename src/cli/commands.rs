@@ -7,8 +7,8 @@ use std::io::Write as _;
 use clap::CommandFactory as _;
 
 use super::client::{CliError, Client};
-use super::{ApiArgs, Cli, Command, EnvoyCommand, RuntimeCommand};
-use super::{runtimes, secrets, server, tenants};
+use super::{ApiArgs, AuditCommand, Cli, Command, EnvoyCommand, RuntimeCommand};
+use super::{audit, runtimes, secrets, server, tenants};
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
@@ -35,7 +35,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let client = Client::new(
                 &api.api_url,
                 None,
-                tenant.client.operator_token,
+                tenant.client.operator.operator_token,
                 api.data_dir.data_dir.clone(),
             )?;
             tenants::tenant(tenant.command, &client, tenant.client.output.output).await
@@ -44,6 +44,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let client = tenant_client(&api_key.client.api, api_key.client.key.api_key)?;
             tenants::api_key(api_key.command, &client, api_key.client.output.output).await
         }
+        Command::Audit(AuditCommand::List(args)) => {
+            let client = Client::new(
+                &args.api.api_url,
+                args.key.api_key.clone(),
+                args.operator_token.operator_token.clone(),
+                args.api.data_dir.data_dir.clone(),
+            )?;
+            audit::list(&args, &client, args.output.output).await
+        }
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(&args).await,
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics when its writer fails (`| head`).
             let mut script = Vec::new();

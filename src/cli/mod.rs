@@ -1,5 +1,6 @@
-//! The `runta` command: the server (`serve`, `migrate`, `keys`, `envoy`), the client of the
-//! admin API (`secret`, `runtime`, `tenant`, `api-key`) and `completions`. Exit codes: 0 ok;
+//! The `runta` command: the server (`serve`, `migrate`, `keys`, `envoy`, `audit verify`), the
+//! client of the admin API (`secret`, `runtime`, `tenant`, `api-key`, `audit list`) and
+//! `completions`. Exit codes: 0 ok;
 //! 1 usage or API error (the server's message is printed); 2 the server cannot be reached.
 //!
 //! Settings shared by several commands are small groups (`ApiArgs`, `ApiKeyArg`, `OutputArg`,
@@ -8,6 +9,7 @@
 //! client groups are `global` within the command family that takes them: `runta secret
 //! --api-key K list` and `runta secret list --api-key K` both work.
 
+mod audit;
 mod client;
 mod commands;
 mod output;
@@ -84,11 +86,9 @@ pub struct TenantClientArgs {
     pub output: OutputArg,
 }
 
-/// The settings of a command family that calls the admin API as the operator.
+/// The operator token, for the commands that call the admin API as the operator.
 #[derive(Debug, Args)]
-pub struct OperatorClientArgs {
-    #[command(flatten)]
-    pub api: ApiArgs,
+pub struct OperatorTokenArg {
     /// The operator token [default: the token `runta serve` wrote into its data directory].
     #[arg(
         long,
@@ -97,6 +97,15 @@ pub struct OperatorClientArgs {
         hide_env_values = true
     )]
     pub operator_token: Option<String>,
+}
+
+/// The settings of a command family that calls the admin API as the operator.
+#[derive(Debug, Args)]
+pub struct OperatorClientArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub operator: OperatorTokenArg,
     #[command(flatten)]
     pub output: OutputArg,
 }
@@ -129,11 +138,62 @@ pub enum Command {
     ApiKey(ApiKeyArgs),
     /// Envoy configurations pointing at this server.
     Envoy(EnvoyArgs),
+    /// The audit trail of admin changes: list it, or verify its hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print a shell completion script (`source <(runta completions bash)`).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit events (your tenant's; every tenant's with --operator), oldest first.
+    List(AuditListArgs),
+    /// Check the hash chain in the database (server-side, read-only): exit 0 when intact,
+    /// 1 naming the first event that does not hold.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditListArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(flatten)]
+    pub key: ApiKeyArg,
+    #[command(flatten)]
+    pub operator_token: OperatorTokenArg,
+    #[command(flatten)]
+    pub output: OutputArg,
+    /// Only events at or after this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this action (secret.create, rule.delete, api_key.create, keys.rotate, ...).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only changes to this kind of target (tenant, api_key, secret, rule, runtime_token,
+    /// encryption_key).
+    #[arg(long)]
+    pub target_kind: Option<String>,
+    /// Only changes to the target with this id.
+    #[arg(long)]
+    pub target_id: Option<String>,
+    /// Use the operator token: every tenant's events, and key rotations.
+    #[arg(long)]
+    pub operator: bool,
 }
 
 /// `runta secret`: its settings and subcommand.

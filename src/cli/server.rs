@@ -151,7 +151,7 @@ pub async fn envoy_bootstrap(
     Ok(())
 }
 
-fn usage(err: impl std::fmt::Display) -> CliError {
+pub(super) fn usage(err: impl std::fmt::Display) -> CliError {
     CliError::Usage(err.to_string())
 }
 
@@ -171,7 +171,7 @@ fn store_overrides(args: &StoreArgs) -> Overrides {
 }
 
 /// The configuration of a command that works on the database.
-fn load_store_config(args: &StoreArgs) -> Result<Config, CliError> {
+pub(super) fn load_store_config(args: &StoreArgs) -> Result<Config, CliError> {
     load_config(args.config.file.as_deref(), &store_overrides(args))
 }
 

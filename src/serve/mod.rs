@@ -9,6 +9,7 @@
 //! `JoinSet`. A task that ends before shutdown was asked for is a failure: the server stops
 //! every other task and exits non-zero rather than serve a stale snapshot until SIGTERM.
 
+pub mod audit_stream;
 mod listen;
 mod wire;
 

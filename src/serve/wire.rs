@@ -30,7 +30,11 @@ pub(super) struct Wired {
 pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
     bootstrap::provision_embedded(config)?;
     let resolved = bootstrap::resolve(config)?;
-    let (store, _) = open_store(config, &resolved.database_url).await?;
+    let (mut store, _) = open_store(config, &resolved.database_url).await?;
+    if let Some(stream) = &config.audit.stream {
+        store =
+            store.with_audit_sink(super::audit_stream::open(stream).map_err(BootstrapError::from)?);
+    }
     if resolved.embedded {
         bootstrap::ensure_default_tenant(&store, &config.data_dir).await?;
     }

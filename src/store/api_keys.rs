@@ -1,14 +1,22 @@
 //! A tenant's API keys (stored as hashes).
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
+use super::audit::audited_write;
 use super::schema::api_keys;
-use super::{ApiKeyRow, NewApiKey, Page, Paged, Resource, Store, StoreError, load_page, with_conn};
+use super::{
+    ApiKeyRow, AuditEntry, NewApiKey, Page, Paged, Resource, Store, StoreError, load_page,
+    with_conn,
+};
 
 impl Store {
-    pub async fn create_api_key(&self, key: &NewApiKey) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
+    pub async fn create_api_key(
+        &self,
+        key: &NewApiKey,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        audited_write!(self, audit, conn => {
             diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
             Ok(())
         })
@@ -30,28 +38,23 @@ impl Store {
     /// Deletes one of the tenant's keys; never its last one (that would lock the tenant out).
     ///
     /// Read, check, delete: two concurrent deletes of a tenant's last two keys must not both
-    /// pass the check. SQLite's immediate transaction serialises them from the read on; on
-    /// PostgreSQL the read locks the tenant's keys (`FOR UPDATE`), so the second delete reads
-    /// after the first committed.
-    pub async fn delete_api_key(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
+    /// pass the check. Audited writes are serialised from their first read (SQLite's immediate
+    /// transaction; on PostgreSQL the audit chain head's row lock, taken before the body runs),
+    /// so the second delete reads after the first committed.
+    pub async fn delete_api_key(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let keys = api_keys::table
             .filter(api_keys::tenant_id.eq(tenant_id))
             .select(api_keys::id);
         let delete = diesel::delete(api_keys::table.filter(api_keys::id.eq(id)));
-        with_conn!(self, conn => sqlite => {
-            conn.immediate_transaction::<_, StoreError, _>(async |conn| {
-                check_not_last(&keys.load(conn).await?, id)?;
-                delete.execute(conn).await?;
-                Ok(())
-            })
-            .await
-        } postgres => {
-            conn.transaction::<_, StoreError, _>(async |conn| {
-                check_not_last(&keys.for_update().load(conn).await?, id)?;
-                delete.execute(conn).await?;
-                Ok(())
-            })
-            .await
+        audited_write!(self, audit, conn => {
+            check_not_last(&keys.load(conn).await?, id)?;
+            delete.execute(conn).await?;
+            Ok(())
         })
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! Both backends share one schema (`schema.rs`) and one set of queries: `with_conn!` expands a
 //! query body once per backend, so the diesel DSL is written once and type-checked against
-//! each; where the SQL really differs it takes one arm per backend. Every change that touches
-//! several rows runs in a transaction, and a change that reads before it writes runs in
-//! `write_transaction!`. Errors are classified here, once, into `StoreError`, which names the
+//! each; where the SQL really differs it takes one arm per backend. Every admin change runs in
+//! `audited_write!` (`audit.rs`): one transaction, serialised from its first read, that makes
+//! the change and appends its audit event, or does neither. Errors are classified here, once, into `StoreError`, which names the
 //! resource concerned; callers never see a diesel or pool error.
 //!
 //! (The `LISTEN` side of change notifications lives with its only user, the engine's follower
@@ -22,6 +22,7 @@
 //! The store knows nothing of encryption: it keeps sealed values as the crypto module made them.
 
 mod api_keys;
+pub mod audit;
 pub mod models;
 mod rules;
 pub mod schema;
@@ -45,6 +46,10 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+pub use audit::{
+    Actor, AuditAction, AuditEntry, AuditEventRow, AuditFilter, AuditPage, AuditSink, AuditTarget,
+    ChainVerdict, Outcome, TargetKind,
+};
 pub use models::*;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
@@ -306,27 +311,6 @@ macro_rules! with_conn {
 }
 pub(crate) use with_conn;
 
-/// Runs `$body` in a transaction that reads, then writes. On SQLite it begins `IMMEDIATE`: the
-/// write lock is taken before the first read, so concurrent writers queue (busy timeout)
-/// instead of the later one finding its read stale at its first write, which SQLite answers
-/// with "database is locked" at once. On PostgreSQL writers serialise per row; a read that
-/// must hold rows still unchanged locks them (`FOR UPDATE`, in its own per-backend arm).
-macro_rules! write_transaction {
-    ($store:expr, $conn:ident => $body:expr) => {
-        with_conn!($store, conn => sqlite => {
-            conn.immediate_transaction::<_, $crate::store::StoreError, _>(async |$conn| $body)
-                .await
-        } postgres => {
-            ::diesel_async::AsyncConnection::transaction::<_, $crate::store::StoreError, _>(
-                conn,
-                async |$conn| $body,
-            )
-            .await
-        })
-    };
-}
-pub(crate) use write_transaction;
-
 /// Loads one page of `$query` (a boxed select on the table whose key column is `$id`),
 /// ordered by id, after the page's cursor, with one extra row that tells whether there is more.
 macro_rules! load_page {
@@ -379,6 +363,8 @@ pub struct Store {
     sqlite_file: Option<Arc<SqliteFile>>,
     /// How long a call waits for a pooled connection (and for a new one to be made).
     pub(crate) timeouts: Timeouts,
+    /// Where committed audit events go besides the table (`audit.stream`), if anywhere.
+    audit_sink: Option<AuditSink>,
 }
 
 /// How long a call waits for a pooled connection, and for a new connection, by default.
@@ -490,6 +476,7 @@ impl Store {
                 create: Some(POOL_WAIT),
                 recycle: None,
             },
+            audit_sink: None,
         })
     }
 

@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::audit::audited_write;
 use super::schema::{rules, secrets};
 use super::{
-    Page, Paged, Resource, RuleRow, Store, StoreError, is_foreign_key_violation, load_page,
-    with_conn, write_transaction,
+    AuditEntry, Page, Paged, Resource, RuleRow, Store, StoreError, is_foreign_key_violation,
+    load_page, with_conn,
 };
 
 fn unknown_credential(i: usize, rule: &RuleRow) -> StoreError {
@@ -22,9 +23,14 @@ fn unknown_credential(i: usize, rule: &RuleRow) -> StoreError {
 impl Store {
     /// Inserts rules of one tenant, all or none. `UnknownCredential` if any names a secret the
     /// tenant does not have.
-    pub async fn insert_rules(&self, tenant_id: &str, new: &[RuleRow]) -> Result<(), StoreError> {
+    pub async fn insert_rules(
+        &self,
+        tenant_id: &str,
+        new: &[RuleRow],
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let wanted: BTreeSet<&str> = new.iter().map(|r| r.credential.as_str()).collect();
-        write_transaction!(self, conn => {
+        audited_write!(self, audit, conn => {
                 let found: BTreeSet<String> = secrets::table
                     .filter(secrets::tenant_id.eq(tenant_id))
                     .filter(secrets::name.eq_any(wanted.iter().copied()))
@@ -88,16 +94,23 @@ impl Store {
         })
     }
 
-    pub async fn delete_rule(&self, tenant_id: &str, id: &str) -> Result<(), StoreError> {
-        let deleted = with_conn!(self, conn => {
-            diesel::delete(rules::table.filter(rules::tenant_id.eq(tenant_id)).filter(rules::id.eq(id)))
-                .execute(conn)
-                .await?
-        });
-        if deleted == 0 {
-            return Err(StoreError::NotFound(Resource::Rule(id.to_owned())));
-        }
-        Ok(())
+    pub async fn delete_rule(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        audited_write!(self, audit, conn => {
+            let deleted = diesel::delete(
+                rules::table.filter(rules::tenant_id.eq(tenant_id)).filter(rules::id.eq(id)),
+            )
+            .execute(conn)
+            .await?;
+            if deleted == 0 {
+                return Err(StoreError::NotFound(Resource::Rule(id.to_owned())));
+            }
+            Ok(())
+        })
     }
 
     /// Every rule of every tenant: what the ext_proc snapshot is built from.

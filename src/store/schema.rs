@@ -61,5 +61,31 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_events (id) {
+        id -> Text,
+        seq -> BigInt,
+        occurred_at -> BigInt,
+        tenant_id -> Nullable<Text>,
+        actor -> Text,
+        action -> Text,
+        target_kind -> Text,
+        target_id -> Nullable<Text>,
+        target_name -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        outcome -> Text,
+        prev_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_chain (id) {
+        id -> Integer,
+        last_seq -> BigInt,
+        last_hash -> Text,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::allow_tables_to_appear_in_same_query!(tenants, api_keys, secrets, rules, runtime_tokens);

@@ -5,15 +5,20 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::audit::audited_write;
 use super::schema::{rules, secrets};
 use super::{
-    Page, Paged, Resource, SecretChanges, SecretRow, Store, StoreError, is_foreign_key_violation,
-    load_page, unique_names, with_conn, write_transaction,
+    AuditEntry, Page, Paged, Resource, SecretChanges, SecretRow, Store, StoreError,
+    is_foreign_key_violation, load_page, unique_names, with_conn,
 };
 
 impl Store {
-    pub async fn insert_secret(&self, secret: &SecretRow) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
+    pub async fn insert_secret(
+        &self,
+        secret: &SecretRow,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        audited_write!(self, audit, conn => {
             diesel::insert_into(secrets::table)
                 .values(secret)
                 .execute(conn)
@@ -60,27 +65,30 @@ impl Store {
         name: &str,
         expected_version: i64,
         changes: &SecretChanges,
+        audit: &AuditEntry,
     ) -> Result<SecretRow, StoreError> {
         let secret = secrets::table
             .filter(secrets::tenant_id.eq(tenant_id))
             .filter(secrets::name.eq(name));
-        with_conn!(self, conn => {
+        audited_write!(self, audit, conn => {
             let updated = diesel::update(secret.filter(secrets::version.eq(expected_version)))
                 .set(changes)
                 .returning(SecretRow::as_returning())
                 .get_result(conn)
                 .await
                 .optional()?;
-            if let Some(row) = updated {
-                return Ok(row);
+            match updated {
+                Some(row) => Ok(row),
+                None => {
+                    // Why nothing matched, for the caller's message only: nothing was written.
+                    let exists: Option<String> =
+                        secret.select(secrets::id).first(conn).await.optional()?;
+                    Err(match exists {
+                        Some(_) => StoreError::Stale(Resource::Secret(name.to_owned())),
+                        None => StoreError::NotFound(Resource::Secret(name.to_owned())),
+                    })
+                }
             }
-            // Why nothing matched, for the caller's message only: nothing was written.
-            let exists: Option<String> =
-                secret.select(secrets::id).first(conn).await.optional()?;
-            Err(match exists {
-                Some(_) => StoreError::Stale(Resource::Secret(name.to_owned())),
-                None => StoreError::NotFound(Resource::Secret(name.to_owned())),
-            })
         })
     }
 
@@ -88,7 +96,12 @@ impl Store {
     ///
     /// A rule created concurrently (after the check, before the delete) makes the foreign key
     /// refuse the delete; its rules are then read again to name them.
-    pub async fn delete_secret(&self, tenant_id: &str, name: &str) -> Result<(), StoreError> {
+    pub async fn delete_secret(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let users = rules::table
             .filter(rules::tenant_id.eq(tenant_id))
             .filter(rules::credential.eq(name))
@@ -98,7 +111,7 @@ impl Store {
             secret: name.to_owned(),
             rules,
         };
-        let deleted = write_transaction!(self, conn => {
+        let deleted = audited_write!(self, audit, conn => {
             let users: Vec<String> = users.load(conn).await?;
             if !users.is_empty() {
                 return Err(in_use(users));

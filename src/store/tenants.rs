@@ -3,10 +3,11 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::audit::audited_write;
 use super::schema::{api_keys, tenants};
 use super::{
-    ApiKeyRow, NewApiKey, Page, Paged, Resource, Store, StoreError, TenantRow, load_page,
-    unique_names, with_conn, write_transaction,
+    ApiKeyRow, AuditEntry, NewApiKey, Page, Paged, Resource, Store, StoreError, TenantRow,
+    load_page, unique_names, with_conn,
 };
 
 impl Store {
@@ -15,8 +16,9 @@ impl Store {
         &self,
         tenant: &TenantRow,
         key: &NewApiKey,
+        audit: &AuditEntry,
     ) -> Result<(), StoreError> {
-        write_transaction!(self, conn => {
+        audited_write!(self, audit, conn => {
             diesel::insert_into(tenants::table)
                 .values(tenant)
                 .execute(conn)

@@ -3,15 +3,20 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::audit::audited_write;
 use super::schema::runtime_tokens;
 use super::{
-    NewRuntimeToken, Page, Paged, Resource, RuntimeTokenRow, Store, StoreError, load_page,
-    now_millis, with_conn,
+    AuditEntry, NewRuntimeToken, Page, Paged, Resource, RuntimeTokenRow, Store, StoreError,
+    load_page, now_millis, with_conn,
 };
 
 impl Store {
-    pub async fn create_runtime_token(&self, token: &NewRuntimeToken) -> Result<(), StoreError> {
-        with_conn!(self, conn => {
+    pub async fn create_runtime_token(
+        &self,
+        token: &NewRuntimeToken,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        audited_write!(self, audit, conn => {
             diesel::insert_into(runtime_tokens::table).values(token).execute(conn).await?;
             Ok(())
         })
@@ -37,11 +42,12 @@ impl Store {
         &self,
         tenant_id: &str,
         id: &str,
+        audit: &AuditEntry,
     ) -> Result<RuntimeTokenRow, StoreError> {
         let token = runtime_tokens::table
             .filter(runtime_tokens::tenant_id.eq(tenant_id))
             .filter(runtime_tokens::id.eq(id));
-        let found = with_conn!(self, conn => {
+        audited_write!(self, audit, conn => {
             let unrevoked = token.filter(runtime_tokens::revoked_at.is_null());
             let revoked = diesel::update(unrevoked)
                 .set(runtime_tokens::revoked_at.eq(now_millis()))
@@ -49,13 +55,13 @@ impl Store {
                 .get_result(conn)
                 .await
                 .optional()?;
-            match revoked {
+            let found = match revoked {
                 Some(row) => Some(row),
                 // Revoked before (or not the tenant's): as it is.
                 None => token.select(RuntimeTokenRow::as_select()).first(conn).await.optional()?,
-            }
-        });
-        found.ok_or_else(|| StoreError::NotFound(Resource::RuntimeToken(id.to_owned())))
+            };
+            found.ok_or_else(|| StoreError::NotFound(Resource::RuntimeToken(id.to_owned())))
+        })
     }
 
     /// Every runtime token of every tenant with its hash: what identity is resolved from.

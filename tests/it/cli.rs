@@ -647,6 +647,16 @@ const SETTINGS: &[(&str, &[&str])] = &[
         &["config", "data-dir", "grpc-listen", "api-url", "api-key"],
     ),
     ("completions", &[]),
+    // The trail through the admin API, as a tenant or (--operator) as the operator.
+    (
+        "audit list",
+        &["api-url", "data-dir", "api-key", "operator-token", "output"],
+    ),
+    // The chain, read from the database itself.
+    (
+        "audit verify",
+        &["config", "data-dir", "database-url", "output"],
+    ),
 ];
 const STORE_SETTINGS: &[&str] = &["config", "data-dir", "database-url"];
 const TENANT_CLIENT_SETTINGS: &[&str] = &["api-url", "data-dir", "api-key", "output"];

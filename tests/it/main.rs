@@ -3,6 +3,7 @@
 
 mod api;
 mod at_rest;
+mod audit;
 mod cli;
 mod e2e;
 mod e2e_faults;

@@ -599,6 +599,30 @@ async fn success_answers_match_the_document(app: TestApp) {
     api.ok(M::DELETE, secret, "/v1/secrets/openai-api-key", key, None)
         .await;
 
+    // The audit trail: the tenant's events, and (after a key rotation, an event of no
+    // tenant and no request) every event, filtered, for the operator.
+    let audit = "/v1/audit-events";
+    let page = api
+        .ok(M::GET, audit, "/v1/audit-events?limit=2", key, None)
+        .await;
+    assert!(page["next_cursor"].is_string(), "{page}");
+    runta::keys::rotate(&api.app.store, &api.app.keyring)
+        .await
+        .unwrap();
+    let all = api.ok(M::GET, audit, audit, op, None).await;
+    assert_eq!(
+        all["data"].as_array().unwrap().last().unwrap()["tenant_id"],
+        Value::Null
+    );
+    api.ok(
+        M::GET,
+        audit,
+        "/v1/audit-events?action=secret.create&target_kind=secret&since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z",
+        op,
+        None,
+    )
+    .await;
+
     for route in ["/healthz", "/readyz", "/metrics", "/openapi.yaml"] {
         api.ok(M::GET, route, route, None, None).await;
     }
@@ -689,6 +713,8 @@ async fn error_answers_match_the_document(app: TestApp) {
             "/v1/runtimes/worker/tokens",
             key,
         ),
+        ("/v1/audit-events", "/v1/audit-events", key),
+        ("/v1/audit-events", "/v1/audit-events", op),
     ] {
         let path = format!("{path}?limit=0");
         api.fails(S::BAD_REQUEST, M::GET, route, &path, credential, None)
@@ -887,6 +913,21 @@ async fn error_answers_match_the_document(app: TestApp) {
         None,
     )
     .await;
+
+    let audit = "/v1/audit-events";
+    for query in ["?action=nope", "?since=yesterday", "?colour=blue"] {
+        api.fails(
+            S::BAD_REQUEST,
+            M::GET,
+            audit,
+            &format!("{audit}{query}"),
+            op,
+            None,
+        )
+        .await;
+    }
+    api.fails(S::UNAUTHORIZED, M::GET, audit, audit, Some("nope"), None)
+        .await;
 }
 
 /// A database nobody answers on: the 503 answers are documented too.

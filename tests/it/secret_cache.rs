@@ -146,15 +146,18 @@ async fn each_value_leaves_at_its_own_expiry() {
         )
         .unwrap();
     store
-        .insert_secret(&runta::store::SecretRow {
-            id: "sec_long".into(),
-            name: "long".into(),
-            cache_ttl_secs: 60,
-            key_id: sealed.key_id,
-            nonce: sealed.nonce,
-            ciphertext: sealed.ciphertext,
-            ..long
-        })
+        .insert_secret(
+            &runta::store::SecretRow {
+                id: "sec_long".into(),
+                name: "long".into(),
+                cache_ttl_secs: 60,
+                key_id: sealed.key_id,
+                nonce: sealed.nonce,
+                ciphertext: sealed.ciphertext,
+                ..long
+            },
+            &crate::support::audit_entry(&tenant_id, runta::store::AuditAction::SecretCreate),
+        )
         .await
         .unwrap();
     let long_key = secret_key(&tenant_id, "long");

@@ -33,7 +33,9 @@ async fn concurrent_deletes_keep_the_last_api_key(app: TestApp) {
         let deletes = [first.id.clone(), second.id.clone()].map(|id| {
             let store = app.store.clone();
             let tenant_id = tenant.id.clone();
-            tokio::spawn(async move { store.delete_api_key(&tenant_id, &id).await })
+            let audit =
+                crate::support::audit_entry(&tenant_id, runta::store::AuditAction::ApiKeyDelete);
+            tokio::spawn(async move { store.delete_api_key(&tenant_id, &id, &audit).await })
         });
         let mut deleted = 0;
         let mut refused = 0;

@@ -234,6 +234,17 @@ pub fn assert_no_marker(markers: &[&str], what: &str, text: &str) {
     }
 }
 
+/// An audit entry for a store write a test makes directly (actor `server`, no request).
+pub fn audit_entry(tenant_id: &str, action: runta::store::AuditAction) -> runta::store::AuditEntry {
+    use runta::store::{Actor, AuditEntry, AuditTarget, TargetKind};
+    AuditEntry::new(
+        Some(tenant_id),
+        Actor::Server,
+        action,
+        AuditTarget::new(TargetKind::Tenant, Some(tenant_id), None),
+    )
+}
+
 pub fn keyring_with(ids: &[&str], active: &str) -> Keyring {
     Keyring::new(
         ids.iter().map(|id| (id.to_string(), MasterKey::generate())),
