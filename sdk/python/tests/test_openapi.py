@@ -33,7 +33,7 @@ def test_every_v1_operation_has_a_call() -> None:
         for method, op in item.items()
         if method != "parameters"
     ]
-    assert len(operations) == 19
+    assert len(operations) == 20
     assert [op for op in operations if f"# {op}" not in source] == []
 
 
@@ -44,6 +44,7 @@ def test_result_types_carry_the_rest_fields() -> None:
         ("RuntimeToken", runta.RuntimeToken),
         ("Tenant", runta.Tenant),
         ("ApiKey", runta.ApiKey),
+        ("AuditEvent", runta.AuditEvent),
     ]:
         assert names(cls) == props(schema), schema
     assert names(runta.Injection) == set(

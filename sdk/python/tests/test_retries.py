@@ -43,8 +43,9 @@ def counting_client(server: RuntaServer, attempts: List[str], **options: object)
         lambda c: c.secrets.get("kept").version,
         lambda c: c.secrets.update("kept", cache_ttl_secs=42).cache_ttl_secs,
         lambda c: c.secrets.delete("kept"),
+        lambda c: len(c.audit.list(action="secret.create", target_kind="secret")),
     ],
-    ids=["GET", "PUT", "DELETE"],
+    ids=["GET", "PUT", "DELETE", "GET audit"],
 )
 def test_idempotent_call_survives_a_restart(
     own_server: RuntaServer, call: Callable[[runta.Runta], object], caplog: pytest.LogCaptureFixture

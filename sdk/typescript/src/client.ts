@@ -1,7 +1,7 @@
 /** The client, {@link Runta}: settings, then the resources over one transport. */
 
 import { DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS, Transport } from "./http.js";
-import { ApiKeys, Runtime, Secrets, Tenants } from "./resources.js";
+import { ApiKeys, Audit, Runtime, Secrets, Tenants } from "./resources.js";
 import { resolveSettings } from "./settings.js";
 
 export interface RuntaOptions {
@@ -9,7 +9,7 @@ export interface RuntaOptions {
   apiUrl?: string | undefined;
   /** A tenant API key; else `RUNTA_API_KEY`, else `./runta-data/api-key`. */
   apiKey?: string | undefined;
-  /** The operator token, for tenant calls; else `RUNTA_OPERATOR_TOKEN`, else
+  /** The operator token, for tenant calls and `audit.list({ operator: true })`; else `RUNTA_OPERATOR_TOKEN`, else
    * `./runta-data/operator-token`. */
   operatorToken?: string | undefined;
   /** Per attempt; default 30 000. */
@@ -27,6 +27,7 @@ export class Runta {
   readonly secrets: Secrets;
   readonly tenants: Tenants;
   readonly apiKeys: ApiKeys;
+  readonly audit: Audit;
   readonly #transport: Transport;
 
   constructor(options: RuntaOptions = {}) {
@@ -39,6 +40,7 @@ export class Runta {
     this.secrets = new Secrets(this.#transport);
     this.tenants = new Tenants(this.#transport);
     this.apiKeys = new ApiKeys(this.#transport);
+    this.audit = new Audit(this.#transport);
   }
 
   get apiUrl(): string {

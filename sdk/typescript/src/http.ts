@@ -109,8 +109,14 @@ export class Transport {
     }
   }
 
-  /** Sends a list call page after page (`?limit=&cursor=`) until `next_cursor` is null. */
-  async collect<T>(path: string, pageSize?: number, auth: Auth = "apiKey"): Promise<T[]> {
+  /** Sends a list call page after page (`?limit=&cursor=`, plus `filters`) until `next_cursor`
+   * is null. */
+  async collect<T>(
+    path: string,
+    pageSize?: number,
+    auth: Auth = "apiKey",
+    filters: Record<string, string | undefined> = {},
+  ): Promise<T[]> {
     if (pageSize !== undefined && !(Number.isInteger(pageSize) && pageSize >= 1 && pageSize <= 1000)) {
       throw new InvalidRequestError("pageSize: must be an integer from 1 to 1000", {
         code: "invalid_request",
@@ -119,7 +125,7 @@ export class Transport {
     const items: T[] = [];
     let cursor: string | undefined;
     for (;;) {
-      const query = { limit: pageSize === undefined ? undefined : String(pageSize), cursor };
+      const query = { ...filters, limit: pageSize === undefined ? undefined : String(pageSize), cursor };
       const page = await this.request<Page<T>>("GET", path, { query, auth });
       items.push(...(page.data ?? []));
       if (!page.next_cursor) return items;

@@ -12,6 +12,7 @@
 export { Runta, type RuntaOptions } from "./client.js";
 export {
   ApiKeys,
+  Audit,
   Runtime,
   RuntimeSecrets,
   RuntimeTokens,
@@ -19,11 +20,15 @@ export {
   Tenants,
   type CreateRuleOptions,
   type CreateSecretOptions,
+  type ListAuditEventsOptions,
   type ListOptions,
   type UpdateSecretOptions,
 } from "./resources.js";
 export type {
   ApiKey,
+  AuditAction,
+  AuditEvent,
+  AuditTargetKind,
   CreatedApiKey,
   CreatedRuntimeToken,
   CreatedTenant,

@@ -74,6 +74,48 @@ export interface CreatedApiKey extends ApiKey {
   key: string;
 }
 
+/** What a change did (`secret.update_value`: a new value, maybe with new metadata;
+ * `secret.update_metadata`: the display name or cache TTL only). */
+export type AuditAction =
+  | "tenant.create"
+  | "api_key.create"
+  | "api_key.delete"
+  | "secret.create"
+  | "secret.update_value"
+  | "secret.update_metadata"
+  | "secret.delete"
+  | "rule.create"
+  | "rule.batch_create"
+  | "rule.delete"
+  | "runtime_token.create"
+  | "runtime_token.revoke"
+  | "keys.rotate";
+
+export type AuditTargetKind = "tenant" | "api_key" | "secret" | "rule" | "runtime_token" | "encryption_key";
+
+/** One recorded admin change. Never holds a secret value, an API key or a token. */
+export interface AuditEvent {
+  id: string;
+  /** The event's place in the hash chain: 1, 2, 3, ... without gaps. */
+  seq: number;
+  time: string;
+  /** Null for a key rotation (no tenant's). */
+  tenant_id: string | null;
+  /** The API key's id (`key_...`), `operator`, `cli` (`runta keys rotate`) or `server`. */
+  actor: string;
+  action: AuditAction;
+  target_kind: AuditTargetKind;
+  /** The target's id (a batch's, comma-separated); null where the request named it by name. */
+  target_id: string | null;
+  target_name: string | null;
+  /** The `x-request-id` of the request that made the change; null outside the API. */
+  request_id: string | null;
+  /** `failed`: a key rotation that could not re-seal some secrets. */
+  outcome: "ok" | "failed";
+  prev_hash: string;
+  hash: string;
+}
+
 interface InjectionBase {
   /** The name of the secret to inject. */
   credential: string;

@@ -1,14 +1,17 @@
 /**
  * The resources of a client: `secrets` (and the tenant's rules), a runtime's rules and tokens,
- * tenants and API keys. Each method is one request (or one list, page after page) described
- * by the OpenAPI document's operation named in its comment. Request bodies use the REST
- * (snake_case) field names.
+ * tenants, API keys and the audit trail. Each method is one request (or one list, page after
+ * page) described by the OpenAPI document's operation named in its comment. Request bodies use
+ * the REST (snake_case) field names.
  */
 
 import { InvalidRequestError } from "./errors.js";
 import { seg, type Transport } from "./http.js";
 import type {
   ApiKey,
+  AuditAction,
+  AuditEvent,
+  AuditTargetKind,
   CreatedApiKey,
   CreatedRuntimeToken,
   CreatedTenant,
@@ -44,6 +47,29 @@ export interface CreateRuleOptions {
   /** A glob on the request path (`/v1/*`); left out: every path. */
   path?: string | null | undefined;
   injection: Injection;
+}
+
+/** Filters of `audit.list`, applied by the server. */
+export interface ListAuditEventsOptions extends ListOptions {
+  /** Only events at or after this time (a `Date` or an RFC 3339 string). */
+  since?: Date | string | undefined;
+  /** Only events before this time (a `Date` or an RFC 3339 string). */
+  until?: Date | string | undefined;
+  action?: AuditAction | undefined;
+  targetKind?: AuditTargetKind | undefined;
+  /** The target's id (`sec_...`, `rule_...`). */
+  targetId?: string | undefined;
+  /** Present the operator token and see every tenant's events (else the API key: its tenant's). */
+  operator?: boolean | undefined;
+}
+
+/** A time filter as RFC 3339; an invalid `Date` is refused before anything is sent. */
+function timeFilter(name: string, value: Date | string | undefined): string | undefined {
+  if (!(value instanceof Date)) return value;
+  if (Number.isNaN(value.getTime())) {
+    throw new InvalidRequestError(`${name}: an invalid Date`, { code: "invalid_request" });
+  }
+  return value.toISOString();
 }
 
 /** The tenant's secrets (`runta.secrets`), and its rules tenant-wide. */
@@ -223,5 +249,32 @@ export class ApiKeys {
   /** Deletes a key; a `ConflictError` (`last_api_key`) for the tenant's last one. */
   async delete(id: string): Promise<void> {
     await this.#t.request("DELETE", `/v1/api-keys/${seg(id)}`); // deleteApiKey
+  }
+}
+
+/** The audit trail of admin changes (`runta.audit`). */
+export class Audit {
+  readonly #t: Transport;
+
+  constructor(transport: Transport) {
+    this.#t = transport;
+  }
+
+  /** Every matching event, in `seq` order, fetching page after page. */
+  async list(options: ListAuditEventsOptions = {}): Promise<AuditEvent[]> {
+    // listAuditEvents
+    const filters = {
+      since: timeFilter("since", options.since),
+      until: timeFilter("until", options.until),
+      action: options.action,
+      target_kind: options.targetKind,
+      target_id: options.targetId,
+    };
+    return this.#t.collect(
+      "/v1/audit-events",
+      options.pageSize,
+      options.operator ? "operator" : "apiKey",
+      filters,
+    );
   }
 }

@@ -28,10 +28,12 @@ const idempotent: [string, (runta: Runta) => Promise<unknown>][] = [
   ["GET", (runta) => runta.secrets.get("kept")],
   ["PUT", (runta) => runta.secrets.update("kept", { cacheTtlSecs: 42 })],
   ["DELETE", (runta) => runta.secrets.delete("kept")],
+  ["GET audit", (runta) => runta.audit.list({ action: "secret.create", targetKind: "secret" })],
 ];
 
-for (const [method, call] of idempotent) {
-  test(`${method} survives a restart of the server`, async () => {
+for (const [label, call] of idempotent) {
+  const method = label.split(" ")[0]!;
+  test(`${label} survives a restart of the server`, async () => {
     const runta = new Runta({ apiUrl: server.url, apiKey: server.apiKey, maxRetries: 8 });
     await runta.secrets.create("kept", fakeValue());
     const port = server.port;

@@ -3,11 +3,13 @@ runtime tokens through the admin REST API.
 
 ``runta.Runta`` is the client (``runta.AsyncRunta`` the same, awaited). After a plain
 ``import runta`` a default client made from the environment on first use is behind
-``runta.secrets``, ``runta.runtime(name)``, ``runta.tenants`` and ``runta.api_keys``.
+``runta.secrets``, ``runta.runtime(name)``, ``runta.tenants``, ``runta.api_keys`` and
+``runta.audit``.
 """
 
 from ._async import (
     AsyncApiKeys,
+    AsyncAudit,
     AsyncRunta,
     AsyncRuntime,
     AsyncRuntimeSecrets,
@@ -15,9 +17,9 @@ from ._async import (
     AsyncSecrets,
     AsyncTenants,
 )
-from ._default import api_keys, configure, default_client, runtime, secrets, tenants
+from ._default import api_keys, audit, configure, default_client, runtime, secrets, tenants
 from ._operations import NOT_GIVEN
-from ._sync import ApiKeys, Runta, Runtime, RuntimeSecrets, RuntimeTokens, Secrets, Tenants
+from ._sync import ApiKeys, Audit, Runta, Runtime, RuntimeSecrets, RuntimeTokens, Secrets, Tenants
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -32,6 +34,7 @@ from .errors import (
 )
 from .models import (
     ApiKey,
+    AuditEvent,
     CreatedApiKey,
     CreatedRuntimeToken,
     CreatedTenant,
@@ -60,11 +63,14 @@ __all__ = [
     "AsyncTenants",
     "ApiKeys",
     "AsyncApiKeys",
+    "Audit",
+    "AsyncAudit",
     # the module-level default client
     "secrets",
     "runtime",
     "tenants",
     "api_keys",
+    "audit",
     "default_client",
     "configure",
     "NOT_GIVEN",
@@ -79,6 +85,7 @@ __all__ = [
     "CreatedTenant",
     "ApiKey",
     "CreatedApiKey",
+    "AuditEvent",
     # errors
     "RuntaError",
     "InvalidRequestError",

@@ -11,10 +11,11 @@ import httpx
 
 from . import _operations as ops
 from ._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, AsyncTransport, Timeout
-from ._operations import NOT_GIVEN, _NotGiven
+from ._operations import NOT_GIVEN, TimeFilter, _NotGiven
 from ._settings import Settings
 from .models import (
     ApiKey,
+    AuditEvent,
     CreatedApiKey,
     CreatedRuntimeToken,
     CreatedTenant,
@@ -139,6 +140,26 @@ class AsyncApiKeys:
         await self._t.call(ops.delete_api_key(key_id))
 
 
+class AsyncAudit:
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def list(
+        self,
+        *,
+        since: TimeFilter = None,
+        until: TimeFilter = None,
+        action: Optional[str] = None,
+        target_kind: Optional[str] = None,
+        target_id: Optional[str] = None,
+        operator: bool = False,
+        page_size: Optional[int] = None,
+    ) -> List[AuditEvent]:
+        return await self._t.collect(
+            ops.list_audit_events(since, until, action, target_kind, target_id, operator, page_size)
+        )
+
+
 class AsyncRunta:
     """The asynchronous client (asyncio); settings as for :class:`runta.Runta`."""
 
@@ -159,6 +180,7 @@ class AsyncRunta:
         self.secrets = AsyncSecrets(self._transport)
         self.tenants = AsyncTenants(self._transport)
         self.api_keys = AsyncApiKeys(self._transport)
+        self.audit = AsyncAudit(self._transport)
 
     @property
     def api_url(self) -> str:

@@ -12,7 +12,7 @@ import threading
 from typing import Any, List, Optional, TypeVar
 
 from . import _operations as ops
-from ._sync import ApiKeys, Runta, Runtime, Secrets, Tenants
+from ._sync import ApiKeys, Audit, Runta, Runtime, Secrets, Tenants
 
 T = TypeVar("T")
 
@@ -56,6 +56,7 @@ _transport = _DefaultTransport()
 secrets = Secrets(_transport)
 tenants = Tenants(_transport)
 api_keys = ApiKeys(_transport)
+audit = Audit(_transport)
 
 
 def runtime(name: str) -> Runtime:

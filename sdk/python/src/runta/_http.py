@@ -141,8 +141,9 @@ class _Policy:
         raise error_from_response(response.status_code, response.reason_phrase, response.content)
 
     @staticmethod
-    def page_params(page_size: Optional[int], cursor: Optional[str]) -> Dict[str, str]:
-        params: Dict[str, str] = {}
+    def page_params(call: ListCall[Any], cursor: Optional[str]) -> Dict[str, str]:
+        params: Dict[str, str] = dict(call.filters)
+        page_size = call.page_size
         if page_size is not None:
             params["limit"] = str(page_size)
         if cursor:
@@ -184,7 +185,7 @@ class SyncTransport:
         items: List[T] = []
         cursor: Optional[str] = None
         while True:
-            params = self._policy.page_params(call.page_size, cursor)
+            params = self._policy.page_params(call, cursor)
             data, cursor = self._policy.page_items(self._send("GET", call.path, call.auth, params=params))
             items.extend(call.parse_item(item) for item in data)
             if cursor is None:
@@ -257,7 +258,7 @@ class AsyncTransport:
         items: List[T] = []
         cursor: Optional[str] = None
         while True:
-            params = self._policy.page_params(call.page_size, cursor)
+            params = self._policy.page_params(call, cursor)
             page = await self._send("GET", call.path, call.auth, params=params)
             data, cursor = self._policy.page_items(page)
             items.extend(call.parse_item(item) for item in data)

@@ -8,12 +8,14 @@ here means the two cannot drift apart, and each call's mapping to the OpenAPI do
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union
 from urllib.parse import quote
 
 from .errors import InvalidRequestError
 from .models import (
     ApiKey,
+    AuditEvent,
     CreatedApiKey,
     CreatedRuntimeToken,
     CreatedTenant,
@@ -67,12 +69,14 @@ class Call(Generic[T]):
 
 @dataclass(frozen=True)
 class ListCall(Generic[T]):
-    """A list call, sent page after page (``?limit=&cursor=``) until ``next_cursor`` is null."""
+    """A list call, sent page after page (``?limit=&cursor=``, plus its ``filters``) until
+    ``next_cursor`` is null."""
 
     path: str
     parse_item: Callable[[Any], T]
     page_size: Optional[int] = None
     auth: str = API_KEY
+    filters: Mapping[str, str] = field(default_factory=dict)
 
 
 def _seg(value: str) -> str:
@@ -211,3 +215,50 @@ def list_api_keys(page_size: Optional[int]) -> ListCall[ApiKey]:  # listApiKeys
 
 def delete_api_key(key_id: str) -> Call[None]:  # deleteApiKey
     return Call("DELETE", f"/v1/api-keys/{_seg(key_id)}", _none)
+
+
+# Audit trail (an API key: its tenant's events; the operator token: every tenant's) ------------
+
+#: A time filter: an aware ``datetime`` or an RFC 3339 string (``2026-01-31T00:00:00Z``).
+TimeFilter = Union[datetime, str, None]
+
+
+def _time_filter(name: str, value: TimeFilter) -> Optional[str]:
+    """An RFC 3339 string. A naive ``datetime`` is refused: whether it meant local time or UTC
+    cannot be told, and guessing would move the window of an audit query."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidRequestError(
+                f"{name}: a datetime needs a timezone (e.g. datetime.now(timezone.utc))",
+                code="invalid_request",
+            )
+        return value.isoformat()
+    raise InvalidRequestError(f"{name}: must be a datetime or an RFC 3339 string", code="invalid_request")
+
+
+def list_audit_events(
+    since: TimeFilter,
+    until: TimeFilter,
+    action: Optional[str],
+    target_kind: Optional[str],
+    target_id: Optional[str],
+    operator: bool,
+    page_size: Optional[int],
+) -> ListCall[AuditEvent]:  # listAuditEvents
+    given = {
+        "since": _time_filter("since", since),
+        "until": _time_filter("until", until),
+        "action": action,
+        "target_kind": target_kind,
+        "target_id": target_id,
+    }
+    filters = {key: value for key, value in given.items() if value is not None}
+    return ListCall(
+        "/v1/audit-events",
+        AuditEvent.from_json,
+        _check_page_size(page_size),
+        auth=OPERATOR if operator else API_KEY,
+        filters=filters,
+    )

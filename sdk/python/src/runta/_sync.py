@@ -12,10 +12,11 @@ import httpx
 
 from . import _operations as ops
 from ._http import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, SyncTransport, Timeout
-from ._operations import NOT_GIVEN, _NotGiven
+from ._operations import NOT_GIVEN, TimeFilter, _NotGiven
 from ._settings import Settings
 from .models import (
     ApiKey,
+    AuditEvent,
     CreatedApiKey,
     CreatedRuntimeToken,
     CreatedTenant,
@@ -182,13 +183,40 @@ class ApiKeys:
         self._t.call(ops.delete_api_key(key_id))
 
 
+class Audit:
+    """The audit trail of admin changes (``client.audit``): with the API key, the tenant's
+    events; with ``operator=True`` (the operator token), every tenant's."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def list(
+        self,
+        *,
+        since: TimeFilter = None,
+        until: TimeFilter = None,
+        action: Optional[str] = None,
+        target_kind: Optional[str] = None,
+        target_id: Optional[str] = None,
+        operator: bool = False,
+        page_size: Optional[int] = None,
+    ) -> List[AuditEvent]:
+        """Every matching event, in ``seq`` order, fetching page after page. ``since`` (at or
+        after) and ``until`` (before) are aware ``datetime`` objects or RFC 3339 strings;
+        ``action`` (``secret.create``), ``target_kind`` (``secret``) and ``target_id`` filter
+        on the server."""
+        return self._t.collect(
+            ops.list_audit_events(since, until, action, target_kind, target_id, operator, page_size)
+        )
+
+
 class Runta:
     """A client of the runta admin API.
 
     Settings resolve like the CLI's: the arguments, then ``RUNTA_API_URL`` / ``RUNTA_API_KEY``
-    (``RUNTA_OPERATOR_TOKEN`` for tenant calls), then ``./runta-data/api-key`` (the data
-    directory ``runta serve`` writes; ``RUNTA_DATA_DIR`` moves it) and
-    ``http://127.0.0.1:8080``. ``timeout`` is in seconds per attempt; idempotent calls are
+    (``RUNTA_OPERATOR_TOKEN`` for tenant calls and ``audit.list(operator=True)``), then
+    ``./runta-data/api-key`` (the data directory ``runta serve`` writes; ``RUNTA_DATA_DIR`` moves
+    it) and ``http://127.0.0.1:8080``. ``timeout`` is in seconds per attempt; idempotent calls are
     retried up to ``max_retries`` times on connection failures and 503.
     """
 
@@ -209,6 +237,7 @@ class Runta:
         self.secrets = Secrets(self._transport)
         self.tenants = Tenants(self._transport)
         self.api_keys = ApiKeys(self._transport)
+        self.audit = Audit(self._transport)
 
     @property
     def api_url(self) -> str:

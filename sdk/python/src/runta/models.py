@@ -235,3 +235,44 @@ class CreatedApiKey(ApiKey):
     def from_json(cls, data: Mapping[str, Any]) -> CreatedApiKey:
         base = ApiKey.from_json(data)
         return cls(id=base.id, name=base.name, created_at=base.created_at, key=_str(data, "key"))
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One recorded admin change (``GET /v1/audit-events``). Never holds a secret value, an API
+    key or a token. ``actor`` is the API key's id (``key_...``), ``operator``, ``cli`` or
+    ``server``; ``request_id`` is the ``x-request-id`` of the request that made the change (None
+    outside the API). ``seq`` and the hashes chain the events (``runta audit verify`` checks
+    them)."""
+
+    id: str
+    seq: int
+    time: str
+    tenant_id: Optional[str]
+    actor: str
+    action: str
+    target_kind: str
+    target_id: Optional[str]
+    target_name: Optional[str]
+    request_id: Optional[str]
+    outcome: str
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AuditEvent:
+        return cls(
+            id=_str(data, "id"),
+            seq=_int(data, "seq"),
+            time=_str(data, "time"),
+            tenant_id=_opt_str(data, "tenant_id"),
+            actor=_str(data, "actor"),
+            action=_str(data, "action"),
+            target_kind=_str(data, "target_kind"),
+            target_id=_opt_str(data, "target_id"),
+            target_name=_opt_str(data, "target_name"),
+            request_id=_opt_str(data, "request_id"),
+            outcome=_str(data, "outcome"),
+            prev_hash=_str(data, "prev_hash"),
+            hash=_str(data, "hash"),
+        )
