@@ -100,8 +100,7 @@ async fn store_with_an_unusable_url_says_so() {
     // The URL is read when the store is opened, before any connection is attempted.
     let err = Store::connect("postgres://runta@127.0.0.1:notaport/runta", 1)
         .await
-        .err()
-        .expect("a URL with a port that is not a number opens no store");
+        .expect_err("a URL with a port that is not a number opens no store");
     assert!(matches!(err, StoreError::InvalidUrl(_)), "{err:?}");
     let err = Store::connect("mysql://runta@127.0.0.1/runta", 1)
         .await
