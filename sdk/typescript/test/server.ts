@@ -8,7 +8,16 @@
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { accessSync, constants, closeSync, mkdtempSync, openSync, readFileSync, statSync } from "node:fs";
+import {
+  accessSync,
+  constants,
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,9 +41,18 @@ export function runtaBin(): string {
 export const fakeValue = (label = randomUUID().slice(0, 8)): string => `sk-test-not-real-${label}`;
 
 const running = new Set<ChildProcess>();
+const scratch = new Set<string>();
 process.on("exit", () => {
   for (const child of running) child.kill("SIGKILL");
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
 });
+
+/** A fresh temporary directory, removed when the test process exits. */
+export function scratchDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  scratch.add(dir);
+  return dir;
+}
 
 export interface RestAnswer {
   status: number;
@@ -48,7 +66,7 @@ export class RuntaServer {
   #child: ChildProcess | undefined;
 
   constructor() {
-    const root = mkdtempSync(join(tmpdir(), "runta-sdk-ts-"));
+    const root = scratchDir("runta-sdk-ts-");
     this.dataDir = join(root, "data");
     this.logPath = join(root, "serve.log");
   }

@@ -1,14 +1,14 @@
 /** Settings resolve like the CLI's; the User-Agent, the default timeout, the version. */
 
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readFileSync } from "node:fs";
+import { cpSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, afterEach, before, test } from "node:test";
 
 import { AuthenticationError, Runta, VERSION } from "../src/index.js";
-import { RuntaServer, fakeValue } from "./server.js";
+import { RuntaServer, fakeValue, scratchDir } from "./server.js";
 import { countingFetch } from "./util.js";
 
 let server: RuntaServer;
@@ -29,7 +29,7 @@ function cleanEnv(): string {
   for (const name of Object.keys(process.env)) {
     if (name.startsWith("RUNTA_") && name !== "RUNTA_BIN") delete process.env[name];
   }
-  const dir = mkdtempSync(join(tmpdir(), "runta-settings-"));
+  const dir = scratchDir("runta-settings-");
   process.chdir(dir);
   return dir;
 }
