@@ -71,7 +71,7 @@ impl Database {
 /// where they are configured (`grpc.gateway_tokens[0]`, `grpc.gateway_token_file`, and the
 /// embedded default's `generated`).
 pub struct GatewayToken {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub token: SecretString,
 }
 
@@ -203,39 +203,7 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
         }
         (None, None) => None,
     };
-    let mut gateway_tokens: Vec<GatewayToken> = config
-        .grpc
-        .gateway_tokens
-        .iter()
-        .enumerate()
-        .map(|(i, token)| GatewayToken {
-            name: format!("grpc.gateway_tokens[{i}]"),
-            token: token.clone(),
-        })
-        .collect();
-    if let Some(file) = &config.grpc.gateway_token_file {
-        gateway_tokens.push(GatewayToken {
-            name: "grpc.gateway_token_file".into(),
-            token: read_secret_file(file).map_err(|m| ConfigError {
-                key: "grpc.gateway_token_file".into(),
-                message: m,
-            })?,
-        });
-    }
-    for (i, gateway) in config.grpc.gateways.iter().enumerate() {
-        let token = match (&gateway.token, &gateway.token_file) {
-            (Some(token), _) => token.clone(),
-            (None, Some(file)) => read_secret_file(file).map_err(|m| ConfigError {
-                key: format!("grpc.gateways[{i}].token_file"),
-                message: m,
-            })?,
-            (None, None) => unreachable!("validated: exactly one of token and token_file"),
-        };
-        gateway_tokens.push(GatewayToken {
-            name: gateway.name.clone(),
-            token,
-        });
-    }
+    let mut gateway_tokens = configured_gateway_tokens(config)?;
     if gateway_tokens.is_empty() && embedded {
         gateway_tokens.push(GatewayToken {
             name: "generated".into(),
@@ -266,27 +234,50 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
     })
 }
 
-/// The gateway token Envoy should present, without creating anything: the first configured
-/// one, else the token file, else the embedded default's `gateway-token` if it exists.
-pub fn existing_gateway_token(config: &Config) -> Result<Option<SecretString>, ConfigError> {
-    if let Some(token) = config.grpc.gateway_tokens.first() {
-        return Ok(Some(token.clone()));
-    }
+/// The gateway tokens the configuration names, in order (`grpc.gateway_tokens`,
+/// `grpc.gateway_token_file`, `[[grpc.gateways]]`), each read from its file if it has one.
+fn configured_gateway_tokens(config: &Config) -> Result<Vec<GatewayToken>, ConfigError> {
+    let mut tokens: Vec<GatewayToken> = config
+        .grpc
+        .gateway_tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| GatewayToken {
+            name: format!("grpc.gateway_tokens[{i}]").into(),
+            token: token.clone(),
+        })
+        .collect();
     if let Some(file) = &config.grpc.gateway_token_file {
-        return read_secret_file(file).map(Some).map_err(|m| ConfigError {
-            key: "grpc.gateway_token_file".into(),
-            message: m,
+        tokens.push(GatewayToken {
+            name: "grpc.gateway_token_file".into(),
+            token: read_secret_file(file).map_err(|m| ConfigError {
+                key: "grpc.gateway_token_file".into(),
+                message: m,
+            })?,
         });
     }
-    if let Some(gateway) = config.grpc.gateways.first() {
-        return match (&gateway.token, &gateway.token_file) {
-            (Some(token), _) => Ok(Some(token.clone())),
-            (None, Some(file)) => read_secret_file(file).map(Some).map_err(|m| ConfigError {
-                key: "grpc.gateways[0].token_file".into(),
+    for (i, gateway) in config.grpc.gateways.iter().enumerate() {
+        let token = match (&gateway.token, &gateway.token_file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => read_secret_file(file).map_err(|m| ConfigError {
+                key: format!("grpc.gateways[{i}].token_file"),
                 message: m,
-            }),
-            (None, None) => Ok(None),
+            })?,
+            (None, None) => unreachable!("validated: exactly one of token and token_file"),
         };
+        tokens.push(GatewayToken {
+            name: gateway.name.as_str().into(),
+            token,
+        });
+    }
+    Ok(tokens)
+}
+
+/// The gateway token Envoy should present, without creating anything: the first configured
+/// one, else the embedded default's `gateway-token` if it exists.
+pub fn existing_gateway_token(config: &Config) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(first) = configured_gateway_tokens(config)?.into_iter().next() {
+        return Ok(Some(first.token));
     }
     let path = config.data_dir.join(GATEWAY_TOKEN_FILE);
     if path.exists() {

@@ -43,7 +43,8 @@ pub enum Caller {
     Runtime { tenant_id: String, runtime: String },
     /// A gateway (token or client certificate), known by `name` in logs and configuration.
     Gateway {
-        name: String,
+        /// Shared with the configuration: authenticating a call allocates nothing.
+        name: Arc<str>,
         /// Listed in `grpc.identity_gateways`: may name the tenant and runtime of a stream.
         asserts_identity: bool,
     },
@@ -55,11 +56,11 @@ pub enum Caller {
 #[derive(Clone)]
 pub struct GatewayAuth {
     /// SHA-256 of each accepted gateway token, with its name.
-    tokens: Vec<(TokenHash, String)>,
+    tokens: Vec<(TokenHash, Arc<str>)>,
     /// A client certificate verified against the configured CA is enough.
     accept_client_certificates: bool,
     /// Names of gateways trusted to assert identities (`grpc.identity_gateways`).
-    identity_gateways: BTreeSet<String>,
+    identity_gateways: BTreeSet<Arc<str>>,
     /// Development only: everyone is accepted.
     insecure: bool,
 }
@@ -90,7 +91,10 @@ impl GatewayAuth {
                 .map(|t| (hash_token(t.token.expose_secret()), t.name.clone()))
                 .collect(),
             accept_client_certificates,
-            identity_gateways: identity_gateways.iter().cloned().collect(),
+            identity_gateways: identity_gateways
+                .iter()
+                .map(|n| n.as_str().into())
+                .collect(),
             insecure: false,
         }
     }
@@ -140,16 +144,18 @@ impl GatewayAuth {
             // certificate is parsed only when some gateway may be trusted for it.
             if self.identity_gateways.is_empty() {
                 return Ok(Caller::Gateway {
-                    name: "client certificate".to_owned(),
+                    name: "client certificate".into(),
                     asserts_identity: false,
                 });
             }
             let names = certificate_names(leaf);
-            let trusted = names.iter().find(|n| self.identity_gateways.contains(*n));
+            let trusted = names
+                .iter()
+                .find(|n| self.identity_gateways.contains(n.as_str()));
             return Ok(Caller::Gateway {
                 name: trusted.or(names.first()).map_or_else(
-                    || "client certificate".to_owned(),
-                    |n| format!("certificate {n}"),
+                    || "client certificate".into(),
+                    |n| format!("certificate {n}").into(),
                 ),
                 asserts_identity: trusted.is_some(),
             });

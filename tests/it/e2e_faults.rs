@@ -79,13 +79,7 @@ fn killed_or_frozen_under_load_runta_lets_nothing_out_without_its_credential() {
         return;
     };
     let world = World::new();
-    let grpc = format!("127.0.0.1:{}", {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    });
+    let grpc = format!("127.0.0.1:{}", crate::support::free_port());
     let server = Server::start(world.dir.path(), &["--grpc-listen", &grpc]);
     ok(&server.shell(&format!(
         "V='{VALUE}' runta secret add openai-api-key --value-env V"
