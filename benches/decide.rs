@@ -33,6 +33,7 @@ fn request() -> RequestView<'static> {
         authority: "api.openai.com",
         path: Some("/v1/chat/completions?stream=true"),
         proxy_authorization: None,
+        tunnel: None,
     }
 }
 

@@ -55,6 +55,7 @@ fn main() {
         authority: "api.openai.com",
         path: Some("/v1/chat/completions"),
         proxy_authorization: None,
+        tunnel: None,
     };
     let sidecar = Some(Sidecar {
         tenant: TENANT_NAME,

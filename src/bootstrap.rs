@@ -45,6 +45,9 @@ pub struct Resolved {
     pub gateway_tokens: Vec<GatewayToken>,
     /// SQLite: the quickstart files live in the data directory.
     pub embedded: bool,
+    /// The interception CA's certificate and key files; `None`: interception is off (a
+    /// PostgreSQL deployment that configures none).
+    pub interception_ca: Option<(PathBuf, PathBuf)>,
 }
 
 /// Which database the configuration names.
@@ -163,6 +166,20 @@ pub fn provision_embedded(config: &Config) -> Result<(), BootstrapError> {
             );
         }
     }
+    if config.interception.ca_cert_file.is_none() {
+        let cert = config.data_dir.join(crate::interception::CA_CERT_FILE);
+        let key = config.data_dir.join(crate::interception::CA_KEY_FILE);
+        if !cert.exists() && !key.exists() {
+            let ca = crate::interception::generate_ca().map_err(|e| data_dir_error(&cert, e))?;
+            write_new_file(&key, ca.key_pem.trim_end().as_bytes())?;
+            write_new_file(&cert, ca.cert_pem.trim_end().as_bytes())?;
+            tracing::info!(
+                cert = %cert.display(),
+                key = %key.display(),
+                "generated the HTTPS interception CA; runtimes trust its certificate (runta ca export)"
+            );
+        }
+    }
     if config.admin.operator_token.is_none() && config.admin.operator_token_file.is_none() {
         generate_token_file(
             &config.data_dir.join(OPERATOR_TOKEN_FILE),
@@ -230,8 +247,24 @@ pub fn resolve(config: &Config) -> Result<Resolved, BootstrapError> {
         keyring,
         operator_token,
         gateway_tokens,
+        interception_ca: interception_ca_files(config, embedded),
         embedded,
     })
+}
+
+/// The interception CA's files: configured, else the embedded default's in the data directory.
+/// A PostgreSQL deployment without configured ones has none (its replicas must share one CA,
+/// which nothing generated per replica could be).
+pub fn interception_ca_files(config: &Config, embedded: bool) -> Option<(PathBuf, PathBuf)> {
+    let interception = &config.interception;
+    match (&interception.ca_cert_file, &interception.ca_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ if embedded => Some((
+            config.data_dir.join(crate::interception::CA_CERT_FILE),
+            config.data_dir.join(crate::interception::CA_KEY_FILE),
+        )),
+        _ => None,
+    }
 }
 
 /// The gateway tokens the configuration names, in order (`grpc.gateway_tokens`,

@@ -24,6 +24,7 @@ const SECTIONS: &[&str] = &[
     "grpc",
     "encryption",
     "injection",
+    "interception",
     "log",
     "audit",
 ];
@@ -39,6 +40,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub encryption: EncryptionConfig,
     pub injection: InjectionConfig,
+    pub interception: InterceptionConfig,
     pub log: LogConfig,
     pub audit: AuditConfig,
 }
@@ -52,6 +54,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             encryption: EncryptionConfig::default(),
             injection: InjectionConfig::default(),
+            interception: InterceptionConfig::default(),
             log: LogConfig::default(),
             audit: AuditConfig::default(),
         }
@@ -264,6 +267,44 @@ impl Default for InjectionConfig {
             reload_interval_secs: 30,
         }
     }
+}
+
+/// HTTPS interception: CONNECT tunnels to a host the runtime has rules for are terminated
+/// with a leaf certificate signed by runta's CA, so their requests can be injected into.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterceptionConfig {
+    /// The CA certificate (PEM) leaves are signed with; every replica must use the same one.
+    /// Unset in the embedded default: `ca.pem` in the data directory, generated on first start.
+    pub ca_cert_file: Option<PathBuf>,
+    /// Its private key (PEM, PKCS#8).
+    pub ca_key_file: Option<PathBuf>,
+    /// How long a leaf certificate is valid; it is re-minted when a third of that is left.
+    pub leaf_ttl_secs: u64,
+    /// What happens to a tunnel to a host the runtime has no rule for.
+    pub unmatched_connect: UnmatchedConnect,
+}
+
+impl Default for InterceptionConfig {
+    fn default() -> Self {
+        Self {
+            ca_cert_file: None,
+            ca_key_file: None,
+            leaf_ttl_secs: 24 * 3600,
+            unmatched_connect: UnmatchedConnect::Tunnel,
+        }
+    }
+}
+
+/// A CONNECT to a target no rule of the runtime covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmatchedConnect {
+    /// Passed through as a plain TCP tunnel: the client talks TLS with the real server.
+    #[default]
+    Tunnel,
+    /// Refused with 403.
+    Deny,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -512,6 +553,18 @@ impl Config {
             return Err(ConfigError::new(
                 "encryption.active_key",
                 format!("no key with id '{active}' is listed in encryption.keys"),
+            ));
+        }
+        if self.interception.ca_cert_file.is_some() != self.interception.ca_key_file.is_some() {
+            return Err(ConfigError::new(
+                "interception.ca_cert_file",
+                "set both interception.ca_cert_file and interception.ca_key_file, or neither",
+            ));
+        }
+        if !(300..=90 * 24 * 3600).contains(&self.interception.leaf_ttl_secs) {
+            return Err(ConfigError::new(
+                "interception.leaf_ttl_secs",
+                "must be between 300 (5 minutes) and 7776000 (90 days)",
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

@@ -241,11 +241,14 @@ pub enum TokenKind {
     GatewayToken,
 }
 
+/// How every runtime token begins.
+pub const RUNTIME_TOKEN_PREFIX: &str = "runta_rt_";
+
 impl TokenKind {
     fn prefix(self) -> &'static str {
         match self {
             Self::ApiKey => "runta_ak_",
-            Self::RuntimeToken => "runta_rt_",
+            Self::RuntimeToken => RUNTIME_TOKEN_PREFIX,
             Self::OperatorToken => "runta_op_",
             Self::GatewayToken => "runta_gw_",
         }

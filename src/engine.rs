@@ -92,6 +92,8 @@ pub struct Engine {
     /// Wakes the sweep task for a value that expires before `next_sweep`.
     sweep_wake: Notify,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Counts snapshot swaps: services that keep state derived from the rules (SDS) watch it.
+    generation: tokio::sync::watch::Sender<u64>,
     /// This process's id in change notifications (its own are ignored when they come back).
     replica: String,
 }
@@ -109,6 +111,7 @@ impl Engine {
             next_sweep: Mutex::new(None),
             sweep_wake: Notify::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            generation: tokio::sync::watch::Sender::new(0),
             replica: crate::crypto::new_id("replica"),
         }
     }
@@ -116,6 +119,11 @@ impl Engine {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Changes whenever a new snapshot is swapped in.
+    pub fn watch_snapshots(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Rebuilds the snapshot from the store and swaps it in.
@@ -169,6 +177,7 @@ impl Engine {
             "rule snapshot rebuilt"
         );
         self.snapshot.store(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g += 1);
         Ok(())
     }
 

@@ -9,7 +9,8 @@
 //! - `store` (the database, SQLite or PostgreSQL; every query lives there);
 //! - `engine` (the snapshot kept in step with the store, and the secret cache);
 //! - `grpc` (the gRPC port: authentication for every service), `extproc` (the service Envoy
-//!   calls: `decide` and its plumbing), `admin` (the REST API), `metrics`;
+//!   calls: `decide` and its plumbing), `interception` (the CA and the SDS service that give
+//!   Envoy leaf certificates for intercepted HTTPS tunnels), `admin` (the REST API), `metrics`;
 //! - `serve` (wiring, listening, the tasks, shutdown), `cli` (the `runta` command), `envoy`
 //!   (the Envoy configurations it renders).
 //!
@@ -27,6 +28,7 @@ pub mod engine;
 pub(crate) mod envoy;
 pub mod extproc;
 pub(crate) mod grpc;
+pub(crate) mod interception;
 pub mod keys;
 pub mod metrics;
 pub(crate) mod names;

@@ -44,6 +44,14 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Store errors on the injection path, by operation.
     pub store_errors: IntCounterVec,
+    /// SDS streams open now (one per TLS server name Envoy asks about).
+    pub sds_streams: IntGauge,
+    /// SDS answers per name, by result: leaf (a certificate sent), refused (no rule covers it).
+    pub sds_answers: IntCounterVec,
+    /// Leaf certificates minted by runta's interception CA.
+    pub leaves_minted: IntCounter,
+    /// SDS updates Envoy rejected.
+    pub sds_nacks: IntCounter,
     /// The per-request counters, resolved once: a labelled lookup hashes the label values and
     /// takes a lock, which showed in the hot path's profile.
     pub hot: HotCounters,
@@ -158,9 +166,25 @@ impl Metrics {
                 "Store errors on the injection path, by operation.",
                 &["operation"],
             ),
+            sds_streams: gauge(
+                "runta_sds_streams",
+                "SDS streams open now (one per TLS server name Envoy asks about).",
+            ),
+            sds_answers: counter_vec(
+                "runta_sds_answers_total",
+                "SDS answers per TLS server name, by result: leaf (certificate sent), refused (no rule covers the name).",
+                &["result"],
+            ),
+            leaves_minted: IntCounter::new(
+                "runta_interception_leaves_minted_total",
+                "Leaf certificates minted by the interception CA.",
+            )
+            .expect("valid metric"),
+            sds_nacks: IntCounter::new("runta_sds_nacks_total", "SDS updates Envoy rejected.")
+                .expect("valid metric"),
             hot,
         };
-        let collectors: [Box<dyn Collector>; 13] = [
+        let collectors: [Box<dyn Collector>; 17] = [
             Box::new(metrics.admin_requests.clone()),
             Box::new(metrics.admin_request_seconds.clone()),
             Box::new(metrics.decisions.clone()),
@@ -174,11 +198,18 @@ impl Metrics {
             Box::new(metrics.change_listener_connected.clone()),
             Box::new(metrics.reloads.clone()),
             Box::new(metrics.store_errors.clone()),
+            Box::new(metrics.sds_streams.clone()),
+            Box::new(metrics.sds_answers.clone()),
+            Box::new(metrics.leaves_minted.clone()),
+            Box::new(metrics.sds_nacks.clone()),
         ];
         // Every fixed label value exists from the start, so a first error is a change a rate()
         // sees rather than a series appearing out of nowhere.
         for result in ["ok", "error"] {
             metrics.reloads.with_label_values(&[result]);
+        }
+        for result in ["leaf", "refused"] {
+            metrics.sds_answers.with_label_values(&[result]);
         }
         for operation in STORE_OPERATIONS {
             metrics.store_errors.with_label_values(&[operation]);

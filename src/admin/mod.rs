@@ -47,6 +47,8 @@ pub struct AppState {
     /// The ext_proc engine: told about every change so the next request sees it.
     pub engine: Arc<Engine>,
     pub max_body_bytes: usize,
+    /// The HTTPS interception CA certificate (PEM), served at `/v1/ca.pem`; `None`: no CA.
+    pub interception_ca: Option<Arc<str>>,
 }
 
 macro_rules! routes {
@@ -81,6 +83,7 @@ routes! {
     ],
     "/v1/runtime-tokens/{id}" => [DELETE => tokens::revoke_runtime_token],
     "/v1/audit-events" => [GET => audit::list_audit_events],
+    "/v1/ca.pem" => [GET => ca_certificate],
     "/healthz" => [GET => healthz],
     "/readyz" => [GET => readyz],
     "/metrics" => [GET => metrics],
@@ -218,6 +221,23 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// The interception CA certificate, for runtimes to trust; no key needed (it is public).
+async fn ca_certificate(State(state): State<AppState>) -> Response {
+    match &state.interception_ca {
+        Some(pem) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            pem.to_string(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "interception_disabled",
+            "this server has no HTTPS interception CA (interception.ca_cert_file is not configured)",
+        )
+        .into_response(),
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -142,22 +142,27 @@ impl Client {
                 message: "the server answered with something that is not JSON".into(),
             });
         }
-        let message = json
-            .as_ref()
-            .and_then(|v| v.pointer("/error/message"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                format!(
-                    "{} {}",
-                    status.as_u16(),
-                    status.canonical_reason().unwrap_or("")
-                )
-            });
-        Err(CliError::Api {
-            status: status.as_u16(),
-            message,
-        })
+        Err(api_error(status, json))
+    }
+
+    /// GETs a document the server serves to anyone (`/v1/ca.pem`): its text.
+    pub async fn get_public_text(&self, path: &str) -> Result<String, CliError> {
+        let unreachable = |e: reqwest::Error| CliError::Unreachable {
+            url: self.base.clone(),
+            reason: describe(&e),
+        };
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        let text = response.text().await.map_err(unreachable)?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        Err(api_error(status, serde_json::from_str(&text).ok()))
     }
 
     /// Follows `next_cursor` until the list is complete; answers the items as the server sent
@@ -179,6 +184,26 @@ impl Client {
                 None => return Ok(items),
             }
         }
+    }
+}
+
+/// The error of an answer that is not a success: the server's message when it sent one.
+fn api_error(status: StatusCode, json: Option<Value>) -> CliError {
+    let message = json
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )
+        });
+    CliError::Api {
+        status: status.as_u16(),
+        message,
     }
 }
 

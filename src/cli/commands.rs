@@ -7,7 +7,7 @@ use std::io::Write as _;
 use clap::CommandFactory as _;
 
 use super::client::{CliError, Client};
-use super::{ApiArgs, AuditCommand, Cli, Command, EnvoyCommand, RuntimeCommand};
+use super::{ApiArgs, AuditCommand, CaCommand, Cli, Command, EnvoyCommand, RuntimeCommand};
 use super::{audit, runtimes, secrets, server, tenants};
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -27,8 +27,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Runtime(runtime) => {
             let client = tenant_client(&runtime.client.api, runtime.client.key.api_key)?;
-            let RuntimeCommand::Token(command) = runtime.command;
-            runtimes::token(command, &client, runtime.client.output.output).await
+            let out = runtime.client.output.output;
+            match runtime.command {
+                RuntimeCommand::Token(command) => runtimes::token(command, &client, out).await,
+                RuntimeCommand::Env(args) => runtimes::env(&args, &client, out).await,
+            }
         }
         Command::Tenant(tenant) => {
             let api = &tenant.client.api;
@@ -54,6 +57,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             audit::list(&args, &client, args.output.output).await
         }
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(&args).await,
+        Command::Ca(CaCommand::Export(args)) => server::ca_export(&args),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics when its writer fails (`| head`).
             let mut script = Vec::new();

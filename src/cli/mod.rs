@@ -141,6 +141,9 @@ pub enum Command {
     /// The audit trail of admin changes: list it, or verify its hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// runta's HTTPS interception CA: the certificate runtimes trust.
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Print a shell completion script (`source <(runta completions bash)`).
     Completions {
         /// The shell.
@@ -471,6 +474,30 @@ pub enum RuntimeCommand {
     /// Egress tokens of a runtime (its proxy credentials at a shared gateway).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the `export` lines a runtime needs: proxy variables with a new token, and trust
+    /// variables pointing at a CA bundle (system roots and runta's CA) written to a file.
+    Env(RuntimeEnvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeEnvArgs {
+    pub runtime: String,
+    /// The egress gateway's proxy URL, as the runtime reaches it.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:10000")]
+    pub gateway: String,
+    /// Where to write the CA bundle the trust variables name (replaced if it exists).
+    #[arg(long, value_name = "FILE", default_value = "runta-ca-bundle.pem")]
+    pub ca_bundle_out: PathBuf,
+    /// The roots the bundle holds besides runta's CA (PEM) [default: this machine's trust
+    /// store].
+    #[arg(long, value_name = "FILE")]
+    pub system_roots: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the interception CA certificate (PEM), found the way `runta serve` finds it.
+    Export(StoreArgs),
 }
 
 #[derive(Debug, Subcommand)]

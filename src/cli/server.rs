@@ -41,6 +41,35 @@ pub async fn migrate(args: &StoreArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `runta ca export`: the interception CA certificate, from the files `runta serve` uses.
+/// Reads only; a CA that does not exist yet is named, not generated.
+pub fn ca_export(args: &StoreArgs) -> Result<(), CliError> {
+    let config = load_store_config(args)?;
+    let embedded = crate::bootstrap::database(&config)
+        .map_err(usage)?
+        .embedded();
+    let Some((cert, _)) = crate::bootstrap::interception_ca_files(&config, embedded) else {
+        return Err(usage(
+            "no interception CA: a PostgreSQL deployment configures interception.ca_cert_file \
+             and interception.ca_key_file",
+        ));
+    };
+    let pem = std::fs::read_to_string(&cert).map_err(|e| {
+        usage(format!(
+            "cannot read the interception CA {}: {e}{}",
+            cert.display(),
+            if embedded && !cert.exists() {
+                "; `runta serve` creates it on its first start (or point --data-dir / --config \
+                 at an existing one)"
+            } else {
+                ""
+            }
+        ))
+    })?;
+    print!("{}", pem.trim_end().to_owned() + "\n");
+    Ok(())
+}
+
 /// `runta envoy bootstrap`: an Envoy configuration pointing at this server, printed or written.
 /// A sidecar without `--runtime-token` gets a new token of its runtime, created through the
 /// admin API (the only server command that calls it).

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::config::Unidentified;
+use crate::config::{Unidentified, UnmatchedConnect};
 use crate::crypto;
 use crate::rules::request::Destination;
 use crate::rules::snapshot::{CompiledRule, Snapshot};
@@ -24,6 +24,43 @@ pub struct RequestView<'a> {
     /// `:path`; absent for CONNECT.
     pub path: Option<&'a str>,
     pub proxy_authorization: Option<&'a str>,
+    /// Set when the request came through an intercepted HTTPS tunnel.
+    pub tunnel: Option<Tunnel<'a>>,
+}
+
+/// What Envoy knows about the intercepted tunnel a request came through (from the CONNECT,
+/// carried as filter state the client cannot forge, and from the TLS handshake).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tunnel<'a> {
+    /// The CONNECT's target, `host:port`.
+    pub target: &'a str,
+    /// The TLS server name (SNI) the client sent.
+    pub server_name: &'a str,
+    /// The CONNECT's `Proxy-Authorization`: the identity of every request in the tunnel.
+    pub proxy_authorization: Option<&'a str>,
+}
+
+/// The service's policies `decide` applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// A request nobody is identified for.
+    pub unidentified: Unidentified,
+    /// A CONNECT to a target no rule of the runtime covers.
+    pub unmatched_connect: UnmatchedConnect,
+    /// Whether tunnels can be intercepted (a CA is configured).
+    pub interception: bool,
+}
+
+impl From<Unidentified> for Policy {
+    /// The defaults for tunnels: intercepted where rules cover the target, passed through
+    /// elsewhere.
+    fn from(unidentified: Unidentified) -> Self {
+        Self {
+            unidentified,
+            unmatched_connect: UnmatchedConnect::Tunnel,
+            interception: true,
+        }
+    }
 }
 
 /// The identity a sidecar's Envoy put in the stream's metadata.
@@ -66,8 +103,20 @@ pub enum Outcome {
     NoMatch,
     /// Nobody identified, policy `pass`: forwarded unchanged.
     Unidentified,
-    /// CONNECT: a tunnel cannot be injected into; forwarded.
+    /// CONNECT to a target no rule covers (or nobody identified, policy `pass`): passed
+    /// through as a TCP tunnel.
     Tunnel,
+    /// CONNECT to a target a rule of the runtime covers: Envoy terminates the tunnel and the
+    /// client's TLS, and its requests come back here one by one.
+    Intercept,
+    /// CONNECT passed through elsewhere, refused by `interception.unmatched_connect = "deny"`
+    /// (or a target that is not `host:port`): 403.
+    TunnelDenied,
+    /// A request in an intercepted tunnel whose host, CONNECT target and TLS server name
+    /// disagree: 421, never injected.
+    Misdirected,
+    /// CONNECT to a target a rule covers, but this server has no interception CA: 503.
+    InterceptionUnavailable,
     /// Nobody identified, policy `deny`: 403.
     Denied,
     /// A runtime token that is unknown, revoked or malformed: 407.
@@ -79,11 +128,15 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for metrics that expose each one from the start.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 11] = [
         Self::Inject,
         Self::NoMatch,
         Self::Unidentified,
         Self::Tunnel,
+        Self::Intercept,
+        Self::TunnelDenied,
+        Self::Misdirected,
+        Self::InterceptionUnavailable,
         Self::Denied,
         Self::BadToken,
         Self::SecretUnavailable,
@@ -95,6 +148,10 @@ impl Outcome {
             Self::NoMatch => "no_match",
             Self::Unidentified => "unidentified",
             Self::Tunnel => "tunnel",
+            Self::Intercept => "intercept",
+            Self::TunnelDenied => "tunnel_denied",
+            Self::Misdirected => "misdirected",
+            Self::InterceptionUnavailable => "interception_unavailable",
             Self::Denied => "denied",
             Self::BadToken => "bad_token",
             Self::SecretUnavailable => "secret_unavailable",
@@ -121,8 +178,9 @@ pub fn decide<'a>(
     snapshot: &'a Snapshot,
     sidecar: Option<Sidecar<'a>>,
     request: &RequestView<'a>,
-    unidentified: Unidentified,
+    policy: impl Into<Policy>,
 ) -> Decision<'a> {
+    let policy = policy.into();
     let strip_proxy_authorization = request.proxy_authorization.is_some();
     let dest = Destination::parse(
         request.authority,
@@ -137,23 +195,44 @@ pub fn decide<'a>(
         host: dest.host.clone(),
         path: dest.path.clone(),
     };
-    let identity = match identify(snapshot, sidecar, request.proxy_authorization) {
+    let is_connect = request.method.eq_ignore_ascii_case("CONNECT");
+    // Inside a tunnel, the CONNECT's credentials speak for every request.
+    let credentials = match &request.tunnel {
+        Some(tunnel) => tunnel.proxy_authorization,
+        None => request.proxy_authorization,
+    };
+    let identity = match identify(snapshot, sidecar, credentials) {
         Identified::Yes(identity) => identity,
         Identified::BadToken => {
             decision.outcome = Outcome::BadToken;
             return decision;
         }
         Identified::No => {
-            decision.outcome = match unidentified {
-                Unidentified::Pass => Outcome::Unidentified,
+            decision.outcome = match policy.unidentified {
                 Unidentified::Deny => Outcome::Denied,
+                Unidentified::Pass
+                    if is_connect && policy.unmatched_connect == UnmatchedConnect::Deny =>
+                {
+                    Outcome::TunnelDenied
+                }
+                Unidentified::Pass => Outcome::Unidentified,
             };
             return decision;
         }
     };
     decision.identity = Some(identity);
-    if request.method.eq_ignore_ascii_case("CONNECT") || request.path.is_none() {
-        decision.outcome = Outcome::Tunnel;
+    if is_connect {
+        decision.outcome = connect_outcome(snapshot, &identity, &dest, policy);
+        return decision;
+    }
+    if let Some(tunnel) = &request.tunnel
+        && !tunnel_agrees(tunnel, &dest)
+    {
+        decision.outcome = Outcome::Misdirected;
+        return decision;
+    }
+    if request.path.is_none() {
+        // Nothing to match a rule's path against (not a request Envoy forwards as HTTP).
         return decision;
     }
     // A destination runta cannot read exactly as Envoy does, and methods that echo the
@@ -171,6 +250,46 @@ pub fn decide<'a>(
         decision.outcome = Outcome::Inject;
     }
     decision
+}
+
+/// A CONNECT of an identified runtime: intercepted where one of its rules is for the target
+/// `host:port`, passed through (or refused) elsewhere.
+fn connect_outcome(
+    snapshot: &Snapshot,
+    identity: &Identity<'_>,
+    target: &Destination<'_>,
+    policy: Policy,
+) -> Outcome {
+    // CONNECT names host:port; anything else is no target runta reads as Envoy does.
+    let Some(port) = target.port.filter(|_| target.well_formed) else {
+        return Outcome::TunnelDenied;
+    };
+    let covered = snapshot
+        .runtime_rules(identity.tenant_id, identity.runtime)
+        .is_some_and(|rules| rules.covers(&target.host, Some(port)));
+    match (covered, policy.interception, policy.unmatched_connect) {
+        (true, true, _) => Outcome::Intercept,
+        (true, false, _) => Outcome::InterceptionUnavailable,
+        (false, _, UnmatchedConnect::Tunnel) => Outcome::Tunnel,
+        (false, _, UnmatchedConnect::Deny) => Outcome::TunnelDenied,
+    }
+}
+
+/// Inside an intercepted tunnel the request's host, the CONNECT target and the TLS server name
+/// must name the same place: Envoy forwards on the request's host, so a tunnel opened for one
+/// host must not carry requests for another.
+fn tunnel_agrees(tunnel: &Tunnel<'_>, request: &Destination<'_>) -> bool {
+    let target = Destination::parse(tunnel.target, "", "");
+    let server_name = tunnel
+        .server_name
+        .strip_suffix('.')
+        .unwrap_or(tunnel.server_name);
+    request.well_formed
+        && target.well_formed
+        && target.port.is_some()
+        && request.host == target.host
+        && request.port == target.port
+        && server_name.eq_ignore_ascii_case(&target.host)
 }
 
 enum Identified<'a> {
@@ -211,9 +330,10 @@ fn identify<'a>(
     }
 }
 
-/// The runtime token in a `Proxy-Authorization` value: `Basic base64(token:)` (the token as
-/// user name, as `http://<token>@gateway` makes clients send; a token as the password is
-/// accepted too) or `Bearer <token>`.
+/// The runtime token in a `Proxy-Authorization` value: `Basic base64(user:password)` with the
+/// token as the user name (`http://<token>:x@gateway`, `http://<token>@gateway`) or as the
+/// password (`http://runta:<token>@gateway`), or `Bearer <token>`. In Basic, a part that looks
+/// like a runtime token (`runta_rt_...`) is taken first; otherwise the user name, if any.
 pub fn proxy_token(header: &str) -> Option<zeroize::Zeroizing<String>> {
     let (scheme, rest) = header.trim().split_once(' ')?;
     let rest = rest.trim();
@@ -226,7 +346,12 @@ pub fn proxy_token(header: &str) -> Option<zeroize::Zeroizing<String>> {
     let decoded = zeroize::Zeroizing::new(BASE64.decode(rest).ok()?);
     let text = std::str::from_utf8(&decoded).ok()?;
     let (user, password) = text.split_once(':').unwrap_or((text, ""));
-    let token = if user.is_empty() { password } else { user };
+    let looks_like_token = |part: &str| part.starts_with(crypto::RUNTIME_TOKEN_PREFIX);
+    let token = if looks_like_token(user) || (!user.is_empty() && !looks_like_token(password)) {
+        user
+    } else {
+        password
+    };
     (!token.is_empty()).then(|| zeroize::Zeroizing::new(token.to_owned()))
 }
 
@@ -357,6 +482,7 @@ mod tests {
             authority,
             path: Some(path),
             proxy_authorization: None,
+            tunnel: None,
         }
     }
 
@@ -512,6 +638,10 @@ mod tests {
         let cases = [
             (basic("runta_rt_good", ""), Outcome::Inject),
             (basic("", "runta_rt_good"), Outcome::Inject),
+            (basic("runta_rt_good", "x"), Outcome::Inject),
+            (basic("x", "runta_rt_good"), Outcome::Inject),
+            (basic("runta", "runta_rt_good"), Outcome::Inject),
+            (basic("runta_rt_good", "runta_rt_unknown"), Outcome::Inject),
             ("Bearer runta_rt_good".to_owned(), Outcome::Inject),
             (basic("runta_rt_revoked", ""), Outcome::BadToken),
             (basic("runta_rt_unknown", ""), Outcome::BadToken),
@@ -521,6 +651,7 @@ mod tests {
         for (header, outcome) in cases {
             let req = RequestView {
                 proxy_authorization: Some(&header),
+                tunnel: None,
                 ..request("api.openai.com", "/v1/x")
             };
             let d = decide(&snap, None, &req, Unidentified::Pass);
@@ -538,6 +669,7 @@ mod tests {
         let header = basic("runta_rt_unknown", "");
         let req = RequestView {
             proxy_authorization: Some(&header),
+            tunnel: None,
             ..request("api.openai.com", "/v1/x")
         };
         let d = decide(&snap, WORKER, &req, Unidentified::Pass);
@@ -547,16 +679,249 @@ mod tests {
         );
     }
 
-    #[test]
-    fn connect_is_a_tunnel() {
-        let snap = snapshot();
-        let req = RequestView {
+    fn connect(target: &str) -> RequestView<'_> {
+        RequestView {
             method: "CONNECT",
+            scheme: "",
             path: None,
-            ..request("api.openai.com:443", "")
+            ..request(target, "")
+        }
+    }
+
+    #[test]
+    fn connect_is_intercepted_where_a_rule_covers_the_target() {
+        let snap = snapshot();
+        let deny = Policy {
+            unidentified: Unidentified::Pass,
+            unmatched_connect: UnmatchedConnect::Deny,
+            interception: true,
         };
-        let d = decide(&snap, WORKER, &req, Unidentified::Pass);
-        assert_eq!((d.outcome, d.rules.len()), (Outcome::Tunnel, 0));
+        let no_ca = Policy {
+            interception: false,
+            ..Policy::from(Unidentified::Pass)
+        };
+        for (target, sidecar, policy, outcome) in [
+            // exact host, rule without port: any port
+            (
+                "api.openai.com:443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::Intercept,
+            ),
+            (
+                "API.OpenAI.com:8443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::Intercept,
+            ),
+            // wildcard covers names below it only
+            (
+                "x.y.example.com:443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::Intercept,
+            ),
+            (
+                "example.com:443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::Tunnel,
+            ),
+            // a rule with a port covers that port only (api.example.com has one without)
+            (
+                "exact.example.net:443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::Intercept,
+            ),
+            // no rule of this runtime: passed through, or refused by policy
+            (
+                "pinned.example.org:443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::Tunnel,
+            ),
+            (
+                "pinned.example.org:443",
+                WORKER,
+                deny,
+                Outcome::TunnelDenied,
+            ),
+            // another tenant's rule for the host does not count
+            (
+                "api.openai.com:443",
+                Some(Sidecar {
+                    tenant: "umbrella",
+                    runtime: "other",
+                }),
+                Policy::from(Unidentified::Pass),
+                Outcome::Tunnel,
+            ),
+            // covered, but no CA here: refused, never a tunnel that would leave uninjected
+            (
+                "api.openai.com:443",
+                WORKER,
+                no_ca,
+                Outcome::InterceptionUnavailable,
+            ),
+            // a target that is not host:port
+            (
+                "api.openai.com",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::TunnelDenied,
+            ),
+            (
+                "evil@api.openai.com:443",
+                WORKER,
+                Policy::from(Unidentified::Pass),
+                Outcome::TunnelDenied,
+            ),
+            // nobody identified: passed through, or refused when unmatched tunnels are
+            (
+                "api.openai.com:443",
+                None,
+                Policy::from(Unidentified::Pass),
+                Outcome::Unidentified,
+            ),
+            ("api.openai.com:443", None, deny, Outcome::TunnelDenied),
+        ] {
+            let d = decide(&snap, sidecar, &connect(target), policy);
+            assert_eq!(
+                d.outcome, outcome,
+                "CONNECT {target} ({sidecar:?}, {policy:?})"
+            );
+            assert!(
+                d.rules.is_empty(),
+                "a CONNECT itself is never injected into"
+            );
+        }
+        // A port-specific rule: r05 is api.example.com:8443, r03 api.example.com (any port).
+        let only_port = Snapshot::build(
+            [tenant(A, "acme")],
+            &[rule(
+                "p1",
+                A,
+                "worker",
+                "ported.example.org:8443",
+                None,
+                "x-k",
+            )],
+            vec![],
+        );
+        let run = |target| decide(&only_port, WORKER, &connect(target), Unidentified::Pass).outcome;
+        assert_eq!(run("ported.example.org:8443"), Outcome::Intercept);
+        assert_eq!(run("ported.example.org:443"), Outcome::Tunnel);
+    }
+
+    #[test]
+    fn requests_in_a_tunnel_take_its_identity_and_must_name_its_host() {
+        let snap = snapshot();
+        let good = format!("Basic {}", BASE64.encode("runta_rt_good:x"));
+        let revoked = format!("Basic {}", BASE64.encode("runta_rt_revoked:x"));
+        let inner = |authority, target, sni, credentials| RequestView {
+            scheme: "https",
+            tunnel: Some(Tunnel {
+                target,
+                server_name: sni,
+                proxy_authorization: credentials,
+            }),
+            ..request(authority, "/v1/models")
+        };
+        for (authority, target, sni, credentials, outcome) in [
+            (
+                "api.openai.com",
+                "api.openai.com:443",
+                "api.openai.com",
+                Some(good.as_str()),
+                Outcome::Inject,
+            ),
+            (
+                "API.openai.com:443",
+                "api.openai.com:443",
+                "api.openai.com.",
+                Some(good.as_str()),
+                Outcome::Inject,
+            ),
+            // the host, the CONNECT target and the server name must agree
+            (
+                "other.openai.com",
+                "api.openai.com:443",
+                "api.openai.com",
+                Some(good.as_str()),
+                Outcome::Misdirected,
+            ),
+            (
+                "api.openai.com",
+                "api.openai.com:443",
+                "other.openai.com",
+                Some(good.as_str()),
+                Outcome::Misdirected,
+            ),
+            (
+                "api.openai.com",
+                "api.openai.com:443",
+                "",
+                Some(good.as_str()),
+                Outcome::Misdirected,
+            ),
+            (
+                "api.openai.com:8443",
+                "api.openai.com:443",
+                "api.openai.com",
+                Some(good.as_str()),
+                Outcome::Misdirected,
+            ),
+            (
+                "api.openai.com",
+                "api.openai.com:8443",
+                "api.openai.com",
+                Some(good.as_str()),
+                Outcome::Misdirected,
+            ),
+            // the tunnel's identity, re-checked on every request
+            (
+                "api.openai.com",
+                "api.openai.com:443",
+                "api.openai.com",
+                Some(revoked.as_str()),
+                Outcome::BadToken,
+            ),
+            (
+                "api.openai.com",
+                "api.openai.com:443",
+                "api.openai.com",
+                None,
+                Outcome::Unidentified,
+            ),
+        ] {
+            let d = decide(
+                &snap,
+                None,
+                &inner(authority, target, sni, credentials),
+                Unidentified::Pass,
+            );
+            assert_eq!(
+                d.outcome, outcome,
+                "{authority} in a tunnel to {target} (SNI {sni:?})"
+            );
+        }
+        // A proxy-authorization header inside the tunnel identifies nobody (the CONNECT's
+        // does), and is still removed.
+        let req = RequestView {
+            proxy_authorization: Some(&good),
+            ..inner(
+                "api.openai.com",
+                "api.openai.com:443",
+                "api.openai.com",
+                None,
+            )
+        };
+        let d = decide(&snap, None, &req, Unidentified::Pass);
+        assert_eq!(
+            (d.outcome, d.strip_proxy_authorization),
+            (Outcome::Unidentified, true)
+        );
     }
 
     #[test]

@@ -22,14 +22,14 @@ use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Message;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
 use futures_util::Stream;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status, Streaming};
 
-use self::decide::{Decision, Outcome, RequestView, Sidecar, decide};
+use self::decide::{Decision, Outcome, Policy, RequestView, Sidecar, Tunnel, decide};
 use self::mutation::Mutation;
 use self::refusal::Refusal;
-use crate::config::Unidentified;
 use crate::engine::Engine;
 use crate::grpc::auth::Caller;
 use crate::metrics::Metrics;
@@ -39,6 +39,25 @@ use crate::rules::snapshot::CompiledRule;
 pub const TENANT_METADATA: &str = "x-runta-tenant";
 pub const RUNTIME_METADATA: &str = "x-runta-runtime";
 
+/// The header runta sets on every CONNECT it lets on: `intercept` sends the tunnel to Envoy's
+/// interception listener, `tunnel` passes it through. Envoy picks the route by it after
+/// runta's answer (which clears the route cache), so a client's own copy counts for nothing.
+pub const CONNECT_ROUTE_HEADER: &str = "x-runta-connect";
+
+/// Filter state the gateway's Envoy keeps from an intercepted CONNECT for the requests in the
+/// tunnel (`set_filter_state`, shared with the interception listener).
+pub const TUNNEL_TARGET_STATE: &str = "runta.connect_target";
+pub const TUNNEL_CREDENTIALS_STATE: &str = "runta.proxy_authorization";
+
+/// The request attributes the interception listener's ext_proc filter sends, which the
+/// client cannot forge: the tunnel's target and credentials, and the TLS server name.
+pub const TUNNEL_TARGET_ATTRIBUTE: &str = "filter_state['runta.connect_target']";
+pub const TUNNEL_CREDENTIALS_ATTRIBUTE: &str = "filter_state['runta.proxy_authorization']";
+pub const SERVER_NAME_ATTRIBUTE: &str = "connection.requested_server_name";
+
+/// Where Envoy puts the attributes ext_proc asked for.
+const ATTRIBUTES_KEY: &str = "envoy.filters.http.ext_proc";
+
 /// The ext_proc service.
 #[derive(Clone)]
 pub struct ExtProc {
@@ -47,18 +66,18 @@ pub struct ExtProc {
 
 struct Inner {
     engine: Arc<Engine>,
-    unidentified: Unidentified,
+    policy: Policy,
     metrics: Arc<Metrics>,
 }
 
 impl ExtProc {
     /// The service; serve it only behind `crate::grpc::auth::AuthLayer` (it refuses streams
     /// that did not pass through it).
-    pub fn new(engine: Arc<Engine>, unidentified: Unidentified, metrics: Arc<Metrics>) -> Self {
+    pub fn new(engine: Arc<Engine>, policy: impl Into<Policy>, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine,
-                unidentified,
+                policy: policy.into(),
                 metrics,
             }),
         }
@@ -216,7 +235,7 @@ impl ExtProc {
             runtime: runtime.to_owned(),
         });
         self.inner
-            .request_headers(Some(headers), sidecar.as_ref())
+            .request_headers(Some(headers), None, sidecar.as_ref())
             .await
     }
 }
@@ -231,7 +250,8 @@ impl Inner {
         let observe_only = message.observability_mode;
         let response = match &message.request {
             Some(Message::RequestHeaders(headers)) => {
-                self.request_headers(headers.headers.as_ref(), sidecar)
+                let attributes = message.attributes.get(ATTRIBUTES_KEY);
+                self.request_headers(headers.headers.as_ref(), attributes, sidecar)
                     .await
             }
             Some(other) => mutation::continue_other(other),
@@ -243,16 +263,18 @@ impl Inner {
     async fn request_headers(
         &self,
         headers: Option<&HeaderMap>,
+        attributes: Option<&Struct>,
         sidecar: Option<&SidecarIdentity>,
     ) -> ProcessingResponse {
         let started = Instant::now();
         let snapshot = self.engine.snapshot();
-        let view = headers.map(request_view).unwrap_or_default();
+        let mut view = headers.map(request_view).unwrap_or_default();
+        view.tunnel = attributes.and_then(tunnel_of);
         let sidecar = sidecar.map(|s| Sidecar {
             tenant: &s.tenant,
             runtime: &s.runtime,
         });
-        let decision = decide(&snapshot, sidecar, &view, self.unidentified);
+        let decision = decide(&snapshot, sidecar, &view, self.policy);
         let (response, outcome) = self.respond(&decision, &view).await;
         let elapsed = started.elapsed();
         self.record(&snapshot, &decision, outcome, elapsed);
@@ -271,10 +293,24 @@ impl Inner {
             Outcome::SecretUnavailable => Some(Refusal::SecretUnavailable {
                 rule: decision.rules.first().map_or("-", |r| r.id.as_str()),
             }),
-            Outcome::Inject | Outcome::NoMatch | Outcome::Unidentified | Outcome::Tunnel => None,
+            Outcome::TunnelDenied => Some(Refusal::TunnelDenied),
+            Outcome::Misdirected => Some(Refusal::Misdirected),
+            Outcome::InterceptionUnavailable => Some(Refusal::InterceptionUnavailable),
+            Outcome::Inject
+            | Outcome::NoMatch
+            | Outcome::Unidentified
+            | Outcome::Tunnel
+            | Outcome::Intercept => None,
         };
         if let Some(refusal) = refusal {
             return (refusal.response(), refusal.outcome());
+        }
+        if view.method.eq_ignore_ascii_case("CONNECT") {
+            let intercept = decision.outcome == Outcome::Intercept;
+            return (
+                mutation::connect_route(intercept, decision.strip_proxy_authorization),
+                decision.outcome,
+            );
         }
         let mut mutation = Mutation::default();
         for rule in &decision.rules {
@@ -339,6 +375,22 @@ impl std::fmt::Debug for RuleField<'_> {
             .entries(self.0.iter().map(|r| (self.1)(r)))
             .finish()
     }
+}
+
+/// The tunnel a request came through, from the attributes of the interception listener's
+/// ext_proc filter (absent on the proxy listener: there the request came as it is).
+fn tunnel_of(attributes: &Struct) -> Option<Tunnel<'_>> {
+    let text = |key: &str| match attributes.fields.get(key)?.kind.as_ref()? {
+        Kind::StringValue(text) => Some(text.as_str()),
+        _ => None,
+    };
+    let target = text(TUNNEL_TARGET_ATTRIBUTE).filter(|t| !t.is_empty() && *t != "-")?;
+    Some(Tunnel {
+        target,
+        server_name: text(SERVER_NAME_ATTRIBUTE).unwrap_or(""),
+        proxy_authorization: text(TUNNEL_CREDENTIALS_ATTRIBUTE)
+            .filter(|value| !value.is_empty() && *value != "-"),
+    })
 }
 
 /// The headers decide reads, from Envoy's header map (values in `raw_value`; `value` as a

@@ -152,6 +152,30 @@ pub fn set_header(name: &str, raw_value: Vec<u8>) -> HeaderValueOption {
     }
 }
 
+/// The answer to a CONNECT runta lets on: the route header that sends it to interception or
+/// through as a tunnel, and a cleared route cache so that Envoy routes by it.
+pub fn connect_route(intercept: bool, strip_proxy_authorization: bool) -> ProcessingResponse {
+    let value = if intercept { "intercept" } else { "tunnel" };
+    let mut response = continue_request(Some(HeaderMutation {
+        set_headers: vec![set_header(
+            super::CONNECT_ROUTE_HEADER,
+            value.as_bytes().to_vec(),
+        )],
+        remove_headers: if strip_proxy_authorization {
+            vec!["proxy-authorization".to_owned()]
+        } else {
+            Vec::new()
+        },
+    }));
+    if let Some(Response::RequestHeaders(HeadersResponse {
+        response: Some(common),
+    })) = &mut response.response
+    {
+        common.clear_route_cache = true;
+    }
+    response
+}
+
 /// Continue the request with these header changes.
 pub fn continue_request(mutation: Option<HeaderMutation>) -> ProcessingResponse {
     ProcessingResponse {

@@ -20,6 +20,14 @@ pub enum Refusal<'a> {
     /// A rule matched but its secret cannot be had: 503 naming the rule. Failing closed: the
     /// request is never forwarded without its credential.
     SecretUnavailable { rule: &'a str },
+    /// A tunnel runta will not pass through (`interception.unmatched_connect = "deny"`, or a
+    /// target that is not `host:port`): 403.
+    TunnelDenied,
+    /// A request in an intercepted tunnel for another host than the tunnel's: 421.
+    Misdirected,
+    /// A tunnel to a host a rule covers, on a server without an interception CA: 503, rather
+    /// than a tunnel whose requests would leave without their credential.
+    InterceptionUnavailable,
 }
 
 impl Refusal<'_> {
@@ -29,6 +37,9 @@ impl Refusal<'_> {
             Self::BadToken => Outcome::BadToken,
             Self::Unidentified => Outcome::Denied,
             Self::SecretUnavailable { .. } => Outcome::SecretUnavailable,
+            Self::TunnelDenied => Outcome::TunnelDenied,
+            Self::Misdirected => Outcome::Misdirected,
+            Self::InterceptionUnavailable => Outcome::InterceptionUnavailable,
         }
     }
 
@@ -36,7 +47,9 @@ impl Refusal<'_> {
         match self {
             Self::BadToken => 407,
             Self::Unidentified => 403,
-            Self::SecretUnavailable { .. } => 503,
+            Self::SecretUnavailable { .. } | Self::InterceptionUnavailable => 503,
+            Self::TunnelDenied => 403,
+            Self::Misdirected => 421,
         }
     }
 
@@ -52,6 +65,17 @@ impl Refusal<'_> {
             Self::SecretUnavailable { rule } => {
                 format!("runta: the credential for rule {rule} is unavailable\n")
             }
+            Self::TunnelDenied => "runta: this tunnel is refused: no rule of this runtime is \
+                                   for its target (interception.unmatched_connect = \"deny\"), \
+                                   or the target is not host:port\n"
+                .to_owned(),
+            Self::Misdirected => "runta: this request names another host than the tunnel it \
+                                  came through (CONNECT target and TLS server name)\n"
+                .to_owned(),
+            Self::InterceptionUnavailable => "runta: a rule is for this host, but HTTPS \
+                                              interception is not configured on this server \
+                                              (interception.ca_cert_file); send plain HTTP\n"
+                .to_owned(),
         }
     }
 
@@ -61,6 +85,9 @@ impl Refusal<'_> {
             Self::BadToken => "runta_bad_runtime_token",
             Self::Unidentified => "runta_unidentified",
             Self::SecretUnavailable { .. } => "runta_secret_unavailable",
+            Self::TunnelDenied => "runta_tunnel_denied",
+            Self::Misdirected => "runta_misdirected",
+            Self::InterceptionUnavailable => "runta_interception_unavailable",
         }
     }
 
@@ -71,7 +98,11 @@ impl Refusal<'_> {
                 "proxy-authenticate",
                 b"Basic realm=\"runta\"".to_vec(),
             )],
-            Self::Unidentified | Self::SecretUnavailable { .. } => Vec::new(),
+            Self::Unidentified
+            | Self::SecretUnavailable { .. }
+            | Self::TunnelDenied
+            | Self::Misdirected
+            | Self::InterceptionUnavailable => Vec::new(),
         };
         mutation::immediate(self.status(), headers, self.body(), self.details())
     }
@@ -102,6 +133,24 @@ mod tests {
                 503,
                 Outcome::SecretUnavailable,
                 "rule rule_1 is unavailable",
+            ),
+            (
+                Refusal::TunnelDenied,
+                403,
+                Outcome::TunnelDenied,
+                "tunnel is refused",
+            ),
+            (
+                Refusal::Misdirected,
+                421,
+                Outcome::Misdirected,
+                "another host than the tunnel",
+            ),
+            (
+                Refusal::InterceptionUnavailable,
+                503,
+                Outcome::InterceptionUnavailable,
+                "interception is not configured",
             ),
         ] {
             assert_eq!(refusal.outcome(), outcome);

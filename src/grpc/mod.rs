@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::transport::server::Router;
@@ -21,6 +22,7 @@ use tower::layer::util::{Identity, Stack};
 use self::auth::{AuthLayer, GatewayAuth};
 use crate::engine::Engine;
 use crate::extproc::ExtProc;
+use crate::interception::sds::Sds;
 use crate::metrics::Metrics;
 
 /// The gRPC router with its services, and their names.
@@ -32,6 +34,8 @@ pub struct GrpcPort {
 /// What the gRPC port serves.
 pub struct GrpcServices {
     pub extproc: ExtProc,
+    /// Leaf certificates for intercepted tunnels (Delta SDS).
+    pub sds: Sds,
 }
 
 impl GrpcPort {
@@ -55,7 +59,11 @@ impl GrpcPort {
         health_reporter
             .set_serving::<ExternalProcessorServer<ExtProc>>()
             .await;
-        port.add(extproc)
+        let sds = SecretDiscoveryServiceServer::new(services.sds);
+        health_reporter
+            .set_serving::<SecretDiscoveryServiceServer<Sds>>()
+            .await;
+        port.add(extproc).add(sds)
     }
 
     fn add<S>(mut self, service: S) -> Self

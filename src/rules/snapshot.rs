@@ -237,6 +237,23 @@ impl RuntimeRules {
         self.rules.push(rule);
     }
 
+    /// Whether a rule of this runtime is for `host` (lowercase, no trailing dot) on `port`
+    /// (`None`: any port will do, as for a TLS server name): a tunnel there is intercepted.
+    pub fn covers(&self, host: &str, port: Option<u16>) -> bool {
+        let port_ok = |indexes: &Vec<usize>| {
+            indexes
+                .iter()
+                .any(|&i| match (self.rules[i].host.port, port) {
+                    (Some(want), Some(port)) => want == port,
+                    _ => true,
+                })
+        };
+        if self.exact.get(host).is_some_and(port_ok) {
+            return true;
+        }
+        suffixes(host).any(|suffix| self.wildcard.get(suffix).is_some_and(port_ok))
+    }
+
     /// Every rule of this runtime matching the destination, best first per target; one rule
     /// per target (the most specific).
     pub fn matching<'s>(&'s self, dest: &Destination<'_>, out: &mut Vec<&'s CompiledRule>) {
@@ -258,15 +275,37 @@ impl RuntimeRules {
             consider(indexes);
         }
         if !self.wildcard.is_empty() {
-            // Every proper suffix after a dot: a.b.example.com → b.example.com, example.com, com.
-            let mut rest = host;
-            while let Some(dot) = rest.find('.') {
-                rest = &rest[dot + 1..];
-                if let Some(indexes) = self.wildcard.get(rest) {
+            for suffix in suffixes(host) {
+                if let Some(indexes) = self.wildcard.get(suffix) {
                     consider(indexes);
                 }
             }
         }
+    }
+}
+
+/// Every proper suffix of a host after a dot: a.b.example.com → b.example.com, example.com,
+/// com (the keys a wildcard rule covering the host is indexed under).
+fn suffixes(host: &str) -> impl Iterator<Item = &str> {
+    let mut rest = host;
+    std::iter::from_fn(move || {
+        let dot = rest.find('.')?;
+        rest = &rest[dot + 1..];
+        Some(rest)
+    })
+}
+
+/// The host names of every rule of every tenant: which TLS server names the shared gateway
+/// may be given a leaf certificate for.
+#[derive(Debug, Default)]
+struct HostNames {
+    exact: HashMap<String, ()>,
+    wildcard: HashMap<String, ()>,
+}
+
+impl HostNames {
+    fn covers(&self, name: &str) -> bool {
+        self.exact.contains_key(name) || suffixes(name).any(|s| self.wildcard.contains_key(s))
     }
 }
 
@@ -289,6 +328,8 @@ pub struct Snapshot {
     tenant_names: HashMap<String, String>,
     /// SHA-256 of a runtime token → what it identifies.
     tokens: HashMap<TokenHash, TokenEntry>,
+    /// Every rule's host name (leaf certificates for the shared gateway).
+    host_names: HostNames,
     rule_count: usize,
 }
 
@@ -307,7 +348,17 @@ impl Snapshot {
     ) -> Self {
         let mut index: HashMap<String, HashMap<String, RuntimeRules>> = HashMap::default();
         let mut interner = Interner::default();
+        let mut host_names = HostNames::default();
         for (ordinal, rule) in rules.iter().enumerate() {
+            match &rule.spec.host.name {
+                HostName::Exact(name) if !host_names.exact.contains_key(name) => {
+                    host_names.exact.insert(name.clone(), ());
+                }
+                HostName::Wildcard(suffix) if !host_names.wildcard.contains_key(suffix) => {
+                    host_names.wildcard.insert(suffix.clone(), ());
+                }
+                _ => {}
+            }
             index
                 .entry(rule.tenant_id.clone())
                 .or_default()
@@ -326,12 +377,18 @@ impl Snapshot {
             tenant_ids,
             tenant_names,
             tokens: tokens.into_iter().collect(),
+            host_names,
             rule_count: rules.len(),
         }
     }
 
     pub fn runtime_rules(&self, tenant_id: &str, runtime: &str) -> Option<&RuntimeRules> {
         self.rules.get(tenant_id)?.get(runtime)
+    }
+
+    /// Whether any rule of any tenant is for this TLS server name.
+    pub fn any_rule_covers(&self, name: &str) -> bool {
+        self.host_names.covers(name)
     }
 
     pub fn tenant_id(&self, name: &str) -> Option<&str> {

@@ -2,17 +2,21 @@
 //! port is bound. Everything that can fail for a configuration or database reason fails here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
 use super::{ServeError, open_store};
 use crate::admin::AppState;
 use crate::bootstrap::{self, BootstrapError};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::extproc::ExtProc;
+use crate::extproc::decide::Policy;
 use crate::grpc::auth::GatewayAuth;
 use crate::grpc::{GrpcPort, GrpcServices};
+use crate::interception::Authority;
+use crate::interception::sds::Sds;
 use crate::metrics::Metrics;
 use crate::store::BackendKind;
 
@@ -64,6 +68,35 @@ pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
             &config.grpc.identity_gateways,
         )
     };
+    let authority = match &resolved.interception_ca {
+        Some((cert, key)) => Some(Arc::new(
+            Authority::load(
+                cert,
+                key,
+                Duration::from_secs(config.interception.leaf_ttl_secs),
+                metrics.leaves_minted.clone(),
+            )
+            .map_err(|e| {
+                BootstrapError::from(ConfigError {
+                    key: "interception.ca_cert_file".into(),
+                    message: e.to_string(),
+                })
+            })?,
+        )),
+        None => {
+            tracing::warn!(
+                "HTTPS interception is off: no interception.ca_cert_file / ca_key_file configured \
+                 (a PostgreSQL deployment generates no CA; every replica must use the same one). \
+                 Tunnels to hosts with rules are refused with 503."
+            );
+            None
+        }
+    };
+    let policy = Policy {
+        unidentified: config.injection.unidentified,
+        unmatched_connect: config.interception.unmatched_connect,
+        interception: authority.is_some(),
+    };
     let builder = super::listen::grpc_builder(config)?;
     let grpc = GrpcPort::new(
         builder,
@@ -71,11 +104,8 @@ pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
         engine.clone(),
         metrics.clone(),
         GrpcServices {
-            extproc: ExtProc::new(
-                engine.clone(),
-                config.injection.unidentified,
-                metrics.clone(),
-            ),
+            extproc: ExtProc::new(engine.clone(), policy, metrics.clone()),
+            sds: Sds::new(authority.clone(), engine.clone(), metrics.clone()),
         },
     )
     .await;
@@ -88,6 +118,7 @@ pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
         metrics,
         engine: engine.clone(),
         max_body_bytes: config.admin.max_body_bytes,
+        interception_ca: authority.map(|a| Arc::from(a.cert_pem())),
     };
     Ok(Wired {
         admin,

@@ -128,6 +128,7 @@ proptest! {
             authority: &authority,
             path: Some(&path),
             proxy_authorization: proxy.as_deref(),
+            tunnel: None,
         };
         let sidecar = Some(Sidecar { tenant: "acme", runtime: "worker" });
         let _ = decide(&snapshot, sidecar, &request, Unidentified::Pass);
@@ -155,6 +156,7 @@ proptest! {
             authority: &host,
             path: Some("/"),
             proxy_authorization: None,
+            tunnel: None,
         };
         let decision = decide(&snapshot, Some(Sidecar { tenant: "acme", runtime: "worker" }), &request, Unidentified::Pass);
         let covered = if wildcard {

@@ -32,6 +32,7 @@ async fn app_with_engine(backend: Backend) -> Option<(TestApp, Arc<Engine>, Arc<
         metrics: metrics.clone(),
         engine: engine.clone(),
         max_body_bytes: 64 * 1024,
+        interception_ca: None,
     };
     let app = TestApp {
         router: admin::router(state),

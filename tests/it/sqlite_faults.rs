@@ -33,6 +33,7 @@ async fn read_only_twin(app: &TestApp) -> TestApp {
         metrics,
         engine,
         max_body_bytes: 64 * 1024,
+        interception_ca: None,
     };
     let tempdir = tempfile::tempdir().unwrap();
     TestApp {

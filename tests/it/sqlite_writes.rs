@@ -32,6 +32,7 @@ pub async fn sqlite_app(max_connections: usize) -> TestApp {
         metrics,
         engine,
         max_body_bytes: 64 * 1024,
+        interception_ca: None,
     };
     TestApp {
         router: admin::router(state),

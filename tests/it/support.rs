@@ -168,6 +168,7 @@ pub fn admin_router(store: Store, keyring: Arc<Keyring>) -> Router {
         metrics,
         engine,
         max_body_bytes: 64 * 1024,
+        interception_ca: None,
     })
 }
 
