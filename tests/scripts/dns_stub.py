@@ -1,13 +1,19 @@
-"""A DNS server for end-to-end tests: answers every A query with 127.0.0.1 (so that names like
-api.openai.com reach the test upstream on this machine), every other query with no records.
-UDP and TCP on 127.0.0.1. Prints its port, then serves until killed.
+"""A DNS server for end-to-end tests: answers every A query with one IPv4 address, 127.0.0.1
+unless told otherwise (so that names like api.openai.com reach the test upstream on this
+machine), every other query with no records. UDP and TCP on 127.0.0.1. Prints its port, then
+serves until killed.
 
-usage: dns_stub.py [PORT]   (0 or nothing: a free port)
+usage: dns_stub.py [PORT [ADDRESS]]
+  PORT     0 or nothing: a free port
+  ADDRESS  the IPv4 address every A answer carries (default 127.0.0.1)
 """
 import socket
 import struct
 import sys
 import threading
+
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+address = socket.inet_pton(socket.AF_INET, sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1")
 
 
 def answer(query: bytes) -> bytes:
@@ -23,7 +29,7 @@ def answer(query: bytes) -> bytes:
     header = struct.pack("!HHHHHH", ident, 0x8080 | rd, 1, 1 if is_a else 0, 0, 0)
     body = question
     if is_a:
-        body += struct.pack("!HHHIH", 0xC00C, 1, 1, 5, 4) + socket.inet_aton("127.0.0.1")
+        body += struct.pack("!HHHIH", 0xC00C, 1, 1, 5, 4) + address
     return header + body
 
 
@@ -52,7 +58,6 @@ def serve_tcp(sock):
             conn.close()
 
 
-port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.bind(("127.0.0.1", port))
 port = udp.getsockname()[1]
