@@ -230,27 +230,18 @@ impl Bootstrap {
 
     /// The Envoy bootstrap configuration, as YAML.
     pub fn render(&self) -> String {
-        let mut y = String::with_capacity(8 * 1024);
-        let (title, metadata) = match &self.mode {
-            Mode::Sidecar {
-                runtime,
-                runtime_token,
-            } => (
+        let mut y = String::with_capacity(16 * 1024);
+        let (title, node) = match &self.mode {
+            Mode::Sidecar { runtime, .. } => (
                 format!(
                     "per-runtime sidecar of runtime '{runtime}' (its runtime token authenticates it and fixes its identity)"
                 ),
-                format!(
-                    "                - {{ key: x-runta-runtime-token, value: {} }}\n",
-                    yaml_str(runtime_token)
-                ),
+                format!("runta-sidecar-{runtime}"),
             ),
             Mode::Gateway => (
                 "shared edge gateway (runtimes identify with runtime tokens as proxy credentials)"
                     .to_owned(),
-                format!(
-                    "                - {{ key: authorization, value: {} }}\n",
-                    yaml_str(&format!("Bearer {}", self.gateway_token))
-                ),
+                "runta-gateway".to_owned(),
             ),
         };
         let _ = write!(
@@ -258,12 +249,21 @@ impl Bootstrap {
             "\
 # runta egress: Envoy {title}.
 # Rendered by `runta envoy bootstrap`; edit the command's flags rather than this file.
-# Runtimes send plain HTTP through this proxy (HTTP_PROXY=http://{listen_host}:{listen_port}); every request
-# passes runta's ext_proc filter, then leaves over TLS (SNI and certificate validation).
+# Runtimes use this proxy for HTTP and HTTPS (HTTP_PROXY and HTTPS_PROXY=http://{listen_host}:{listen_port}).
+# Plain HTTP requests pass runta's ext_proc filter, then leave over TLS (SNI and certificate
+# validation). A CONNECT tunnel to a host the runtime has rules for is intercepted: Envoy
+# terminates the client's TLS with a leaf certificate runta mints for the name (Delta SDS) and
+# its requests pass the same filter; other tunnels pass through untouched.
 admin:
   address:
     pipe:
       path: {admin}
+# The on-demand certificate selector needs a node id and cluster.
+node: {{ id: {node}, cluster: {node} }}
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config:
+    \"@type\": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener
 static_resources:
   listeners:
   - name: egress
@@ -277,80 +277,92 @@ static_resources:
           stat_prefix: egress
           # Upstream gets what the runtime sent plus the injection: no generated request id.
           generate_request_id: false
+          upgrade_configs:
+          - upgrade_type: CONNECT
           http_protocol_options:
             allow_absolute_url: true
+            # Python's http.client sends CONNECT ... HTTP/1.0.
+            accept_http_10: true
+          http2_protocol_options:
+            allow_connect: true
           # Paths are normalised before runta matches them; an encoded '/' or '\\' is refused.
           normalize_path: true
           merge_slashes: true
           path_with_escaped_slashes_action: REJECT_REQUEST
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-              log_format:
-                # No query strings: an injected parameter must never reach a log.
-                text_format_source:
-                  inline_string: \"[%START_TIME%] %REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ_WITHOUT_QUERY(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %DURATION%ms\\n\"
-                formatters:
-                - name: envoy.formatter.req_without_query
-                  typed_config:
-                    \"@type\": type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery
-          route_config:
+{access_log_outer}          route_config:
             name: egress
             virtual_hosts:
             - name: egress
               domains: [\"*\"]
               routes:
+              # A CONNECT names host:port, nothing else.
               - match:
                   connect_matcher: {{}}
-                direct_response:
-                  status: 403
-                  body: {{ inline_string: \"runta egress: CONNECT tunnels are not allowed; send plain HTTP through this proxy\\n\" }}
-              # Only host[:port] with a port of digits: anything else (userinfo, a signed or
-              # named port) could be read one way here and another upstream.
-              - match:
-                  prefix: \"/\"
                   headers:
                   - name: \":authority\"
                     invert_match: true
                     string_match:
                       safe_regex:
-                        regex: \"{authority_regex}\"
+                        regex: \"{connect_regex}\"
                 direct_response:
                   status: 400
-                  body: {{ inline_string: \"runta egress: the destination must be host[:port]\\n\" }}
-              - match: {{ prefix: \"/\" }}
+                  body: {{ inline_string: \"runta egress: the CONNECT target must be host:port\\n\" }}
+              # runta's answer to the CONNECT set {route_header} (overwriting any the client sent)
+              # and cleared the route cache: `intercept` goes to the interception listener.
+              - match:
+                  connect_matcher: {{}}
+                  headers:
+                  - name: {route_header}
+                    string_match: {{ exact: intercept }}
                 route:
-                  cluster: upstream
-                  timeout: 60s
-                # The runtime's proxy credentials and the proxy's own headers stay here.
-                request_headers_to_remove:
-                - proxy-authorization
-                - x-forwarded-proto
-                - x-envoy-internal
-          http_filters:
-          - name: envoy.filters.http.ext_proc
+                  cluster: intercept
+                  timeout: 0s
+                  upgrade_configs:
+                  - upgrade_type: CONNECT
+                    connect_config: {{}}
+                typed_per_filter_config:
+                  envoy.filters.http.set_filter_state: &keep_tunnel_identity
+                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    config: {{}}
+                  # No upstream address on this route (the interception listener is inside
+                  # Envoy; it guards what its requests reach). An empty RBACPerRoute, unlike a
+                  # disabled filter, is read from the route chosen after runta's answer.
+                  envoy.filters.http.rbac:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute
+              # Every other tunnel runta let on: a TCP tunnel to the target, untouched.
+              - match:
+                  connect_matcher: {{}}
+                route:
+                  cluster: upstream_tunnel
+                  timeout: 0s
+                  upgrade_configs:
+                  - upgrade_type: CONNECT
+                    connect_config: {{}}
+                typed_per_filter_config:
+                  envoy.filters.http.set_filter_state: *keep_tunnel_identity
+{plain_routes}          http_filters:
+          # CONNECT only (enabled on the CONNECT routes): the tunnel's target and credentials,
+          # as filter state the interception listener's connection inherits. Hashable: the
+          # internal connection pool is keyed by it, so tunnels never share an identity.
+          - name: envoy.filters.http.set_filter_state
+            disabled: true
             typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-              grpc_service:
-                envoy_grpc: {{ cluster_name: runta_extproc }}
-                timeout: 1s
-                initial_metadata:
-{metadata}              # Fail closed: if runta cannot answer, the request does not leave.
-              failure_mode_allow: false
-              message_timeout: {timeout}s
-              processing_mode:
-                request_header_mode: SEND
-                response_header_mode: SKIP
-                request_body_mode: NONE
-                response_body_mode: NONE
-                request_trailer_mode: SKIP
-                response_trailer_mode: SKIP
-              # host, :authority, :scheme, :method and x-envoy-* stay as the runtime sent them;
-              # an attempt to change them is an error, not silently ignored.
-              mutation_rules:
-                disallow_is_error: true
-          - name: envoy.filters.http.dynamic_forward_proxy
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config
+              on_request_headers:
+              - object_key: {credentials_state}
+                factory_key: envoy.hashable_string
+                format_string:
+                  text_format_source: {{ inline_string: \"%REQ(proxy-authorization)%\" }}
+                  omit_empty_values: true
+                skip_if_empty: true
+                shared_with_upstream: ONCE
+              - object_key: {target_state}
+                factory_key: envoy.hashable_string
+                format_string:
+                  text_format_source: {{ inline_string: \"%REQ(:authority)%\" }}
+                shared_with_upstream: ONCE
+{extproc_outer}          - &dynamic_forward_proxy
+            name: envoy.filters.http.dynamic_forward_proxy
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig
               dns_cache_config: &dns_cache
@@ -360,7 +372,8 @@ static_resources:
               save_upstream_address: true
           # The guard: refuse the address the name resolved to when it is in a refused range
           # (and not an explicit exception). The same DNS cache entry gives the address dialled.
-          - name: envoy.filters.http.rbac
+          - &upstream_guard
+            name: envoy.filters.http.rbac
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
               rules:
@@ -370,11 +383,72 @@ static_resources:
                     permissions:
 {guard}                    principals:
                     - any: true
-          - name: envoy.filters.http.router
+          - &router
+            name: envoy.filters.http.router
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
               # No x-envoy-* headers upstream.
               suppress_envoy_headers: true
+  # Intercepted tunnels: TLS terminated with runta's leaf for the client's server name, then
+  # the same filters as plain requests, with the tunnel's identity.
+  - name: intercept
+    internal_listener: {{}}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector
+    filter_chains:
+    # Bounds a handshake waiting for a certificate while runta cannot be reached.
+    - transport_socket_connect_timeout: 5s
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          # Every handshake asks for the name's certificate (the selector needs it).
+          disable_stateless_session_resumption: true
+          disable_stateful_session_resumption: true
+          common_tls_context:
+            alpn_protocols: [\"h2\", \"http/1.1\"]
+            custom_tls_certificate_selector:
+              name: envoy.tls.certificate_selectors.on_demand_secret
+              typed_config:
+                \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.cert_selectors.on_demand_secret.v3.Config
+                certificate_mapper:
+                  name: envoy.tls.certificate_mappers.sni
+                  typed_config:
+                    \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.cert_mappers.sni.v3.SNI
+                    # No server name: a name runta never answers, so the handshake fails.
+                    default_value: runta-no-sni
+                # runta answers only names the rules cover, over Delta SDS on its gRPC port
+                # (removed_resources for the others: the handshake fails at once).
+                config_source:
+                  resource_api_version: V3
+                  api_config_source:
+                    api_type: DELTA_GRPC
+                    transport_api_version: V3
+                    grpc_services:
+                    - envoy_grpc: {{ cluster_name: runta_extproc }}
+                      initial_metadata: *runta_credentials
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: intercept
+          codec_type: AUTO
+          generate_request_id: false
+          normalize_path: true
+          merge_slashes: true
+          path_with_escaped_slashes_action: REJECT_REQUEST
+{access_log_inner}          route_config:
+            name: intercept
+            virtual_hosts:
+            - name: intercept
+              domains: [\"*\"]
+              routes:
+{plain_routes_inner}          http_filters:
+{extproc_inner}          - *dynamic_forward_proxy
+          - *upstream_guard
+          - *router
   clusters:
   - name: upstream
     lb_policy: CLUSTER_PROVIDED
@@ -399,6 +473,33 @@ static_resources:
         common_tls_context:
           validation_context:
             trusted_ca: {{ filename: {ca} }}
+  # Tunnels passed through: plain TCP to the CONNECT target (the client does its own TLS).
+  - name: upstream_tunnel
+    lb_policy: CLUSTER_PROVIDED
+    cluster_type:
+      name: envoy.clusters.dynamic_forward_proxy
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig
+        dns_cache_config: *dns_cache
+  # The interception listener, inside Envoy; one connection per tunnel, never pooled across.
+  - name: intercept
+    type: STATIC
+    connection_pool_per_downstream_connection: true
+    load_assignment:
+      cluster_name: intercept
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              envoy_internal_address: {{ server_listener_name: intercept }}
+    transport_socket:
+      name: envoy.transport_sockets.internal_upstream
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport
+        transport_socket:
+          name: envoy.transport_sockets.raw_buffer
+          typed_config:
+            \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer
   - name: runta_extproc
     {cluster_type}
     connect_timeout: 1s
@@ -424,12 +525,20 @@ static_resources:
 {extproc}",
             title = title,
             admin = yaml_str(&self.admin_socket),
+            node = yaml_str(&node),
             listen_host = self.listen_host,
             listen_port = self.listen_port,
-            authority_regex = AUTHORITY_REGEX,
+            connect_regex = CONNECT_TARGET_REGEX,
+            route_header = crate::extproc::CONNECT_ROUTE_HEADER,
+            credentials_state = crate::extproc::TUNNEL_CREDENTIALS_STATE,
+            target_state = crate::extproc::TUNNEL_TARGET_STATE,
+            access_log_outer = access_log("egress", false),
+            access_log_inner = access_log("intercept", true),
+            plain_routes = plain_routes("              "),
+            plain_routes_inner = plain_routes("              "),
+            extproc_outer = self.extproc_filter(false),
+            extproc_inner = self.extproc_filter(true),
             guard = self.guard_yaml(),
-            metadata = metadata,
-            timeout = format_seconds(self.message_timeout_ms),
             resolver = self.resolver_yaml(),
             ca = yaml_str(&self.ca_bundle),
             cluster_type = match self.extproc {
@@ -448,6 +557,75 @@ static_resources:
             },
         );
         y
+    }
+
+    /// The gRPC metadata every call to runta carries (ext_proc and SDS): the sidecar's runtime
+    /// token or the gateway's token, as YAML list items at column 0.
+    fn grpc_metadata(&self) -> String {
+        match &self.mode {
+            Mode::Sidecar { runtime_token, .. } => format!(
+                "- {{ key: x-runta-runtime-token, value: {} }}\n",
+                yaml_str(runtime_token)
+            ),
+            Mode::Gateway => format!(
+                "- {{ key: authorization, value: {} }}\n",
+                yaml_str(&format!("Bearer {}", self.gateway_token))
+            ),
+        }
+    }
+
+    /// runta's ext_proc filter, as an `http_filters` item; in the interception listener it
+    /// also asks for the tunnel's attributes.
+    fn extproc_filter(&self, in_tunnel: bool) -> String {
+        let attributes = if in_tunnel {
+            format!(
+                "              # The tunnel's target and credentials (filter state from the CONNECT) and the
+              # TLS server name: what identifies these requests, out of the client's reach.
+              request_attributes:
+              - {}
+              - {}
+              - {}
+",
+                yaml_str(crate::extproc::TUNNEL_TARGET_ATTRIBUTE),
+                yaml_str(crate::extproc::TUNNEL_CREDENTIALS_ATTRIBUTE),
+                yaml_str(crate::extproc::SERVER_NAME_ATTRIBUTE),
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "          - name: envoy.filters.http.ext_proc
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+              grpc_service:
+                envoy_grpc: {{ cluster_name: runta_extproc }}
+                timeout: 1s
+{metadata}              # Fail closed: if runta cannot answer, the request does not leave.
+              failure_mode_allow: false
+              message_timeout: {timeout}s
+              processing_mode:
+                request_header_mode: SEND
+                response_header_mode: SKIP
+                request_body_mode: NONE
+                response_body_mode: NONE
+                request_trailer_mode: SKIP
+                response_trailer_mode: SKIP
+              # host, :authority, :scheme, :method and x-envoy-* stay as the runtime sent them;
+              # an attempt to change them is an error, not silently ignored.
+              mutation_rules:
+                disallow_is_error: true
+{attributes}",
+            // Written once (a YAML anchor) and referred to by the other calls to runta.
+            metadata = if in_tunnel {
+                "                initial_metadata: *runta_credentials\n".to_owned()
+            } else {
+                format!(
+                    "                initial_metadata: &runta_credentials\n{}",
+                    indent_lines(&self.grpc_metadata(), "                ")
+                )
+            },
+            timeout = format_seconds(self.message_timeout_ms),
+        )
     }
 
     fn resolver_yaml(&self) -> String {
@@ -480,6 +658,9 @@ pub const EXAMPLE_GATEWAY_TOKEN: &str = "runta_gw_CHANGE_ME";
 /// A well-formed `:authority`: a DNS name or a bracketed IPv6 literal, and an optional port of
 /// one to five digits (RE2; character classes instead of backslashes, which YAML would eat).
 pub const AUTHORITY_REGEX: &str = "^([[][0-9A-Fa-f:.]+[]]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?$";
+
+/// A well-formed CONNECT target: the same, with the port required.
+pub const CONNECT_TARGET_REGEX: &str = "^([[][0-9A-Fa-f:.]+[]]|[A-Za-z0-9._-]+):[0-9]{1,5}$";
 
 impl Bootstrap {
     /// The RBAC permission that refuses an upstream address: in a refused range and not an
@@ -540,6 +721,64 @@ fn upstream_matcher(net: &IpNet, port: Option<u16>) -> String {
         );
     }
     m
+}
+
+/// The routes of plain requests (on the proxy listener and inside intercepted tunnels), as
+/// route list items indented by `indent`.
+fn plain_routes(indent: &str) -> String {
+    let routes = format!(
+        "# Only host[:port] with a port of digits: anything else (userinfo, a signed or
+# named port) could be read one way here and another upstream.
+- match:
+    prefix: \"/\"
+    headers:
+    - name: \":authority\"
+      invert_match: true
+      string_match:
+        safe_regex:
+          regex: \"{AUTHORITY_REGEX}\"
+  direct_response:
+    status: 400
+    body: {{ inline_string: \"runta egress: the destination must be host[:port]\\n\" }}
+- match: {{ prefix: \"/\" }}
+  route:
+    cluster: upstream
+    # No overall deadline: streamed answers (server-sent events) may take minutes; an idle
+    # stream still ends after Envoy's stream_idle_timeout (5 minutes).
+    timeout: 0s
+  # The runtime's proxy credentials and the proxy's own headers stay here.
+  request_headers_to_remove:
+  - proxy-authorization
+  - x-forwarded-proto
+  - x-envoy-internal
+"
+    );
+    indent_lines(&routes, indent)
+}
+
+/// The access log of a listener: no query strings (an injected parameter must never reach a
+/// log), and never a header value.
+fn access_log(name: &str, in_tunnel: bool) -> String {
+    let extra = if in_tunnel {
+        " sni=%REQUESTED_SERVER_NAME%"
+    } else {
+        ""
+    };
+    format!(
+        "          access_log:
+          - name: envoy.access_loggers.stdout
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
+              log_format:
+                # No query strings: an injected parameter must never reach a log.
+                text_format_source:
+                  inline_string: \"[%START_TIME%] {name} %REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ_WITHOUT_QUERY(:PATH)%{extra} %RESPONSE_CODE% %RESPONSE_FLAGS% %DURATION%ms\\n\"
+                formatters:
+                - name: envoy.formatter.req_without_query
+                  typed_config:
+                    \"@type\": type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery
+"
+    )
 }
 
 fn indent_lines(text: &str, indent: &str) -> String {
@@ -617,8 +856,14 @@ mod tests {
         );
         assert!(!sidecar.contains("x-runta-tenant"));
         let gateway = Bootstrap::defaults(Mode::Gateway).render();
-        assert!(!gateway.contains("x-runta-"));
-        assert!(gateway.contains("value: \"Bearer runta_gw_CHANGE_ME\""));
+        assert!(!gateway.contains("x-runta-runtime-token") && !gateway.contains("x-runta-tenant"));
+        // Written once; the proxy listener's ext_proc, the interception listener's and SDS
+        // all send it.
+        for text in [&gateway, &sidecar] {
+            assert_eq!(text.matches("initial_metadata: &runta_credentials").count(), 1);
+            assert_eq!(text.matches("initial_metadata: *runta_credentials").count(), 2);
+        }
+        assert_eq!(gateway.matches("runta_gw_CHANGE_ME").count(), 1);
     }
 
     #[test]

@@ -103,8 +103,7 @@ pub enum Outcome {
     NoMatch,
     /// Nobody identified, policy `pass`: forwarded unchanged.
     Unidentified,
-    /// CONNECT to a target no rule covers (or nobody identified, policy `pass`): passed
-    /// through as a TCP tunnel.
+    /// CONNECT to a target no rule of the runtime covers: passed through as a TCP tunnel.
     Tunnel,
     /// CONNECT to a target a rule of the runtime covers: Envoy terminates the tunnel and the
     /// client's TLS, and its requests come back here one by one.
@@ -121,6 +120,9 @@ pub enum Outcome {
     Denied,
     /// A runtime token that is unknown, revoked or malformed: 407.
     BadToken,
+    /// A CONNECT without proxy credentials (policy `pass`): 407, asking for the runtime
+    /// token.
+    CredentialsRequired,
     /// A rule matched but its secret could not be had: 503, never forwarded without it.
     /// (Not produced by `decide`, which does not look at secrets; by the plumbing after it.)
     SecretUnavailable,
@@ -128,7 +130,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for metrics that expose each one from the start.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Inject,
         Self::NoMatch,
         Self::Unidentified,
@@ -139,6 +141,7 @@ impl Outcome {
         Self::InterceptionUnavailable,
         Self::Denied,
         Self::BadToken,
+        Self::CredentialsRequired,
         Self::SecretUnavailable,
     ];
 
@@ -154,6 +157,7 @@ impl Outcome {
             Self::InterceptionUnavailable => "interception_unavailable",
             Self::Denied => "denied",
             Self::BadToken => "bad_token",
+            Self::CredentialsRequired => "credentials_required",
             Self::SecretUnavailable => "secret_unavailable",
         }
     }
@@ -210,11 +214,10 @@ pub fn decide<'a>(
         Identified::No => {
             decision.outcome = match policy.unidentified {
                 Unidentified::Deny => Outcome::Denied,
-                Unidentified::Pass
-                    if is_connect && policy.unmatched_connect == UnmatchedConnect::Deny =>
-                {
-                    Outcome::TunnelDenied
-                }
+                // A tunnel nobody is identified for could never be intercepted: challenge the
+                // client for its runtime token (some send credentials only when asked) rather
+                // than lose its injections without a word.
+                Unidentified::Pass if is_connect => Outcome::CredentialsRequired,
                 Unidentified::Pass => Outcome::Unidentified,
             };
             return decision;
@@ -777,14 +780,28 @@ mod tests {
                 Policy::from(Unidentified::Pass),
                 Outcome::TunnelDenied,
             ),
-            // nobody identified: passed through, or refused when unmatched tunnels are
+            // nobody identified: asked for credentials (407), or refused by policy `deny`
             (
                 "api.openai.com:443",
                 None,
                 Policy::from(Unidentified::Pass),
-                Outcome::Unidentified,
+                Outcome::CredentialsRequired,
             ),
-            ("api.openai.com:443", None, deny, Outcome::TunnelDenied),
+            (
+                "pinned.example.org:443",
+                None,
+                deny,
+                Outcome::CredentialsRequired,
+            ),
+            (
+                "api.openai.com:443",
+                None,
+                Policy {
+                    unidentified: Unidentified::Deny,
+                    ..deny
+                },
+                Outcome::Denied,
+            ),
         ] {
             let d = decide(&snap, sidecar, &connect(target), policy);
             assert_eq!(

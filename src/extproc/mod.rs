@@ -293,6 +293,7 @@ impl Inner {
             Outcome::SecretUnavailable => Some(Refusal::SecretUnavailable {
                 rule: decision.rules.first().map_or("-", |r| r.id.as_str()),
             }),
+            Outcome::CredentialsRequired => Some(Refusal::CredentialsRequired),
             Outcome::TunnelDenied => Some(Refusal::TunnelDenied),
             Outcome::Misdirected => Some(Refusal::Misdirected),
             Outcome::InterceptionUnavailable => Some(Refusal::InterceptionUnavailable),

@@ -17,6 +17,8 @@ pub enum Refusal<'a> {
     BadToken,
     /// Nobody identified and the policy is `deny`: 403.
     Unidentified,
+    /// A CONNECT without proxy credentials: 407, asking for the runtime token.
+    CredentialsRequired,
     /// A rule matched but its secret cannot be had: 503 naming the rule. Failing closed: the
     /// request is never forwarded without its credential.
     SecretUnavailable { rule: &'a str },
@@ -36,6 +38,7 @@ impl Refusal<'_> {
         match self {
             Self::BadToken => Outcome::BadToken,
             Self::Unidentified => Outcome::Denied,
+            Self::CredentialsRequired => Outcome::CredentialsRequired,
             Self::SecretUnavailable { .. } => Outcome::SecretUnavailable,
             Self::TunnelDenied => Outcome::TunnelDenied,
             Self::Misdirected => Outcome::Misdirected,
@@ -45,7 +48,7 @@ impl Refusal<'_> {
 
     pub fn status(self) -> u16 {
         match self {
-            Self::BadToken => 407,
+            Self::BadToken | Self::CredentialsRequired => 407,
             Self::Unidentified => 403,
             Self::SecretUnavailable { .. } | Self::InterceptionUnavailable => 503,
             Self::TunnelDenied => 403,
@@ -62,6 +65,9 @@ impl Refusal<'_> {
             Self::Unidentified => {
                 "runta: this request does not come from an identified runtime\n".to_owned()
             }
+            Self::CredentialsRequired => "runta: HTTPS tunnels need the runtime token as proxy \
+                                          credentials (HTTPS_PROXY=http://<token>:x@gateway)\n"
+                .to_owned(),
             Self::SecretUnavailable { rule } => {
                 format!("runta: the credential for rule {rule} is unavailable\n")
             }
@@ -84,6 +90,7 @@ impl Refusal<'_> {
         match self {
             Self::BadToken => "runta_bad_runtime_token",
             Self::Unidentified => "runta_unidentified",
+            Self::CredentialsRequired => "runta_credentials_required",
             Self::SecretUnavailable { .. } => "runta_secret_unavailable",
             Self::TunnelDenied => "runta_tunnel_denied",
             Self::Misdirected => "runta_misdirected",
@@ -94,7 +101,7 @@ impl Refusal<'_> {
     /// Envoy's immediate response for this refusal.
     pub fn response(self) -> ProcessingResponse {
         let headers = match self {
-            Self::BadToken => vec![mutation::set_header(
+            Self::BadToken | Self::CredentialsRequired => vec![mutation::set_header(
                 "proxy-authenticate",
                 b"Basic realm=\"runta\"".to_vec(),
             )],
@@ -135,6 +142,12 @@ mod tests {
                 "rule rule_1 is unavailable",
             ),
             (
+                Refusal::CredentialsRequired,
+                407,
+                Outcome::CredentialsRequired,
+                "need the runtime token",
+            ),
+            (
                 Refusal::TunnelDenied,
                 403,
                 Outcome::TunnelDenied,
@@ -166,7 +179,7 @@ mod tests {
                 .iter()
                 .flat_map(|h| &h.set_headers)
                 .any(|h| h.header.as_ref().unwrap().key == "proxy-authenticate");
-            assert_eq!(challenge, refusal == Refusal::BadToken, "{refusal:?}");
+            assert_eq!(challenge, status == 407, "{refusal:?}");
         }
     }
 }
