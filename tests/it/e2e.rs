@@ -87,6 +87,8 @@ const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts");
 pub struct World {
     pub dir: tempfile::TempDir,
     pub ca: PathBuf,
+    /// The loopback address the upstream listens on (and the DNS server answers with).
+    pub upstream_host: String,
     pub upstream_port: u16,
     pub upstream_log: PathBuf,
     pub dns_port: u16,
@@ -108,6 +110,11 @@ impl Drop for World {
 
 impl World {
     pub fn new() -> Self {
+        Self::at("127.0.0.1", 0)
+    }
+
+    /// The upstream on a loopback address and port of the caller's choice (0: a free port).
+    pub fn at(host: &str, port: u16) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
         let dir = tempfile::tempdir().unwrap();
         if std::env::var_os("RUNTA_E2E_DEBUG").is_some() {
@@ -144,18 +151,18 @@ impl World {
         let upstream_log = dir.path().join("upstream.log");
         std::fs::write(&upstream_log, "").unwrap();
         let mut upstream = Command::new("python3");
-        upstream.arg(format!("{SCRIPTS}/echo_upstream.py")).args([
-            &cert_path,
-            &key_path,
-            &upstream_log,
-        ]);
+        upstream
+            .arg(format!("{SCRIPTS}/echo_upstream.py"))
+            .args([&cert_path, &key_path, &upstream_log])
+            .args([host.to_owned(), port.to_string()]);
         let (upstream, upstream_port) = spawn_printing_port(upstream);
         let mut dns = Command::new("python3");
-        dns.arg(format!("{SCRIPTS}/dns_stub.py"));
+        dns.arg(format!("{SCRIPTS}/dns_stub.py")).args(["0", host]);
         let (dns, dns_port) = spawn_printing_port(dns);
         Self {
             dir,
             ca: ca_path,
+            upstream_host: host.to_owned(),
             upstream_port,
             upstream_log,
             dns_port,
@@ -215,7 +222,7 @@ impl Envoy {
         let grpc = server.grpc_addr();
         args.extend(["--extproc-address", &grpc]);
         // The test upstream listens on loopback, which the guard refuses: one named exception.
-        let upstream = format!("127.0.0.1:{}", world.upstream_port);
+        let upstream = format!("{}:{}", world.upstream_host, world.upstream_port);
         args.extend(["--allow-upstream-address", &upstream]);
         ok(&server.runta(&args));
         let access_log = world.dir.path().join(format!("{name}-access.log"));
@@ -532,24 +539,30 @@ fn edge_gateway_end_to_end() {
         let reply = curl(&envoy.proxy(Some(&worker)), &target, &[]);
         assert_eq!(reply.status, 403, "{target}: {reply:?}");
     }
-    let tunnel = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-p",
-            "-x",
-            &envoy.proxy(Some(&worker)),
-            "--cacert",
-        ])
-        .arg(&world.ca)
-        .arg(format!(
-            "https://api.openai.com:{}/v1/models",
-            world.upstream_port
-        ))
-        .output()
-        .unwrap();
-    assert!(!tunnel.status.success(), "CONNECT must be refused");
+    // Tunnels obey the same guard: runta's own ports and the metadata address are refused
+    // (403 to the CONNECT), whatever the runtime's rules.
+    for target in [
+        format!("http://127.0.0.1:{admin_port}/v1/secrets"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let tunnel = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "-p",
+                "-x",
+                &envoy.proxy(Some(&worker)),
+            ])
+            .arg(&target)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&tunnel.stderr);
+        assert!(
+            stderr.contains("CONNECT tunnel failed, response 403"),
+            "a tunnel to {target}: {stderr}"
+        );
+    }
     assert_eq!(world.upstream_requests(), before);
 
     // Revoked and unknown tokens: 407, and the upstream receives nothing.

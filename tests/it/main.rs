@@ -8,6 +8,7 @@ mod cli;
 mod e2e;
 mod e2e_faults;
 mod e2e_hardening;
+mod e2e_https;
 mod extproc;
 mod identity;
 mod openapi;
