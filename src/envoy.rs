@@ -860,8 +860,14 @@ mod tests {
         // Written once; the proxy listener's ext_proc, the interception listener's and SDS
         // all send it.
         for text in [&gateway, &sidecar] {
-            assert_eq!(text.matches("initial_metadata: &runta_credentials").count(), 1);
-            assert_eq!(text.matches("initial_metadata: *runta_credentials").count(), 2);
+            assert_eq!(
+                text.matches("initial_metadata: &runta_credentials").count(),
+                1
+            );
+            assert_eq!(
+                text.matches("initial_metadata: *runta_credentials").count(),
+                2
+            );
         }
         assert_eq!(gateway.matches("runta_gw_CHANGE_ME").count(), 1);
     }

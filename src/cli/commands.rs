@@ -58,6 +58,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(&args).await,
         Command::Ca(CaCommand::Export(args)) => server::ca_export(&args),
+        Command::Ca(CaCommand::Generate { cert_out, key_out }) => {
+            server::ca_generate(&cert_out, &key_out)
+        }
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics when its writer fails (`| head`).
             let mut script = Vec::new();

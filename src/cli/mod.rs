@@ -498,6 +498,16 @@ pub struct RuntimeEnvArgs {
 pub enum CaCommand {
     /// Print the interception CA certificate (PEM), found the way `runta serve` finds it.
     Export(StoreArgs),
+    /// Generate a new interception CA (ECDSA P-256, ten years) for `[interception]
+    /// ca_cert_file` / `ca_key_file`; neither file may exist.
+    Generate {
+        /// Where to write the certificate (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert_out: PathBuf,
+        /// Where to write the private key (PKCS#8 PEM, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        key_out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -70,6 +70,29 @@ pub fn ca_export(args: &StoreArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `runta ca generate`: a new CA into two files that must not exist (the key 0600).
+pub fn ca_generate(cert_out: &Path, key_out: &Path) -> Result<(), CliError> {
+    for path in [cert_out, key_out] {
+        if path.exists() {
+            return Err(usage(format!(
+                "{} exists; runta ca generate never overwrites a file",
+                path.display()
+            )));
+        }
+    }
+    let ca = crate::interception::generate_ca().map_err(usage)?;
+    crate::bootstrap::write_new_file(key_out, ca.key_pem.trim_end().as_bytes()).map_err(usage)?;
+    std::fs::write(cert_out, ca.cert_pem.trim_end().to_owned() + "\n")
+        .map_err(|e| usage(format!("{}: {e}", cert_out.display())))?;
+    eprintln!(
+        "wrote the CA certificate to {} and its key to {} (mode 0600); configure them as \
+         [interception] ca_cert_file and ca_key_file on every replica",
+        cert_out.display(),
+        key_out.display()
+    );
+    Ok(())
+}
+
 /// `runta envoy bootstrap`: an Envoy configuration pointing at this server, printed or written.
 /// A sidecar without `--runtime-token` gets a new token of its runtime, created through the
 /// admin API (the only server command that calls it).

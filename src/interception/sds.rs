@@ -50,6 +50,9 @@ struct Inner {
     authority: Option<Arc<Authority>>,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// True once the server shuts down: streams end (Envoy reconnects, to another replica or
+    /// to this one restarted), so the gRPC server's graceful shutdown does not wait forever.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Sds {
@@ -58,12 +61,19 @@ impl Sds {
         authority: Option<Arc<Authority>>,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
         Self {
             inner: Arc::new(Inner {
                 authority,
                 engine,
                 metrics,
+                stopping,
             }),
         }
     }
@@ -189,6 +199,8 @@ impl StreamState {
         let _open = OpenStream::new(self.inner.metrics.clone());
         let mut generation = self.inner.engine.watch_snapshots();
         generation.mark_unchanged();
+        let stop = stopped(self.inner.stopping.clone());
+        tokio::pin!(stop);
         loop {
             let renewal = self
                 .names
@@ -206,6 +218,7 @@ impl StreamState {
                 }
             };
             tokio::select! {
+                () = &mut stop => return,
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
                         if !self.on_request(request).await {
@@ -339,6 +352,15 @@ impl StreamState {
         self.nonce += 1;
         response.nonce = self.nonce.to_string();
         self.tx.send(Ok(response)).await.is_ok()
+    }
+}
+
+/// Completes once the server shuts down.
+async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
+    while !*stopping.borrow_and_update() {
+        if stopping.changed().await.is_err() {
+            return;
+        }
     }
 }
 

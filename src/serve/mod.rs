@@ -168,8 +168,9 @@ fn shutdown_future(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Sen
 /// Starts the server: everything resolved and loaded, then both ports bound and every task
 /// spawned.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    let wired = wire::wire(&config).await?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Long-lived streams (SDS) end on shutdown too: the gRPC server waits for them.
+    let wired = wire::wire(&config, shutdown_future(&shutdown_rx)).await?;
     let mut tasks: JoinSet<TaskExit> = JoinSet::new();
 
     let grpc_services = wired.grpc.service_names().to_vec();

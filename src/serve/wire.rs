@@ -31,7 +31,10 @@ pub(super) struct Wired {
     pub active_key: String,
 }
 
-pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
+pub(super) async fn wire(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Wired, ServeError> {
     bootstrap::provision_embedded(config)?;
     let resolved = bootstrap::resolve(config)?;
     let (mut store, _) = open_store(config, &resolved.database_url).await?;
@@ -105,7 +108,7 @@ pub(super) async fn wire(config: &Config) -> Result<Wired, ServeError> {
         metrics.clone(),
         GrpcServices {
             extproc: ExtProc::new(engine.clone(), policy, metrics.clone()),
-            sds: Sds::new(authority.clone(), engine.clone(), metrics.clone()),
+            sds: Sds::new(authority.clone(), engine.clone(), metrics.clone(), shutdown),
         },
     )
     .await;

@@ -647,6 +647,9 @@ const SETTINGS: &[(&str, &[&str])] = &[
         &["config", "data-dir", "grpc-listen", "api-url", "api-key"],
     ),
     ("completions", &[]),
+    // Reads the CA the way `runta serve` finds it.
+    ("ca export", STORE_SETTINGS),
+    ("ca generate", &[]),
     // The trail through the admin API, as a tenant or (--operator) as the operator.
     (
         "audit list",

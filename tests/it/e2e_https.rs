@@ -710,7 +710,13 @@ fn runta_restarting_under_open_tunnels_never_lets_a_request_out_without_its_cred
         envoy,
         ..
     } = https;
-    server.stop();
+    // It stops by itself on SIGTERM although Envoy holds SDS streams open (they end on
+    // shutdown), rather than being killed after the grace period.
+    let log = server.stop();
+    assert!(
+        log.contains("stopped"),
+        "runta did not stop gracefully:\n{log}"
+    );
     let before = world.upstream_requests();
     match tunnel.get("/v1/models") {
         Ok((status, body)) => assert!(status >= 500, "{status}: {body}"),

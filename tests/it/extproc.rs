@@ -6,6 +6,7 @@
 mod changes;
 mod identity;
 mod injection;
+mod sds;
 mod transport;
 
 use std::sync::Arc;

@@ -623,7 +623,13 @@ async fn success_answers_match_the_document(app: TestApp) {
     )
     .await;
 
-    for route in ["/healthz", "/readyz", "/metrics", "/openapi.yaml"] {
+    for route in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.yaml",
+        "/v1/ca.pem",
+    ] {
         api.ok(M::GET, route, route, None, None).await;
     }
     let missed: Vec<_> = served().difference(&api.succeeded).cloned().collect();

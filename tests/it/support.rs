@@ -168,7 +168,7 @@ pub fn admin_router(store: Store, keyring: Arc<Keyring>) -> Router {
         metrics,
         engine,
         max_body_bytes: 64 * 1024,
-        interception_ca: None,
+        interception_ca: Some(Arc::from(test_ca_pem())),
     })
 }
 
@@ -423,3 +423,13 @@ macro_rules! backend_tests {
     };
 }
 pub(crate) use backend_tests;
+
+/// A self-signed CA certificate (PEM), as the admin API serves the interception CA.
+pub fn test_ca_pem() -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem()
+}

@@ -190,6 +190,7 @@ async fn every_grpc_service_but_health_requires_authentication() {
     let services = gw.running.as_ref().unwrap().grpc_services().to_vec();
     assert!(
         services.contains(&"envoy.service.ext_proc.v3.ExternalProcessor")
+            && services.contains(&"envoy.service.secret.v3.SecretDiscoveryService")
             && services.contains(&"grpc.health.v1.Health"),
         "{services:?}"
     );
