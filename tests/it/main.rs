@@ -16,6 +16,7 @@ mod pg_tls;
 mod postgres_faults;
 mod properties;
 mod read_only_commands;
+mod readme;
 mod request_shapes;
 mod secret_cache;
 mod sqlite_faults;
