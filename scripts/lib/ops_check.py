@@ -22,6 +22,8 @@ which has PyYAML through kubernetes-validate):
       runta.toml from the ConfigMap runta-config with /run/secrets/runta moved to SECRETS_DIR.
   container FILE NAME CONTAINER (command|env)
       A container's command and args (each ended by NUL), or its env as NAME=VALUE lines.
+  projected FILE NAME
+      The files the volume `secrets` of FILE's workload NAME projects (one per line).
   dashboard
       deploy/grafana/runta.json is a well-formed Grafana dashboard.
   alerts
@@ -56,6 +58,7 @@ PLACEHOLDERS = {"gateway": "runta_gw_CHANGE_ME", "sidecar": "runta_rt_CHANGE_ME"
 SECRETS = {
     "runta-server": {"database-url", "operator-token", "encryption-key-k1"},
     "runta-gateway-token": {"token"},
+    "runta-interception-ca": {"ca.pem", "ca.key"},
     "runta-runtime-token-worker": {"token"},
 }
 # Series Prometheus records itself, not scraped from a target.
@@ -392,6 +395,21 @@ def cmd_render_args(argv):
         print(word, end="\0")
 
 
+def cmd_projected(argv):
+    file, name = argv
+    for doc in documents(K8S / file):
+        spec, _ = pod_specs(doc)
+        if spec is None or doc["metadata"]["name"] != name:
+            continue
+        for volume in spec.get("volumes", []):
+            if volume["name"] == "secrets":
+                for source in volume["projected"]["sources"]:
+                    for item in source["secret"]["items"]:
+                        print(item["path"])
+                return
+    raise SystemExit(f"no volume secrets in {name} ({file})")
+
+
 def cmd_container(argv):
     file, name, container_name, what = argv
     for doc in documents(K8S / file):
@@ -605,6 +623,7 @@ COMMANDS = {
     "render-args": cmd_render_args,
     "toml": cmd_toml,
     "container": cmd_container,
+    "projected": cmd_projected,
     "dashboard": cmd_dashboard,
     "alerts": cmd_alerts,
     "names": cmd_names,
