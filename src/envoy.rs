@@ -1,23 +1,29 @@
 //! Envoy configurations for runta: `runta envoy bootstrap` renders them, and the files in
 //! `envoy/` are its output with default values (a test keeps them equal).
 //!
-//! Both modes are an HTTP forward proxy (runtimes use it as `HTTP_PROXY`; absolute-form URLs)
+//! Both modes are an HTTP forward proxy (runtimes use it as `HTTP_PROXY` and `HTTPS_PROXY`)
 //! whose every request passes runta's ext_proc filter (request headers only, failing closed)
 //! before a dynamic forward proxy sends it upstream over TLS, with SNI and certificate
-//! validation against a CA bundle. A sidecar authenticates its ext_proc streams with its
-//! runtime's token (`x-runta-runtime-token`), which fixes its identity; the shared gateway
-//! authenticates with a gateway token and leaves identity to the runtime tokens runtimes use as
-//! proxy credentials.
+//! validation against a CA bundle. A sidecar authenticates its calls to runta (ext_proc and
+//! SDS) with its runtime's token (`x-runta-runtime-token`), which fixes its identity; the
+//! shared gateway authenticates with a gateway token and leaves identity to the runtime tokens
+//! runtimes use as proxy credentials.
+//!
+//! HTTPS: a CONNECT passes ext_proc too, and runta's answer routes it (`x-runta-connect`, route
+//! cache cleared): to the internal `intercept` listener, which terminates the client's TLS with
+//! a leaf certificate runta serves over Delta SDS for the SNI and sends the decrypted requests
+//! through the same filters (the tunnel's credentials and target carried as hashable filter
+//! state, one internal connection per tunnel); or through as a plain TCP tunnel.
 //!
 //! What a runtime can never reach through it: Envoy's admin interface (a Unix socket, not a
 //! port); loopback, unspecified and link-local addresses (runta's own ports, cloud metadata),
 //! their IPv4-mapped, IPv4-compatible and NAT64 forms, and on the shared gateway by default the
 //! private ranges — judged by the address the name **resolved** to (the dynamic forward proxy
-//! saves it; an RBAC filter refuses it), so no spelling or DNS name gets around it; named
-//! exceptions are explicit (`allowed_upstreams`). Also refused: an authority that is not
-//! `host[:port]` with a port of digits, and CONNECT tunnels (which could carry anything, and
-//! cannot be injected into). Upstream receives what the runtime sent plus the injection:
-//! proxy credentials and Envoy's own headers are removed.
+//! saves it; an RBAC filter refuses it), for plain requests and tunnels alike, so no spelling or
+//! DNS name gets around it; named exceptions are explicit (`allowed_upstreams`). Also refused:
+//! an authority that is not `host[:port]` with a port of digits (a CONNECT's must have the
+//! port). Upstream receives what the runtime sent plus the injection: proxy credentials and
+//! Envoy's own headers are removed.
 
 use std::fmt::Write as _;
 
@@ -368,6 +374,10 @@ static_resources:
               dns_cache_config: &dns_cache
                 name: egress_dns_cache
                 dns_lookup_family: V4_PREFERRED
+                # Distinct upstream names at once (each kept 5 minutes after its last use); past
+                # it new names get 503. The default, 1,024, is few for a shared gateway with
+                # wildcard rules.
+                max_hosts: 16384
 {resolver}              # The resolved address goes into the stream's filter state for the guard below.
               save_upstream_address: true
           # The guard: refuse the address the name resolved to when it is in a refused range

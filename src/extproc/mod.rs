@@ -277,7 +277,13 @@ impl Inner {
         let decision = decide(&snapshot, sidecar, &view, self.policy);
         let (response, outcome) = self.respond(&decision, &view).await;
         let elapsed = started.elapsed();
-        self.record(&snapshot, &decision, outcome, elapsed);
+        self.record(
+            &snapshot,
+            &decision,
+            outcome,
+            elapsed,
+            view.tunnel.is_some(),
+        );
         response
     }
 
@@ -342,6 +348,7 @@ impl Inner {
         decision: &Decision<'_>,
         outcome: Outcome,
         elapsed: std::time::Duration,
+        in_tunnel: bool,
     ) {
         self.metrics.hot.decision(outcome).inc();
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
@@ -360,6 +367,7 @@ impl Inner {
             host = %decision.host,
             path = %decision.path,
             outcome = %outcome.as_str(),
+            intercepted = in_tunnel,
             micros = elapsed.as_micros() as u64,
             "ext_proc decision"
         );

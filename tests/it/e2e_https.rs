@@ -765,3 +765,60 @@ fn runta_restarting_under_open_tunnels_never_lets_a_request_out_without_its_cred
     }
     drop(server);
 }
+
+#[test]
+fn a_sidecar_intercepts_only_its_own_runtimes_hosts() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let Some(https) = Https::start(&[]) else {
+        return;
+    };
+    // A rule of another runtime only: the sidecar of `worker` must not intercept it.
+    ok(&https.server.shell(
+        "runta secret rule add other --host api.other.com --credential other-key --inject-header x-other",
+    ));
+    let sidecar = Envoy::start(
+        &envoy_bin,
+        &https.server,
+        &https.world,
+        &["--mode", "sidecar", "--runtime", "worker"],
+        "sidecar",
+    );
+    let bundle = https.bundle("worker");
+    let bundle = bundle.to_str().unwrap();
+    // No proxy credentials: the sidecar's own runtime token identifies it.
+    let proxy = format!("http://127.0.0.1:{}", sidecar.port);
+    let got = curl(
+        &proxy,
+        "https://api.openai.com/v1/models",
+        &["--cacert", bundle],
+    );
+    assert_eq!(
+        header(&got.echo(), "authorization"),
+        [format!("Bearer {OPENAI}")],
+        "{got:?}"
+    );
+    // Another runtime's host: passed through (the real certificate), nothing injected.
+    let got = curl(
+        &proxy,
+        "https://api.other.com/v1/models",
+        &["--cacert", https.world.ca.to_str().unwrap()],
+    );
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(header(&got.echo(), "x-other").is_empty());
+    // Forced into interception by hand (a tunnel to worker's host carrying another name), the
+    // sidecar's SDS refuses the name: the handshake fails.
+    let got = curl(
+        &proxy,
+        "https://api.other.com/v1/models",
+        &[
+            "--cacert",
+            bundle,
+            "--connect-to",
+            "api.other.com:443:api.openai.com:443",
+        ],
+    );
+    assert_eq!(got.status, 0, "{got:?}");
+    assert_no_marker(MARKERS, "the sidecar's access log", &sidecar.access_log());
+}
