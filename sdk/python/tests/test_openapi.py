@@ -33,7 +33,7 @@ def test_every_v1_operation_has_a_call() -> None:
         for method, op in item.items()
         if method != "parameters"
     ]
-    assert len(operations) == 20
+    assert len(operations) == 21
     assert [op for op in operations if f"# {op}" not in source] == []
 
 

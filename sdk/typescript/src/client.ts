@@ -1,7 +1,7 @@
 /** The client, {@link Runta}: settings, then the resources over one transport. */
 
 import { DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_MS, Transport } from "./http.js";
-import { ApiKeys, Audit, Runtime, Secrets, Tenants } from "./resources.js";
+import { ApiKeys, Audit, Runtime, Secrets, Tenants, getCaCertificate } from "./resources.js";
 import { resolveSettings } from "./settings.js";
 
 export interface RuntaOptions {
@@ -50,5 +50,12 @@ export class Runta {
   /** A handle on the runtime `name` (nothing is sent until a call is made). */
   runtime(name: string): Runtime {
     return new Runtime(this.#transport, name);
+  }
+
+  /** The server's HTTPS interception CA certificate (PEM text), for runtimes to trust. Public:
+   * no API key is read or sent. A `NotFoundError` (`interception_disabled`) when the server has
+   * no CA. */
+  caCertificate(): Promise<string> {
+    return getCaCertificate(this.#transport);
   }
 }

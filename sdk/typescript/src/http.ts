@@ -26,13 +26,17 @@ const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 8_000;
 const IDEMPOTENT = new Set(["GET", "PUT", "DELETE"]);
 
-export type Auth = "apiKey" | "operator";
+/** Which credential a call presents; `"none"`: the endpoint is public, nothing is read or sent. */
+export type Auth = "apiKey" | "operator" | "none";
 export type Method = "GET" | "POST" | "PUT" | "DELETE";
 
 export interface RequestOptions {
   body?: unknown;
   query?: Record<string, string | undefined>;
   auth?: Auth;
+  /** The media type of an answer that is text, not JSON: the call resolves to the text as it
+   * came. Error answers are JSON either way. */
+  text?: string;
 }
 
 const userAgent = (): string => {
@@ -69,15 +73,18 @@ export class Transport {
     return this.#settings.apiUrl;
   }
 
-  /** Sends one call; resolves to its JSON answer (`undefined` for 204). */
+  /** Sends one call; resolves to its JSON answer (`undefined` for 204), or its text for a
+   * `text` call. */
   async request<T>(method: Method, path: string, options: RequestOptions = {}): Promise<T> {
     const auth = options.auth ?? "apiKey";
-    const credential = (auth === "apiKey" ? this.#settings.apiKey : this.#settings.operatorToken).get();
     const headers: Record<string, string> = {
-      Authorization: `Bearer ${credential}`,
       "User-Agent": userAgent(),
-      Accept: "application/json",
+      Accept: options.text === undefined ? "application/json" : `${options.text}, application/json`,
     };
+    if (auth !== "none") {
+      const credential = (auth === "apiKey" ? this.#settings.apiKey : this.#settings.operatorToken).get();
+      headers["Authorization"] = `Bearer ${credential}`;
+    }
     let body: string | undefined;
     if (options.body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -105,6 +112,7 @@ export class Transport {
         await sleep(backoff(retries));
         continue;
       }
+      if (response.ok && options.text !== undefined) return text as T;
       return read<T>(response, text, method, path);
     }
   }

@@ -1,6 +1,6 @@
 /**
  * The resources of a client: `secrets` (and the tenant's rules), a runtime's rules and tokens,
- * tenants, API keys and the audit trail. Each method is one request (or one list, page after
+ * tenants, API keys, the audit trail and the interception CA certificate. Each method is one request (or one list, page after
  * page) described by the OpenAPI document's operation named in its comment. Request bodies use
  * the REST (snake_case) field names.
  */
@@ -277,4 +277,11 @@ export class Audit {
       filters,
     );
   }
+}
+
+/** The server's HTTPS interception CA certificate, PEM (`runta.caCertificate()`). Public: no
+ * credential is read or sent. A `NotFoundError` (`interception_disabled`) when the server has no
+ * CA. */
+export function getCaCertificate(transport: Transport): Promise<string> {
+  return transport.request("GET", "/v1/ca.pem", { auth: "none", text: "application/x-pem-file" }); // getCaCertificate
 }

@@ -3,8 +3,8 @@ runtime tokens through the admin REST API.
 
 ``runta.Runta`` is the client (``runta.AsyncRunta`` the same, awaited). After a plain
 ``import runta`` a default client made from the environment on first use is behind
-``runta.secrets``, ``runta.runtime(name)``, ``runta.tenants``, ``runta.api_keys`` and
-``runta.audit``.
+``runta.secrets``, ``runta.runtime(name)``, ``runta.tenants``, ``runta.api_keys``,
+``runta.audit`` and ``runta.ca_certificate()``.
 """
 
 from ._async import (
@@ -17,7 +17,7 @@ from ._async import (
     AsyncSecrets,
     AsyncTenants,
 )
-from ._default import api_keys, audit, configure, default_client, runtime, secrets, tenants
+from ._default import api_keys, audit, ca_certificate, configure, default_client, runtime, secrets, tenants
 from ._operations import NOT_GIVEN
 from ._sync import ApiKeys, Audit, Runta, Runtime, RuntimeSecrets, RuntimeTokens, Secrets, Tenants
 from ._version import __version__
@@ -71,6 +71,7 @@ __all__ = [
     "tenants",
     "api_keys",
     "audit",
+    "ca_certificate",
     "default_client",
     "configure",
     "NOT_GIVEN",

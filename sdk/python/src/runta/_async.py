@@ -189,6 +189,9 @@ class AsyncRunta:
     def runtime(self, name: str) -> AsyncRuntime:
         return AsyncRuntime(self._transport, name)
 
+    async def ca_certificate(self) -> str:
+        return await self._transport.call(ops.get_ca_certificate())
+
     async def aclose(self) -> None:
         await self._transport.aclose()
 

@@ -62,3 +62,8 @@ audit = Audit(_transport)
 def runtime(name: str) -> Runtime:
     """A handle on the runtime ``name`` of the default client."""
     return Runtime(_transport, name)
+
+
+def ca_certificate() -> str:
+    """The HTTPS interception CA certificate (PEM) of the default client's server; no key needed."""
+    return _transport.call(ops.get_ca_certificate())

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import httpx
 
-from ._operations import API_KEY, Call, ListCall
+from ._operations import API_KEY, PUBLIC, Call, ListCall
 from ._settings import Settings
 from ._version import __version__
 from .errors import APIConnectionError, APITimeoutError, RuntaError, error_from_response
@@ -55,13 +55,16 @@ class _Policy:
         self.base_delay = 0.5
         self.max_delay = 8.0
 
-    def headers(self, auth: str, body: Optional[bytes]) -> Dict[str, str]:
-        credential = self.settings.api_key if auth == API_KEY else self.settings.operator_token
+    def headers(self, auth: str, body: Optional[bytes], text: Optional[str] = None) -> Dict[str, str]:
+        """The request's headers; a ``PUBLIC`` call reads and sends no credential."""
         headers = {
-            "Authorization": f"Bearer {credential.get()}",
             "User-Agent": USER_AGENT,
-            "Accept": "application/json",
+            # Errors are JSON even where the answer is text.
+            "Accept": "application/json" if text is None else f"{text}, application/json",
         }
+        if auth != PUBLIC:
+            credential = self.settings.api_key if auth == API_KEY else self.settings.operator_token
+            headers["Authorization"] = f"Bearer {credential.get()}"
         if body is not None:
             headers["Content-Type"] = "application/json"
         return headers
@@ -124,9 +127,14 @@ class _Policy:
         return False, APIConnectionError(f"{where}: the request failed ({name})", code="connection_failed")
 
     @staticmethod
-    def read(response: httpx.Response, method: str, path: str, elapsed: float) -> Any:
-        """The answer's JSON (None for 204), or the error it stands for."""
+    def read(
+        response: httpx.Response, method: str, path: str, elapsed: float, text: Optional[str] = None
+    ) -> Any:
+        """The answer's JSON (None for 204), its text for a ``text`` call, or the error it
+        stands for."""
         logger.debug("runta: %s %s -> %d in %.0f ms", method, path, response.status_code, elapsed * 1000)
+        if response.is_success and text is not None:
+            return response.text
         if response.is_success:
             if response.status_code == 204 or not response.content:
                 return None
@@ -179,7 +187,7 @@ class SyncTransport:
         return self._policy.settings.api_url
 
     def call(self, call: Call[T]) -> T:
-        return call.parse(self._send(call.method, call.path, call.auth, body=call.body))
+        return call.parse(self._send(call.method, call.path, call.auth, body=call.body, text=call.text))
 
     def collect(self, call: ListCall[T]) -> List[T]:
         items: List[T] = []
@@ -199,10 +207,11 @@ class SyncTransport:
         *,
         body: Optional[Mapping[str, Any]] = None,
         params: Optional[Dict[str, str]] = None,
+        text: Optional[str] = None,
     ) -> Any:
         policy = self._policy
         content = policy.encode(body)
-        headers = policy.headers(auth, content)
+        headers = policy.headers(auth, content, text)
         retries = 0
         while True:
             started = time.monotonic()
@@ -223,7 +232,7 @@ class SyncTransport:
                 if failure is not None:
                     # Raised outside the except block: the httpx error (and its request) is not kept.
                     raise failure[1]
-                return policy.read(response, method, path, time.monotonic() - started)
+                return policy.read(response, method, path, time.monotonic() - started, text)
             time.sleep(delay)
             retries += 1
 
@@ -252,7 +261,7 @@ class AsyncTransport:
         return self._policy.settings.api_url
 
     async def call(self, call: Call[T]) -> T:
-        return call.parse(await self._send(call.method, call.path, call.auth, body=call.body))
+        return call.parse(await self._send(call.method, call.path, call.auth, body=call.body, text=call.text))
 
     async def collect(self, call: ListCall[T]) -> List[T]:
         items: List[T] = []
@@ -273,10 +282,11 @@ class AsyncTransport:
         *,
         body: Optional[Mapping[str, Any]] = None,
         params: Optional[Dict[str, str]] = None,
+        text: Optional[str] = None,
     ) -> Any:
         policy = self._policy
         content = policy.encode(body)
-        headers = policy.headers(auth, content)
+        headers = policy.headers(auth, content, text)
         retries = 0
         while True:
             started = time.monotonic()
@@ -297,7 +307,7 @@ class AsyncTransport:
                 if failure is not None:
                     # Raised outside the except block: the httpx error (and its request) is not kept.
                     raise failure[1]
-                return policy.read(response, method, path, time.monotonic() - started)
+                return policy.read(response, method, path, time.monotonic() - started, text)
             await asyncio.sleep(delay)
             retries += 1
 

@@ -29,9 +29,10 @@ from .models import (
 
 T = TypeVar("T")
 
-#: Which credential a call presents.
+#: Which credential a call presents (``PUBLIC``: none, the endpoint is open to anyone).
 API_KEY = "api_key"
 OPERATOR = "operator"
+PUBLIC = "public"
 
 
 class _NotGiven:
@@ -58,13 +59,15 @@ NOT_GIVEN = _NotGiven()
 @dataclass(frozen=True)
 class Call(Generic[T]):
     """One request and the parser of its answer. The body is left out of ``repr``: it may hold
-    a secret value."""
+    a secret value. ``text`` is the media type of an answer that is text, not JSON (``parse``
+    then gets the text as it came); error answers are JSON either way."""
 
     method: str
     path: str
     parse: Callable[[Any], T]
     body: Optional[Mapping[str, Any]] = field(default=None, repr=False)
     auth: str = API_KEY
+    text: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -262,3 +265,10 @@ def list_audit_events(
         auth=OPERATOR if operator else API_KEY,
         filters=filters,
     )
+
+
+# HTTPS interception CA (public: no credential is sent) -----------------------------------------
+
+
+def get_ca_certificate() -> Call[str]:  # getCaCertificate
+    return Call("GET", "/v1/ca.pem", str, auth=PUBLIC, text="application/x-pem-file")

@@ -247,6 +247,12 @@ class Runta:
         """A handle on the runtime ``name`` (nothing is sent until a call is made)."""
         return Runtime(self._transport, name)
 
+    def ca_certificate(self) -> str:
+        """The server's HTTPS interception CA certificate (PEM text), for runtimes to trust.
+        Public: no API key is read or sent. :class:`~runta.NotFoundError`
+        (``interception_disabled``) when the server has no CA."""
+        return self._transport.call(ops.get_ca_certificate())
+
     def close(self) -> None:
         """Closes the connection pool (not an ``http_client`` passed in)."""
         self._transport.close()
