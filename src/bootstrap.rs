@@ -169,10 +169,32 @@ pub fn provision_embedded(config: &Config) -> Result<(), BootstrapError> {
     if config.interception.ca_cert_file.is_none() {
         let cert = config.data_dir.join(crate::interception::CA_CERT_FILE);
         let key = config.data_dir.join(crate::interception::CA_KEY_FILE);
+        match (cert.exists(), key.exists()) {
+            (true, false) | (false, true) => {
+                let (present, missing) = if cert.exists() {
+                    (&cert, &key)
+                } else {
+                    (&key, &cert)
+                };
+                return Err(data_dir_error(
+                    missing,
+                    format!(
+                        "missing, but {} exists: restore it, or delete {} to have a new CA \
+                         generated (runtimes must then trust the new one)",
+                        present.display(),
+                        present.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
         if !cert.exists() && !key.exists() {
             let ca = crate::interception::generate_ca().map_err(|e| data_dir_error(&cert, e))?;
             write_new_file(&key, ca.key_pem.trim_end().as_bytes())?;
-            write_new_file(&cert, ca.cert_pem.trim_end().as_bytes())?;
+            if let Err(err) = write_new_file(&cert, ca.cert_pem.trim_end().as_bytes()) {
+                let _ = std::fs::remove_file(&key);
+                return Err(err);
+            }
             tracing::info!(
                 cert = %cert.display(),
                 key = %key.display(),

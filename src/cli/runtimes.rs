@@ -106,13 +106,18 @@ pub async fn env(args: &RuntimeEnvArgs, client: &Client, out: Output) -> Result<
             ))
         })?;
     let authority = authority.trim_end_matches('/');
-    if authority.contains(['@', '/', '?', '#']) {
+    if authority.is_empty() || authority.contains(['@', '/', '?', '#']) {
         return Err(CliError::Usage(format!(
             "--gateway '{}' must be http://HOST:PORT, without credentials or a path",
             args.gateway
         )));
     }
     let ca = client.get_public_text("/v1/ca.pem").await?;
+    if !ca.trim_start().starts_with("-----BEGIN CERTIFICATE-----") {
+        return Err(CliError::Answer(
+            "GET /v1/ca.pem did not answer a PEM certificate".into(),
+        ));
+    }
     let roots = match &args.system_roots {
         Some(file) => std::fs::read_to_string(file)
             .map_err(|e| CliError::Usage(format!("--system-roots {}: {e}", file.display())))?,
@@ -183,16 +188,26 @@ fn system_roots() -> Result<String, CliError> {
     Ok(pem)
 }
 
-/// Writes the bundle (public: mode 0644) through a temporary file, so a reader never sees half
-/// of it; answers its absolute path.
+/// Writes the bundle (public: mode 0644) through a new temporary file beside it (created, never
+/// an existing file or symlink followed), so a reader never sees half of it; answers its
+/// absolute path.
 fn write_bundle(path: &std::path::Path, bundle: &str) -> Result<std::path::PathBuf, CliError> {
+    use std::io::Write as _;
     let fail =
         |e: std::io::Error| CliError::Usage(format!("--ca-bundle-out {}: {e}", path.display()));
     let absolute = std::path::absolute(path).map_err(fail)?;
     let mut temporary = absolute.clone().into_os_string();
-    temporary.push(".tmp");
-    std::fs::write(&temporary, bundle).map_err(fail)?;
-    std::fs::rename(&temporary, &absolute).map_err(fail)?;
+    temporary.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(bundle.as_bytes()))
+        .and_then(|()| std::fs::rename(&temporary, &absolute));
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(fail(err));
+    }
     Ok(absolute)
 }
 

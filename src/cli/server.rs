@@ -66,7 +66,9 @@ pub fn ca_export(args: &StoreArgs) -> Result<(), CliError> {
             }
         ))
     })?;
-    print!("{}", pem.trim_end().to_owned() + "\n");
+    let certificate = crate::interception::certificate_pem(&pem)
+        .map_err(|m| usage(format!("the interception CA {}: {m}", cert.display())))?;
+    print!("{certificate}");
     Ok(())
 }
 
@@ -81,9 +83,20 @@ pub fn ca_generate(cert_out: &Path, key_out: &Path) -> Result<(), CliError> {
         }
     }
     let ca = crate::interception::generate_ca().map_err(usage)?;
-    crate::bootstrap::write_new_file(key_out, ca.key_pem.trim_end().as_bytes()).map_err(usage)?;
-    std::fs::write(cert_out, ca.cert_pem.trim_end().to_owned() + "\n")
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(cert_out)
+        .and_then(|mut f| {
+            use std::io::Write as _;
+            f.write_all(ca.cert_pem.as_bytes())
+        })
         .map_err(|e| usage(format!("{}: {e}", cert_out.display())))?;
+    if let Err(err) = crate::bootstrap::write_new_file(key_out, ca.key_pem.trim_end().as_bytes()) {
+        // No certificate without its key left behind to block the next attempt.
+        let _ = std::fs::remove_file(cert_out);
+        return Err(usage(err));
+    }
     eprintln!(
         "wrote the CA certificate to {} and its key to {} (mode 0600); configure them as \
          [interception] ca_cert_file and ca_key_file on every replica",

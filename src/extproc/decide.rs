@@ -52,8 +52,9 @@ pub struct Policy {
 }
 
 impl From<Unidentified> for Policy {
-    /// The defaults for tunnels: intercepted where rules cover the target, passed through
-    /// elsewhere.
+    /// The defaults for tunnels, as in tests and benchmarks: intercepted where rules cover the
+    /// target (a CA assumed), passed through elsewhere. The server builds its `Policy` from its
+    /// configuration, `interception` from whether it has a CA.
     fn from(unidentified: Unidentified) -> Self {
         Self {
             unidentified,
@@ -186,11 +187,14 @@ pub fn decide<'a>(
 ) -> Decision<'a> {
     let policy = policy.into();
     let strip_proxy_authorization = request.proxy_authorization.is_some();
-    let dest = Destination::parse(
-        request.authority,
-        request.scheme,
-        request.path.unwrap_or(""),
-    );
+    // Inside a tunnel the request left TLS: its port is the tunnel's (https), whatever
+    // `:scheme` the client wrote.
+    let scheme = if request.tunnel.is_some() {
+        "https"
+    } else {
+        request.scheme
+    };
+    let dest = Destination::parse(request.authority, scheme, request.path.unwrap_or(""));
     let mut decision = Decision {
         outcome: Outcome::NoMatch,
         identity: None,
@@ -200,6 +204,13 @@ pub fn decide<'a>(
         path: dest.path.clone(),
     };
     let is_connect = request.method.eq_ignore_ascii_case("CONNECT");
+    // A tunnel carries requests for its own host only, whoever sends them.
+    if let Some(tunnel) = &request.tunnel
+        && !tunnel_agrees(tunnel, &dest)
+    {
+        decision.outcome = Outcome::Misdirected;
+        return decision;
+    }
     // Inside a tunnel, the CONNECT's credentials speak for every request.
     let credentials = match &request.tunnel {
         Some(tunnel) => tunnel.proxy_authorization,
@@ -226,12 +237,6 @@ pub fn decide<'a>(
     decision.identity = Some(identity);
     if is_connect {
         decision.outcome = connect_outcome(snapshot, &identity, &dest, policy);
-        return decision;
-    }
-    if let Some(tunnel) = &request.tunnel
-        && !tunnel_agrees(tunnel, &dest)
-    {
-        decision.outcome = Outcome::Misdirected;
         return decision;
     }
     if request.path.is_none() {
@@ -903,6 +908,22 @@ mod tests {
                 "api.openai.com",
                 Some(revoked.as_str()),
                 Outcome::BadToken,
+            ),
+            // the host check comes first: no identity does not let another host through
+            (
+                "other.openai.com",
+                "api.openai.com:443",
+                "api.openai.com",
+                None,
+                Outcome::Misdirected,
+            ),
+            // attributes that did not arrive: fail closed
+            (
+                "api.openai.com",
+                "",
+                "",
+                Some(good.as_str()),
+                Outcome::Misdirected,
             ),
             (
                 "api.openai.com",

@@ -269,7 +269,10 @@ impl Inner {
         let started = Instant::now();
         let snapshot = self.engine.snapshot();
         let mut view = headers.map(request_view).unwrap_or_default();
-        view.tunnel = attributes.and_then(tunnel_of);
+        // Only the interception listener's filter asks for attributes: a request with them came
+        // through a tunnel, and one whose tunnel attributes are missing is refused (421), never
+        // treated as a plain request.
+        view.tunnel = attributes.map(|a| tunnel_of(a).unwrap_or_default());
         let sidecar = sidecar.map(|s| Sidecar {
             tenant: &s.tenant,
             runtime: &s.runtime,
@@ -410,7 +413,12 @@ fn request_view(headers: &HeaderMap) -> RequestView<'_> {
     for header in &headers.headers {
         if header.key.eq_ignore_ascii_case("proxy-authorization") {
             // Present is enough to be removed from the forwarded request; a value that is not
-            // text is no valid token (407), never skipped.
+            // text is no valid token (407), never skipped; and two of them are none either
+            // (Envoy's filter state would keep the first, this loop the last).
+            if view.proxy_authorization.is_some() {
+                view.proxy_authorization = Some("");
+                continue;
+            }
             view.proxy_authorization = Some(if header.raw_value.is_empty() {
                 header.value.as_str()
             } else {
@@ -469,5 +477,19 @@ mod tests {
         assert_eq!(view.proxy_authorization, Some(""));
         assert!(decide::proxy_token(view.proxy_authorization.unwrap()).is_none());
         assert_eq!(view.authority, "api.openai.com");
+    }
+
+    #[test]
+    fn two_sets_of_proxy_credentials_are_no_valid_token() {
+        let headers = HeaderMap {
+            headers: vec![
+                header(":authority", b"api.openai.com:443"),
+                header("proxy-authorization", b"Bearer runta_rt_one"),
+                header("proxy-authorization", b"Bearer runta_rt_two"),
+            ],
+        };
+        let view = request_view(&headers);
+        assert_eq!(view.proxy_authorization, Some(""));
+        assert!(decide::proxy_token(view.proxy_authorization.unwrap()).is_none());
     }
 }

@@ -8,7 +8,7 @@
 //! - The CA key and leaf keys never leave this module but in the SDS answer to an
 //!   authenticated Envoy: `Debug` prints no key, no log line holds one.
 //! - The leaf cache is bounded: past [`MAX_CACHED_LEAVES`] expired leaves are dropped, then the
-//!   oldest (a wildcard rule covers unboundedly many names).
+//!   oldest; the SDS service bounds its open streams the same way (a wildcard rule covers unboundedly many names).
 
 pub mod sds;
 
@@ -36,19 +36,53 @@ const BACKDATE: Duration = Duration::from_secs(300);
 /// Why the CA could not be loaded or a leaf minted.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
+    /// `key` is the configuration key naming the file (`interception.ca_cert_file` or
+    /// `interception.ca_key_file`).
     #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
+    File {
+        key: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     #[error("'{0}' is not a DNS name a leaf certificate can be minted for")]
     BadName(String),
     #[error("minting a certificate failed: {0}")]
     Mint(String),
 }
 
-fn file_error(path: &Path, message: impl std::fmt::Display) -> CaError {
+const CERT_KEY: &str = "interception.ca_cert_file";
+const KEY_KEY: &str = "interception.ca_key_file";
+
+fn file_error(key: &'static str, path: &Path, message: impl std::fmt::Display) -> CaError {
     CaError::File {
+        key,
         path: path.to_owned(),
         message: message.to_string(),
     }
+}
+
+/// The first certificate of a PEM text, re-encoded on its own: what runta publishes as its CA.
+/// A text that holds a private key is refused, so that a combined key-and-certificate file can
+/// never have its key served or exported.
+pub fn certificate_pem(text: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    if text.contains("PRIVATE KEY") {
+        return Err(
+            "holds a private key; the CA certificate file must hold the certificate \
+                    only (the key goes in interception.ca_key_file)"
+                .to_owned(),
+        );
+    }
+    let der = pem_block(text, "CERTIFICATE")
+        .ok_or("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")?;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    Ok(pem)
 }
 
 /// A newly generated CA: the certificate and its private key, both PEM.
@@ -127,7 +161,10 @@ impl std::fmt::Debug for Leaf {
 
 /// runta's interception CA: signs leaves and keeps them until they need renewing.
 pub struct Authority {
+    /// The CA certificate alone, re-encoded (never anything else the file held).
     cert_pem: String,
+    /// No leaf outlives its CA.
+    ca_not_after: SystemTime,
     issuer: Issuer<'static, KeyPair>,
     leaf_ttl: Duration,
     leaves: Mutex<HashMap<String, Arc<Leaf>>>,
@@ -151,19 +188,18 @@ impl Authority {
         leaf_ttl: Duration,
         minted: prometheus::IntCounter,
     ) -> Result<Self, CaError> {
-        let cert_pem = std::fs::read_to_string(cert_file).map_err(|e| file_error(cert_file, e))?;
-        let key_pem =
-            Zeroizing::new(std::fs::read_to_string(key_file).map_err(|e| file_error(key_file, e))?);
-        Self::from_pem(&cert_pem, &key_pem, leaf_ttl, minted).map_err(|(which, message)| {
-            file_error(
-                if which == Which::Cert {
-                    cert_file
-                } else {
-                    key_file
-                },
-                message,
-            )
-        })
+        let cert_pem = Zeroizing::new(
+            std::fs::read_to_string(cert_file).map_err(|e| file_error(CERT_KEY, cert_file, e))?,
+        );
+        let key_pem = Zeroizing::new(
+            std::fs::read_to_string(key_file).map_err(|e| file_error(KEY_KEY, key_file, e))?,
+        );
+        Self::from_pem(&cert_pem, &key_pem, leaf_ttl, minted).map_err(
+            |(which, message)| match which {
+                Which::Cert => file_error(CERT_KEY, cert_file, message),
+                Which::Key => file_error(KEY_KEY, key_file, message),
+            },
+        )
     }
 
     fn from_pem(
@@ -172,10 +208,8 @@ impl Authority {
         leaf_ttl: Duration,
         minted: prometheus::IntCounter,
     ) -> Result<Self, (Which, String)> {
-        let der = pem_block(cert_pem, "CERTIFICATE").ok_or((
-            Which::Cert,
-            "holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
-        ))?;
+        let published = certificate_pem(cert_pem).map_err(|m| (Which::Cert, m))?;
+        let der = pem_block(&published, "CERTIFICATE").expect("just encoded");
         let (_, parsed) = x509_parser::parse_x509_certificate(&der)
             .map_err(|e| (Which::Cert, format!("is not a readable certificate: {e}")))?;
         let is_ca = parsed
@@ -187,6 +221,19 @@ impl Authority {
             return Err((
                 Which::Cert,
                 "is not a CA certificate (basic constraints CA:TRUE)".to_owned(),
+            ));
+        }
+        let not_after = parsed.validity().not_after.timestamp();
+        let ca_not_after =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(not_after).unwrap_or(0));
+        if ca_not_after <= SystemTime::now() + leaf_ttl {
+            return Err((
+                Which::Cert,
+                format!(
+                    "expires {} (or within a leaf's lifetime, interception.leaf_ttl_secs): \
+                     configure a CA that is valid longer",
+                    parsed.validity().not_after
+                ),
             ));
         }
         let key = KeyPair::from_pem(key_pem).map_err(|e| {
@@ -206,7 +253,8 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&der.clone().into(), key)
             .map_err(|e| (Which::Cert, format!("cannot sign with this CA: {e}")))?;
         Ok(Self {
-            cert_pem: cert_pem.trim_end().to_owned() + "\n",
+            cert_pem: published,
+            ca_not_after,
             issuer,
             leaf_ttl,
             leaves: Mutex::new(HashMap::new()),
@@ -262,11 +310,9 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        let start = time::OffsetDateTime::from(now);
-        params.not_before = start - time::Duration::try_from(BACKDATE).expect("small");
-        let ttl =
-            time::Duration::try_from(self.leaf_ttl).map_err(|e| CaError::Mint(e.to_string()))?;
-        params.not_after = start + ttl;
+        let end = (now + self.leaf_ttl).min(self.ca_not_after);
+        params.not_before = time::OffsetDateTime::from(now - BACKDATE);
+        params.not_after = time::OffsetDateTime::from(end);
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(|e| CaError::Mint(e.to_string()))?;
@@ -281,8 +327,8 @@ impl Authority {
             name: name.to_owned(),
             cert_pem: cert.pem(),
             key_pem: Zeroizing::new(key.serialize_pem()),
-            not_after: now + self.leaf_ttl,
-            renew_at: now + self.leaf_ttl * 2 / 3,
+            not_after: end,
+            renew_at: now + end.duration_since(now).unwrap_or_default() * 2 / 3,
             version,
         })
     }
@@ -379,6 +425,34 @@ mod tests {
     }
 
     #[test]
+    fn dns_names_up_to_their_limits() {
+        let label = "a".repeat(63);
+        assert!(is_dns_name(&format!("{label}.example.com")));
+        assert!(!is_dns_name(&format!("a{label}.example.com")));
+        let long = format!("{}.com", ["abcdefghi"; 24].join("."));
+        assert!(long.len() <= 253 && is_dns_name(&long));
+        let too_long = format!("{}.com", ["abcdefghi"; 26].join("."));
+        assert!(too_long.len() > 253 && !is_dns_name(&too_long));
+    }
+
+    #[test]
+    fn the_leaf_cache_stays_bounded() {
+        let ca = authority();
+        let seed = ca.leaf("seed.example.com").unwrap();
+        // Filled without minting (the bound is about entries, not the cost of making them).
+        for i in 0..MAX_CACHED_LEAVES {
+            ca.leaves
+                .lock()
+                .unwrap()
+                .insert(format!("n{i}.example.com"), seed.clone());
+        }
+        ca.leaf("one-more.example.com").unwrap();
+        let leaves = ca.leaves.lock().unwrap();
+        assert!(leaves.len() <= MAX_CACHED_LEAVES, "{}", leaves.len());
+        assert!(leaves.contains_key("one-more.example.com"));
+    }
+
+    #[test]
     fn names_that_are_not_dns_names_get_no_leaf() {
         let ca = authority();
         for bad in [
@@ -412,5 +486,26 @@ mod tests {
         let err = Authority::from_pem("junk", &one.key_pem, Duration::from_secs(60), counter())
             .unwrap_err();
         assert_eq!(err.0, Which::Cert);
+        // A combined file (the key first, as some tools write it) as both: refused, so that
+        // the key can never be published as "the CA certificate".
+        let combined = format!("{}\n{}", one.key_pem.as_str(), one.cert_pem);
+        let err = Authority::from_pem(&combined, &combined, Duration::from_secs(60), counter())
+            .unwrap_err();
+        assert_eq!(err.0, Which::Cert);
+        assert!(err.1.contains("private key"), "{}", err.1);
+        // What is published is the certificate alone.
+        let loaded = Authority::from_pem(
+            &format!("# comment\n{}", one.cert_pem),
+            &one.key_pem,
+            Duration::from_secs(60),
+            counter(),
+        )
+        .unwrap();
+        assert!(
+            loaded
+                .cert_pem()
+                .starts_with("-----BEGIN CERTIFICATE-----\n")
+        );
+        assert_eq!(loaded.cert_pem().matches("BEGIN").count(), 1);
     }
 }

@@ -8,7 +8,9 @@
 //! `removed_resources`, which fails Envoy's paused handshake at once and keeps its certificate
 //! cache bounded. While a stream lives, its names are re-minted before they expire and
 //! re-judged whenever the rules change (a name a deleted rule covered is removed; a name a new
-//! rule covers is sent).
+//! rule covers is sent). A sidecar's stream ends with `UNAUTHENTICATED` as soon as its runtime
+//! token is revoked (or its tenant deleted): no leaf is minted for it after that. Open streams are
+//! bounded ([`MAX_SDS_STREAMS`]): a wildcard rule covers unboundedly many names.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -30,10 +32,15 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Authority, Leaf};
+use crate::crypto::{self, TokenHash};
 use crate::engine::Engine;
-use crate::grpc::auth::Caller;
+use crate::grpc::auth::{Caller, RUNTIME_TOKEN_METADATA};
 use crate::metrics::Metrics;
 use crate::rules::snapshot::Snapshot;
+
+/// SDS streams open at once, over all callers; past it a new stream is refused
+/// (`RESOURCE_EXHAUSTED`) and the handshake that asked fails.
+pub const MAX_SDS_STREAMS: usize = super::MAX_CACHED_LEAVES;
 
 /// The type of the resources this service serves.
 pub const SECRET_TYPE_URL: &str =
@@ -50,6 +57,8 @@ struct Inner {
     authority: Option<Arc<Authority>>,
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// SDS streams open now (bounded by `MAX_SDS_STREAMS`).
+    open: std::sync::atomic::AtomicUsize,
     /// True once the server shuts down: streams end (Envoy reconnects, to another replica or
     /// to this one restarted), so the gRPC server's graceful shutdown does not wait forever.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -73,6 +82,7 @@ impl Sds {
                 authority,
                 engine,
                 metrics,
+                open: std::sync::atomic::AtomicUsize::new(0),
                 stopping,
             }),
         }
@@ -82,19 +92,44 @@ impl Sds {
 /// Whose rules decide which names a stream may have.
 #[derive(Debug, Clone)]
 enum Scope {
-    /// A sidecar: its runtime's rule hosts.
-    Runtime { tenant_id: String, runtime: String },
+    /// A sidecar: its runtime's rule hosts, for as long as its token stands.
+    Runtime {
+        tenant_id: String,
+        runtime: String,
+        token: TokenHash,
+    },
     /// A gateway: every rule's host.
     AllRules { gateway: Arc<str> },
 }
 
 impl Scope {
     fn covers(&self, snapshot: &Snapshot, name: &str) -> bool {
+        // Only exact DNS names are ever covered: `*.example.com` asked for as a name is no
+        // name a leaf is minted for, whatever the rules.
+        if !super::is_dns_name(name) {
+            return false;
+        }
         match self {
-            Self::Runtime { tenant_id, runtime } => snapshot
+            Self::Runtime {
+                tenant_id, runtime, ..
+            } => snapshot
                 .runtime_rules(tenant_id, runtime)
                 .is_some_and(|rules| rules.covers(name, None)),
             Self::AllRules { .. } => snapshot.any_rule_covers(name),
+        }
+    }
+
+    /// Whether the caller may still be answered: a sidecar's token must still be known and not
+    /// revoked, and its tenant must exist.
+    fn still_valid(&self, snapshot: &Snapshot) -> bool {
+        match self {
+            Self::Runtime {
+                tenant_id, token, ..
+            } => {
+                snapshot.token(token).is_some_and(|entry| !entry.revoked)
+                    && snapshot.tenant_name(tenant_id).is_some()
+            }
+            Self::AllRules { .. } => true,
         }
     }
 
@@ -106,19 +141,28 @@ impl Scope {
     }
 }
 
-/// Counts a stream as open for as long as it lives.
-struct OpenStream(Arc<Metrics>);
+/// Counts a stream as open for as long as it lives; `None` when `MAX_SDS_STREAMS` are open.
+struct OpenStream(Arc<Inner>);
 
 impl OpenStream {
-    fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.sds_streams.inc();
-        Self(metrics)
+    fn new(inner: Arc<Inner>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let before = inner.open.fetch_add(1, Ordering::AcqRel);
+        if before >= MAX_SDS_STREAMS {
+            inner.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        inner.metrics.sds_streams.inc();
+        Some(Self(inner))
     }
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.sds_streams.dec();
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.metrics.sds_streams.dec();
     }
 }
 
@@ -137,6 +181,12 @@ impl SecretDiscoveryService for Sds {
             Some(Caller::Runtime { tenant_id, runtime }) => Scope::Runtime {
                 tenant_id: tenant_id.clone(),
                 runtime: runtime.clone(),
+                token: request
+                    .metadata()
+                    .get(RUNTIME_TOKEN_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|token| crypto::hash_token(token.trim()))
+                    .ok_or_else(|| Status::unauthenticated("runta: no runtime token"))?,
             },
             Some(Caller::Gateway { name, .. }) => Scope::AllRules {
                 gateway: name.clone(),
@@ -150,6 +200,15 @@ impl SecretDiscoveryService for Sds {
                 ));
             }
         };
+        let Some(open) = OpenStream::new(self.inner.clone()) else {
+            tracing::warn!(
+                limit = MAX_SDS_STREAMS,
+                "SDS stream refused: too many open (one per TLS server name)"
+            );
+            return Err(Status::resource_exhausted(
+                "runta: too many certificate streams open",
+            ));
+        };
         let (tx, rx) = mpsc::channel(16);
         let stream = StreamState {
             inner: self.inner.clone(),
@@ -158,7 +217,7 @@ impl SecretDiscoveryService for Sds {
             nonce: 0,
             tx,
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(stream.run(request.into_inner(), open));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -195,8 +254,7 @@ struct StreamState {
 }
 
 impl StreamState {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let _open = OpenStream::new(self.inner.metrics.clone());
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>, _open: OpenStream) {
         let mut generation = self.inner.engine.watch_snapshots();
         generation.mark_unchanged();
         let stop = stopped(self.inner.stopping.clone());
@@ -278,12 +336,9 @@ impl StreamState {
         for name in &request.resource_names_unsubscribe {
             self.names.remove(name);
         }
-        let new: Vec<String> = request
-            .resource_names_subscribe
-            .into_iter()
-            .filter(|name| !self.names.contains_key(name))
-            .collect();
-        self.answer(new, false).await
+        // Every name asked for is answered, one already on the stream too (the data plane may
+        // have lost it).
+        self.answer(request.resource_names_subscribe, false).await
     }
 
     /// Answers these names in one response: a leaf where the rules cover the name, a removal
@@ -294,6 +349,16 @@ impl StreamState {
             return true;
         }
         let snapshot = self.inner.engine.snapshot();
+        if !self.scope.still_valid(&snapshot) {
+            tracing::info!(caller = %self.scope.describe(), "SDS stream ended: the runtime token was revoked or its tenant deleted");
+            let _ = self
+                .tx
+                .send(Err(Status::unauthenticated(
+                    "runta: the runtime token was revoked",
+                )))
+                .await;
+            return false;
+        }
         let mut response = DeltaDiscoveryResponse {
             type_url: SECRET_TYPE_URL.to_owned(),
             ..Default::default()
@@ -313,16 +378,18 @@ impl StreamState {
                 (Some(authority), true) => match authority.leaf(&name) {
                     Ok(leaf) => Some(leaf),
                     Err(err) => {
-                        tracing::warn!(name = %name, error = %err, "no leaf certificate minted");
+                        tracing::warn!(name = ?name, error = %err, "no leaf certificate minted");
                         None
                     }
                 },
                 (None, true) => {
-                    tracing::warn!(name = %name, "a leaf certificate was asked for, but interception has no CA configured (interception.ca_cert_file)");
+                    tracing::warn!(name = ?name, "a leaf certificate was asked for, but interception has no CA configured (interception.ca_cert_file)");
                     None
                 }
                 (_, false) => {
-                    tracing::info!(name = %name, caller = %self.scope.describe(), "no rule of the caller covers this TLS server name; no leaf certificate");
+                    // The client chose the name: quoted, and at debug level (the refusals
+                    // are counted in runta_sds_answers_total).
+                    tracing::debug!(name = ?name, caller = %self.scope.describe(), "no rule of the caller covers this TLS server name; no leaf certificate");
                     None
                 }
             };

@@ -15,6 +15,7 @@ use crate::crypto::TokenHash;
 /// The snapshot's maps hash with foldhash (seeded per process, so keys a tenant chooses cannot
 /// be aimed at collisions): std's SipHash was a third of `decide`'s instructions in a profile.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A path glob, split at its `*`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,13 +300,13 @@ fn suffixes(host: &str) -> impl Iterator<Item = &str> {
 /// may be given a leaf certificate for.
 #[derive(Debug, Default)]
 struct HostNames {
-    exact: HashMap<String, ()>,
-    wildcard: HashMap<String, ()>,
+    exact: HashSet<String>,
+    wildcard: HashSet<String>,
 }
 
 impl HostNames {
     fn covers(&self, name: &str) -> bool {
-        self.exact.contains_key(name) || suffixes(name).any(|s| self.wildcard.contains_key(s))
+        self.exact.contains(name) || suffixes(name).any(|s| self.wildcard.contains(s))
     }
 }
 
@@ -351,11 +352,11 @@ impl Snapshot {
         let mut host_names = HostNames::default();
         for (ordinal, rule) in rules.iter().enumerate() {
             match &rule.spec.host.name {
-                HostName::Exact(name) if !host_names.exact.contains_key(name) => {
-                    host_names.exact.insert(name.clone(), ());
+                HostName::Exact(name) if !host_names.exact.contains(name) => {
+                    host_names.exact.insert(name.clone());
                 }
-                HostName::Wildcard(suffix) if !host_names.wildcard.contains_key(suffix) => {
-                    host_names.wildcard.insert(suffix.clone(), ());
+                HostName::Wildcard(suffix) if !host_names.wildcard.contains(suffix) => {
+                    host_names.wildcard.insert(suffix.clone());
                 }
                 _ => {}
             }

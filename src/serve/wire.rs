@@ -15,8 +15,8 @@ use crate::extproc::ExtProc;
 use crate::extproc::decide::Policy;
 use crate::grpc::auth::GatewayAuth;
 use crate::grpc::{GrpcPort, GrpcServices};
-use crate::interception::Authority;
 use crate::interception::sds::Sds;
+use crate::interception::{Authority, CaError};
 use crate::metrics::Metrics;
 use crate::store::BackendKind;
 
@@ -80,8 +80,12 @@ pub(super) async fn wire(
                 metrics.leaves_minted.clone(),
             )
             .map_err(|e| {
+                let key = match &e {
+                    CaError::File { key, .. } => *key,
+                    _ => "interception.ca_cert_file",
+                };
                 BootstrapError::from(ConfigError {
-                    key: "interception.ca_cert_file".into(),
+                    key: key.into(),
                     message: e.to_string(),
                 })
             })?,

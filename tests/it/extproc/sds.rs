@@ -71,6 +71,39 @@ fn subscribe(names: &[&str]) -> DeltaDiscoveryRequest {
     }
 }
 
+/// The answer to subscribing one name again on an open stream.
+async fn answer_for(subscription: &mut Subscription, name: &str) -> DeltaDiscoveryResponse {
+    subscription.subscribe(&[name]).await
+}
+
+/// The DER of the first certificate of a PEM text.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+/// The leaf certificate (DER) a response carries.
+fn leaf_certificate(response: &DeltaDiscoveryResponse) -> Vec<u8> {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    let any = response.resources[0].resource.as_ref().unwrap();
+    let Some(secret::Type::TlsCertificate(tls)) =
+        Secret::decode(any.value.as_slice()).unwrap().r#type
+    else {
+        panic!("not a TLS certificate");
+    };
+    let Some(Specifier::InlineBytes(chain)) = tls.certificate_chain.unwrap().specifier else {
+        panic!("inline bytes");
+    };
+    pem_der(std::str::from_utf8(&chain).unwrap())
+}
+
 /// The names a response sends leaves for (checked to be TLS certificates for that name), and
 /// the names it removes.
 fn sorted(response: &DeltaDiscoveryResponse) -> (Vec<String>, Vec<String>) {
@@ -146,7 +179,7 @@ async fn leaves_only_for_the_names_the_callers_rules_cover() {
     .await
     .unwrap();
     assert_eq!(sorted(&first), (vec!["api.openai.com".into()], vec![]));
-    // More names on the open stream: answered alone, the first not again.
+    // More names on the open stream, one of them again: each answered.
     let answer = gateway
         .subscribe(&[
             "api.openai.com",
@@ -158,7 +191,7 @@ async fn leaves_only_for_the_names_the_callers_rules_cover() {
     assert_eq!(
         sorted(&answer),
         (
-            vec!["a.example.com".into()],
+            vec!["a.example.com".into(), "api.openai.com".into()],
             vec!["*.example.com".into(), "example.com".into()]
         )
     );
@@ -189,9 +222,43 @@ async fn leaves_only_for_the_names_the_callers_rules_cover() {
         sorted(&sidecar.next().await),
         (vec![], vec!["api.other.com".into()])
     );
-    // The served CA is the one the leaves chain to.
-    let (status, _) = gw.api(reqwest::Method::GET, "/v1/ca.pem", None).await;
+    // The served CA is the one the leaves chain to, and it is all that is served.
+    let ca_pem = gw
+        .http
+        .get(format!("{}/v1/ca.pem", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(ca_pem.matches("-----BEGIN").count(), 1, "{ca_pem}");
+    assert!(!ca_pem.contains("PRIVATE"));
+    let again = answer_for(&mut gateway, "api.openai.com").await;
+    let leaf = leaf_certificate(&again);
+    let ca_der = pem_der(&ca_pem);
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    leaf.verify_signature(Some(ca.public_key()))
+        .expect("the leaf is signed by the served CA");
+    // Revoking the sidecar's token ends its stream: no leaf is minted for it any more.
+    let (status, tokens) = gw
+        .api(reqwest::Method::GET, "/v1/runtimes/worker/tokens", None)
+        .await;
     assert_eq!(status, 200);
+    let id = tokens["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = gw
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/v1/runtime-tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let ended = tokio::time::timeout(Duration::from_secs(10), sidecar.answers.message())
+        .await
+        .expect("the stream ends within 10 s");
+    assert_eq!(ended.unwrap_err().code(), tonic::Code::Unauthenticated);
     gw.stop().await;
 }
 
