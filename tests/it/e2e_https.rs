@@ -507,6 +507,23 @@ fn refused_tunnels_and_misdirected_requests_reach_nothing() {
         got.stderr.contains("SSL") || got.stderr.contains("TLS"),
         "{got:?}"
     );
+    // A server name the gateway has a leaf for (another runtime's rule host), in a tunnel to
+    // worker's host: the handshake succeeds, but the request names another host than the
+    // tunnel's target: 421, not forwarded to api.example.net's server.
+    ok(&https.server.shell(
+        "runta secret rule add other --host api.example.net --credential other-key --inject-header x-other",
+    ));
+    let got = curl(
+        &proxy,
+        "https://api.example.net/v1/models",
+        &[
+            "--cacert",
+            bundle,
+            "--connect-to",
+            "api.example.net:443:api.openai.com:443",
+        ],
+    );
+    assert_eq!(got.status, 421, "{got:?}");
     // No credentials, unknown ones, revoked ones: 407 to the CONNECT.
     let no_token = format!("http://127.0.0.1:{}", https.envoy.port);
     for proxy in [no_token, https.proxy("runta_rt_unknown")] {
