@@ -58,12 +58,28 @@ def serve_tcp(sock):
             conn.close()
 
 
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(("127.0.0.1", port))
-port = udp.getsockname()[1]
-tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-tcp.bind(("127.0.0.1", port))
+def bind_both(port):
+    """A UDP and a TCP socket on one port: with port 0, the first free UDP port whose TCP twin
+    is free too (another process may hold the TCP one)."""
+    for _ in range(100):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", port))
+        chosen = udp.getsockname()[1]
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            tcp.bind(("127.0.0.1", chosen))
+        except OSError:
+            udp.close()
+            tcp.close()
+            if port:
+                raise
+            continue
+        return udp, tcp, chosen
+    raise SystemExit("dns_stub: no port free for both UDP and TCP")
+
+
+udp, tcp, port = bind_both(port)
 tcp.listen(16)
 threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
 print(port, flush=True)
