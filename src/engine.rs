@@ -17,8 +17,8 @@
 //! - Values are `SecretString`s: zeroized when the last reference is dropped.
 //! - No lock is held across an `.await` (the reload mutex only serialises reloads).
 //! - Several replicas on one PostgreSQL database: every change made through one is announced
-//!   with `NOTIFY` (`store::CHANGES_CHANNEL`, payload `<replica> rules` or
-//!   `<replica> secret <tenant id>/<name>`), and each replica follows the channel on a
+//!   with `NOTIFY` (`store::CHANGES_CHANNEL`, a [`Change`] encoded by `Change::encode`), and
+//!   each replica follows the channel on a
 //!   dedicated connection; after a reconnect it reloads everything and drops its cached
 //!   values, since notifications may have been missed. The periodic reload is the safety net.
 
@@ -36,6 +36,50 @@ use crate::crypto::{Keyring, SealContext};
 use crate::metrics::Metrics;
 use crate::rules::snapshot::{Snapshot, TokenEntry, secret_key};
 use crate::store::{Store, StoreError};
+
+/// What a change through the admin API touched, announced to the other replicas and applied
+/// here: the one type local writes and notifications go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Rules: the snapshot is rebuilt from the store.
+    Rules,
+    /// Runtime tokens or tenants: only they are re-read; the rule index is kept as it is.
+    Identities,
+    /// A secret's value changed or it was deleted: its cached value is dropped.
+    Secret { tenant_id: String, name: String },
+}
+
+impl Change {
+    /// The notification payload: `<replica> rules`, `<replica> rules identities` (read by
+    /// replicas that predate identity changes as a rules change, so a rolling upgrade misses
+    /// nothing) or `<replica> secret <tenant id>/<name>`.
+    pub fn encode(&self, replica: &str) -> String {
+        match self {
+            Self::Rules => format!("{replica} rules"),
+            Self::Identities => format!("{replica} rules identities"),
+            Self::Secret { tenant_id, name } => format!("{replica} secret {tenant_id}/{name}"),
+        }
+    }
+
+    /// A payload's replica and change; `None` for a payload this version does not know.
+    pub fn decode(payload: &str) -> Option<(&str, Self)> {
+        let mut words = payload.splitn(3, ' ');
+        let replica = words.next()?;
+        let change = match (words.next()?, words.next()) {
+            ("rules", None) => Self::Rules,
+            ("rules", Some("identities")) => Self::Identities,
+            ("secret", Some(key)) => {
+                let (tenant_id, name) = key.split_once('/')?;
+                Self::Secret {
+                    tenant_id: tenant_id.to_owned(),
+                    name: name.to_owned(),
+                }
+            }
+            _ => return None,
+        };
+        Some((replica, change))
+    }
+}
 
 /// How long a secret miss may wait for the store, pool included: less than the 0.5 s message
 /// timeout runta's Envoy configurations give ext_proc, so the gateway gets runta's fail-closed
@@ -156,18 +200,11 @@ impl Engine {
                     .ok()
             })
             .collect();
-        let tokens = tokens.into_iter().filter_map(|(row, hash)| {
-            let hash = TokenHash::try_from(hash.as_slice()).ok()?;
-            Some((
-                hash,
-                TokenEntry {
-                    tenant_id: row.tenant_id,
-                    runtime: row.runtime,
-                    revoked: row.revoked_at.is_some(),
-                },
-            ))
-        });
-        let snapshot = Snapshot::build(tenants.into_iter().map(|t| (t.id, t.name)), &rules, tokens);
+        let snapshot = Snapshot::build(
+            tenants.into_iter().map(|t| (t.id, t.name)),
+            &rules,
+            token_entries(tokens),
+        );
         self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
         self.metrics.reloads.with_label_values(&["ok"]).inc();
         self.metrics.mark_snapshot_built();
@@ -181,22 +218,63 @@ impl Engine {
         Ok(())
     }
 
-    /// After a change of rules, tokens or tenants through the admin API: the next request
-    /// must see it, here and (announced) on the other replicas. A failed reload is logged; the
-    /// periodic reload retries.
-    pub async fn changed(&self) {
-        if let Err(err) = self.reload().await {
-            tracing::error!(error = %err, "reloading rules after a change failed; the periodic reload will retry");
+    /// Re-reads tenants and runtime tokens and swaps in a snapshot that keeps the current
+    /// rule index: what a token or tenant change costs, whatever the number of rules.
+    pub async fn reload_identities(&self) -> Result<(), StoreError> {
+        let _serialised = self.reload_lock.lock().await;
+        let started = Instant::now();
+        let loaded = async {
+            let tenants = self.store.all_tenants().await?;
+            let tokens = self.store.all_runtime_tokens().await?;
+            Ok::<_, StoreError>((tenants, tokens))
         }
-        self.announce(&format!("{} rules", self.replica)).await;
+        .await;
+        let (tenants, tokens) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["reload"])
+                    .inc();
+                return Err(err);
+            }
+        };
+        let snapshot = self.snapshot().with_identities(
+            tenants.into_iter().map(|t| (t.id, t.name)),
+            token_entries(tokens),
+        );
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            "identities reloaded (rules kept)"
+        );
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.send_modify(|g| *g += 1);
+        Ok(())
     }
 
-    /// After a secret's value changed or it was deleted: drop the cached value here and on
-    /// the other replicas.
-    pub async fn secret_changed(&self, tenant_id: &str, name: &str) {
-        self.invalidate_secret(tenant_id, name);
-        self.announce(&format!("{} secret {tenant_id}/{name}", self.replica))
-            .await;
+    /// After a change through the admin API: applied here so that the next request sees it,
+    /// and announced to the other replicas. A failed reload is logged; the periodic reload
+    /// retries.
+    pub async fn changed(&self, change: Change) {
+        self.apply(&change).await;
+        self.announce(&change.encode(&self.replica)).await;
+    }
+
+    /// Applies a change, made here or announced by another replica.
+    async fn apply(&self, change: &Change) {
+        let reloaded = match change {
+            Change::Rules => self.reload().await,
+            Change::Identities => self.reload_identities().await,
+            Change::Secret { tenant_id, name } => {
+                self.invalidate_secret(tenant_id, name);
+                Ok(())
+            }
+        };
+        if let Err(err) = reloaded {
+            tracing::error!(error = %err, ?change, "applying a change failed; the periodic reload will retry");
+        }
     }
 
     async fn announce(&self, payload: &str) {
@@ -216,23 +294,10 @@ impl Engine {
 
     /// Applies a change another replica announced.
     async fn apply_announcement(&self, payload: &str) {
-        let mut words = payload.splitn(3, ' ');
-        let (Some(replica), Some(kind)) = (words.next(), words.next()) else {
-            return;
-        };
-        if replica == self.replica {
-            return;
-        }
-        match (kind, words.next()) {
-            ("rules", _) => {
-                if let Err(err) = self.reload().await {
-                    tracing::warn!(error = %err, "reload after another replica's change failed");
-                }
-            }
-            ("secret", Some(key)) => {
-                self.secrets.remove(key);
-            }
-            _ => tracing::debug!(%payload, "ignoring an unknown change notification"),
+        match Change::decode(payload) {
+            Some((replica, _)) if replica == self.replica => {}
+            Some((_, change)) => self.apply(&change).await,
+            None => tracing::debug!(%payload, "ignoring an unknown change notification"),
         }
     }
 
@@ -496,6 +561,48 @@ impl Engine {
                 }
                 () = &mut shutdown => return,
             }
+        }
+    }
+}
+
+/// The snapshot's token entries from the stored rows.
+fn token_entries(
+    tokens: Vec<(crate::store::RuntimeTokenRow, Vec<u8>)>,
+) -> impl Iterator<Item = (TokenHash, TokenEntry)> {
+    tokens.into_iter().filter_map(|(row, hash)| {
+        let hash = TokenHash::try_from(hash.as_slice()).ok()?;
+        Some((
+            hash,
+            TokenEntry {
+                tenant_id: row.tenant_id,
+                runtime: row.runtime,
+                revoked: row.revoked_at.is_some(),
+            },
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Change;
+
+    #[test]
+    fn changes_encode_and_decode_in_one_place() {
+        for change in [
+            Change::Rules,
+            Change::Identities,
+            Change::Secret {
+                tenant_id: "ten_1".into(),
+                name: "openai-api-key".into(),
+            },
+        ] {
+            let payload = change.encode("replica_a");
+            assert_eq!(Change::decode(&payload), Some(("replica_a", change)));
+        }
+        // An identities change reads as a rules change to a replica that predates it.
+        assert!(Change::Identities.encode("r").starts_with("r rules"));
+        for unknown in ["", "r", "r tokens", "r secret no-slash"] {
+            assert_eq!(Change::decode(unknown), None, "{unknown:?}");
         }
     }
 }

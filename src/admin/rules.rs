@@ -12,6 +12,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ListParams, PathParam, RequestId, TenantAuth};
 use super::views::{List, Rule};
 use crate::crypto;
+use crate::engine::Change;
 use crate::names::validate_name;
 use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, TargetFields};
 use crate::store::{
@@ -114,7 +115,7 @@ pub async fn create_rule(
         .store
         .insert_rules(&auth.tenant.id, std::slice::from_ref(&row), &audit)
         .await?;
-    state.engine.changed().await;
+    state.engine.changed(Change::Rules).await;
     tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
     Ok((StatusCode::CREATED, Json(row.into())))
 }
@@ -182,7 +183,7 @@ pub async fn create_rules_batch(
             ),
             other => other.into(),
         })?;
-    state.engine.changed().await;
+    state.engine.changed(Change::Rules).await;
     tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
     Ok((
         StatusCode::CREATED,
@@ -244,7 +245,7 @@ pub async fn delete_rule(
         .store
         .delete_rule(&auth.tenant.id, &id, &audit)
         .await?;
-    state.engine.changed().await;
+    state.engine.changed(Change::Rules).await;
     tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)
 }

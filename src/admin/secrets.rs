@@ -13,6 +13,7 @@ use super::extract::{JsonBody, ListParams, PathParam, RequestId, TenantAuth};
 use super::tenants::validate_label;
 use super::views::{List, Secret};
 use crate::crypto::SealContext;
+use crate::engine::Change;
 use crate::names::validate_name;
 use crate::rules::injection::validate_secret_value;
 use crate::store::{
@@ -237,7 +238,13 @@ pub async fn update_secret(
         .store
         .update_secret(&auth.tenant.id, &name, current.version, &changes, &audit)
         .await?;
-    state.engine.secret_changed(&auth.tenant.id, &name).await;
+    state
+        .engine
+        .changed(Change::Secret {
+            tenant_id: auth.tenant.id.clone(),
+            name: name.clone(),
+        })
+        .await;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, version = row.version, "secret updated");
     Ok(Json(row.into()))
 }
@@ -257,7 +264,13 @@ pub async fn delete_secret(
         .store
         .delete_secret(&auth.tenant.id, &name, &audit)
         .await?;
-    state.engine.secret_changed(&auth.tenant.id, &name).await;
+    state
+        .engine
+        .changed(Change::Secret {
+            tenant_id: auth.tenant.id.clone(),
+            name: name.clone(),
+        })
+        .await;
     tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ListParams, OperatorAuth, PathParam, RequestId, TenantAuth};
 use super::views::{ApiKey, CreatedApiKey, CreatedTenant, List, Tenant};
 use crate::crypto;
+use crate::engine::Change;
 use crate::names::validate_name;
 use crate::store::{AuditAction, AuditTarget, NewApiKey, TargetKind, TenantRow, now_millis};
 
@@ -41,7 +42,7 @@ pub async fn create_tenant(
         AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name)),
     );
     state.store.create_tenant(&tenant, &new_key, &audit).await?;
-    state.engine.changed().await;
+    state.engine.changed(Change::Identities).await;
     tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
     Ok((
         StatusCode::CREATED,

@@ -11,6 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ListParams, PathParam, RequestId, TenantAuth};
 use super::views::{CreatedRuntimeToken, List, RuntimeToken};
 use crate::crypto::{self, TokenKind};
+use crate::engine::Change;
 use crate::names::validate_name;
 use crate::store::{AuditAction, AuditTarget, NewRuntimeToken, TargetKind, now_millis};
 
@@ -35,7 +36,7 @@ pub async fn create_runtime_token(
         AuditTarget::new(TargetKind::RuntimeToken, Some(&row.id), Some(&row.runtime)),
     );
     state.store.create_runtime_token(&row, &audit).await?;
-    state.engine.changed().await;
+    state.engine.changed(Change::Identities).await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedRuntimeToken {
@@ -79,7 +80,7 @@ pub async fn revoke_runtime_token(
         .store
         .revoke_runtime_token(&auth.tenant.id, &id, &audit)
         .await?;
-    state.engine.changed().await;
+    state.engine.changed(Change::Identities).await;
     tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

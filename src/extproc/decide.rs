@@ -638,6 +638,28 @@ mod tests {
     }
 
     #[test]
+    fn an_identities_change_keeps_the_rule_index() {
+        let before = snapshot();
+        let after = before.with_identities(
+            [tenant(A, "acme"), tenant(B, "umbrella")],
+            vec![token(A, "worker", "runta_rt_new", false)],
+        );
+        assert!(after.shares_rules_with(&before));
+        assert_eq!(after.rule_count(), before.rule_count());
+        let with = |token: &str| {
+            let header = format!("Basic {}", BASE64.encode(format!("{token}:x")));
+            let req = RequestView {
+                proxy_authorization: Some(&header),
+                tunnel: None,
+                ..request("api.openai.com", "/v1/x")
+            };
+            decide(&after, None, &req, Unidentified::Pass).outcome
+        };
+        assert_eq!(with("runta_rt_new"), Outcome::Inject);
+        assert_eq!(with("runta_rt_good"), Outcome::BadToken);
+    }
+
+    #[test]
     fn runtime_tokens() {
         let basic = |user: &str, password: &str| {
             format!("Basic {}", BASE64.encode(format!("{user}:{password}")))

@@ -318,20 +318,27 @@ pub struct TokenEntry {
     pub revoked: bool,
 }
 
+/// The rules of every tenant, indexed: the costly part of a snapshot (built from every rule),
+/// shared by the snapshots that differ only in identities (`Snapshot::with_identities`).
+#[derive(Debug)]
+struct RuleIndex {
+    /// tenant id → runtime → rules.
+    rules: HashMap<String, HashMap<String, RuntimeRules>>,
+    /// Every rule's host name (leaf certificates for the shared gateway).
+    host_names: HostNames,
+    rule_count: usize,
+}
+
 /// Everything the hot path needs, immutable once built.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// tenant id → runtime → rules.
-    rules: HashMap<String, HashMap<String, RuntimeRules>>,
+    index: Arc<RuleIndex>,
     /// tenant name → tenant id (sidecars name their tenant).
     tenant_ids: HashMap<String, String>,
     /// tenant id → tenant name (for log lines).
     tenant_names: HashMap<String, String>,
     /// SHA-256 of a runtime token → what it identifies.
     tokens: HashMap<TokenHash, TokenEntry>,
-    /// Every rule's host name (leaf certificates for the shared gateway).
-    host_names: HostNames,
-    rule_count: usize,
 }
 
 impl Snapshot {
@@ -367,6 +374,30 @@ impl Snapshot {
                 .or_default()
                 .push(CompiledRule::new(rule, ordinal as u32, &mut interner));
         }
+        let index = Arc::new(RuleIndex {
+            rules: index,
+            host_names,
+            rule_count: rules.len(),
+        });
+        Self::with_index(index, tenants, tokens)
+    }
+
+    /// A snapshot with these tenants and tokens and this snapshot's rules, shared rather than
+    /// rebuilt: a token or tenant change costs what the identities cost, whatever the number
+    /// of rules.
+    pub fn with_identities(
+        &self,
+        tenants: impl IntoIterator<Item = (String, String)>,
+        tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
+    ) -> Self {
+        Self::with_index(self.index.clone(), tenants, tokens)
+    }
+
+    fn with_index(
+        index: Arc<RuleIndex>,
+        tenants: impl IntoIterator<Item = (String, String)>,
+        tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
+    ) -> Self {
         let mut tenant_ids = HashMap::default();
         let mut tenant_names = HashMap::default();
         for (id, name) in tenants {
@@ -374,22 +405,26 @@ impl Snapshot {
             tenant_names.insert(id, name);
         }
         Self {
-            rules: index,
+            index,
             tenant_ids,
             tenant_names,
             tokens: tokens.into_iter().collect(),
-            host_names,
-            rule_count: rules.len(),
         }
     }
 
+    /// Whether two snapshots share one rule index (one was made from the other by
+    /// `with_identities`).
+    pub fn shares_rules_with(&self, other: &Snapshot) -> bool {
+        Arc::ptr_eq(&self.index, &other.index)
+    }
+
     pub fn runtime_rules(&self, tenant_id: &str, runtime: &str) -> Option<&RuntimeRules> {
-        self.rules.get(tenant_id)?.get(runtime)
+        self.index.rules.get(tenant_id)?.get(runtime)
     }
 
     /// Whether any rule of any tenant is for this TLS server name.
     pub fn any_rule_covers(&self, name: &str) -> bool {
-        self.host_names.covers(name)
+        self.index.host_names.covers(name)
     }
 
     pub fn tenant_id(&self, name: &str) -> Option<&str> {
@@ -405,7 +440,7 @@ impl Snapshot {
     }
 
     pub fn rule_count(&self) -> usize {
-        self.rule_count
+        self.index.rule_count
     }
 }
 

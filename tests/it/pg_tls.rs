@@ -315,7 +315,7 @@ async fn postgres_over_tls_pool_and_notifications() {
         while reloads() < 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        other_replica.changed().await;
+        other_replica.changed(runta::engine::Change::Rules).await;
         while reloads() < 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

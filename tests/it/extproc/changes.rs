@@ -99,6 +99,61 @@ async fn replicas_follow_each_other() {
         eventually(&mut client, &request, &want).await,
         "the other replica kept serving the old value"
     );
+    // A runtime token made through the first replica identifies on the second (an identities
+    // change, which keeps the second's rule index), and its revocation reaches it too.
+    let (status, created) = first
+        .api(reqwest::Method::POST, "/v1/runtimes/worker/tokens", None)
+        .await;
+    assert_eq!(status, 201);
+    let mut with_token = get("api.openai.com", "/v1/models");
+    with_token.push((
+        "proxy-authorization".into(),
+        format!("Bearer {}", created["token"].as_str().unwrap()),
+    ));
+    let rules_before = second.running.as_ref().unwrap().engine.snapshot();
+    let mut injected = false;
+    for _ in 0..100 {
+        if let Outcome::Continue(m) = call(&mut client, EDGE, &with_token).await
+            && m.set
+                == [(
+                    "authorization".to_owned(),
+                    "Bearer sk-test-replicated".to_owned(),
+                )]
+        {
+            injected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(injected, "the token never identified on the other replica");
+    assert!(
+        second
+            .running
+            .as_ref()
+            .unwrap()
+            .engine
+            .snapshot()
+            .shares_rules_with(&rules_before),
+        "a token change rebuilt the other replica's rules"
+    );
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = first
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/v1/runtime-tokens/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let mut refused = false;
+    for _ in 0..100 {
+        if let Outcome::Immediate { status: 407, .. } = call(&mut client, EDGE, &with_token).await {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the revocation never reached the other replica");
     second.stop().await;
     first.stop().await;
 }
