@@ -41,8 +41,11 @@ use crate::store::{Store, StoreError};
 /// here: the one type local writes and notifications go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// Rules: the snapshot is rebuilt from the store.
+    /// Rules, anywhere: the snapshot is rebuilt from the store.
     Rules,
+    /// The rules of these runtimes (tenant id, runtime): only they are re-read, and the new
+    /// snapshot shares every other runtime's rules.
+    Runtimes(Vec<(String, String)>),
     /// Runtime tokens or tenants: only they are re-read; the rule index is kept as it is.
     Identities,
     /// A secret's value changed or it was deleted: its cached value is dropped.
@@ -50,12 +53,38 @@ pub enum Change {
 }
 
 impl Change {
-    /// The notification payload: `<replica> rules`, `<replica> rules identities` (read by
-    /// replicas that predate identity changes as a rules change, so a rolling upgrade misses
-    /// nothing) or `<replica> secret <tenant id>/<name>`.
+    /// At most this many runtimes in one `Runtimes` change (a NOTIFY payload holds 8,000
+    /// bytes); more become a `Rules` change.
+    pub const MAX_RUNTIMES: usize = 64;
+
+    /// The change of these runtimes' rules: `Runtimes`, or `Rules` past `MAX_RUNTIMES`.
+    pub fn runtimes(mut runtimes: Vec<(String, String)>) -> Self {
+        runtimes.sort();
+        runtimes.dedup();
+        if runtimes.len() > Self::MAX_RUNTIMES {
+            Self::Rules
+        } else {
+            Self::Runtimes(runtimes)
+        }
+    }
+
+    /// The notification payload: `<replica> rules`, `<replica> rules identities`, `<replica>
+    /// rules runtimes <tenant id>/<runtime>...` (both read by replicas that predate them as a
+    /// rules change, so a rolling upgrade misses nothing) or `<replica> secret <tenant
+    /// id>/<name>`. Tenant ids and runtime names hold no space or `/`.
     pub fn encode(&self, replica: &str) -> String {
         match self {
             Self::Rules => format!("{replica} rules"),
+            Self::Runtimes(runtimes) => {
+                let mut payload = format!("{replica} rules runtimes");
+                for (tenant_id, runtime) in runtimes {
+                    payload.push(' ');
+                    payload.push_str(tenant_id);
+                    payload.push('/');
+                    payload.push_str(runtime);
+                }
+                payload
+            }
             Self::Identities => format!("{replica} rules identities"),
             Self::Secret { tenant_id, name } => format!("{replica} secret {tenant_id}/{name}"),
         }
@@ -68,6 +97,17 @@ impl Change {
         let change = match (words.next()?, words.next()) {
             ("rules", None) => Self::Rules,
             ("rules", Some("identities")) => Self::Identities,
+            ("rules", Some(rest)) if rest.starts_with("runtimes") => {
+                let runtimes = rest
+                    .split(' ')
+                    .skip(1)
+                    .map(|pair| {
+                        let (tenant_id, runtime) = pair.split_once('/')?;
+                        Some((tenant_id.to_owned(), runtime.to_owned()))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Self::Runtimes(runtimes)
+            }
             ("secret", Some(key)) => {
                 let (tenant_id, name) = key.split_once('/')?;
                 Self::Secret {
@@ -192,14 +232,7 @@ impl Engine {
                 return Err(err);
             }
         };
-        let rules: Vec<_> = rules
-            .iter()
-            .filter_map(|row| {
-                row.to_rule()
-                    .map_err(|err| tracing::error!(rule = %row.id, error = %err, "a stored rule no longer validates; it is not applied"))
-                    .ok()
-            })
-            .collect();
+        let rules = valid_rules(&rules);
         let snapshot = Snapshot::build(
             tenants.into_iter().map(|t| (t.id, t.name)),
             &rules,
@@ -254,6 +287,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Re-reads these runtimes' rules and swaps in a snapshot in which only they changed: what
+    /// a rule change costs is what its runtime's rules cost. Reading the store after the
+    /// change committed, under the reload lock every snapshot swap takes, makes the result the
+    /// store's latest state for these runtimes, whatever order changes and notifications
+    /// arrive in.
+    pub async fn reload_runtimes(&self, runtimes: &[(String, String)]) -> Result<(), StoreError> {
+        let _serialised = self.reload_lock.lock().await;
+        let started = Instant::now();
+        let mut snapshot = self.snapshot();
+        for (tenant_id, runtime) in runtimes {
+            let rows = match self.store.runtime_rules(tenant_id, runtime).await {
+                Ok(rows) => rows,
+                Err(err) => {
+                    self.metrics.reloads.with_label_values(&["error"]).inc();
+                    self.metrics
+                        .store_errors
+                        .with_label_values(&["reload"])
+                        .inc();
+                    return Err(err);
+                }
+            };
+            let rules = valid_rules(&rows);
+            snapshot = Arc::new(snapshot.with_runtime(tenant_id, runtime, &rules));
+        }
+        self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
+        tracing::debug!(
+            runtimes = runtimes.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "runtime rules reloaded"
+        );
+        self.snapshot.store(snapshot);
+        self.generation.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
     /// After a change through the admin API: applied here so that the next request sees it,
     /// and announced to the other replicas. A failed reload is logged; the periodic reload
     /// retries.
@@ -266,6 +335,7 @@ impl Engine {
     async fn apply(&self, change: &Change) {
         let reloaded = match change {
             Change::Rules => self.reload().await,
+            Change::Runtimes(runtimes) => self.reload_runtimes(runtimes).await,
             Change::Identities => self.reload_identities().await,
             Change::Secret { tenant_id, name } => {
                 self.invalidate_secret(tenant_id, name);
@@ -565,6 +635,17 @@ impl Engine {
     }
 }
 
+/// The stored rules that still validate (one that does not is logged and not applied).
+fn valid_rules(rows: &[crate::store::RuleRow]) -> Vec<crate::rules::Rule> {
+    rows.iter()
+        .filter_map(|row| {
+            row.to_rule()
+                .map_err(|err| tracing::error!(rule = %row.id, error = %err, "a stored rule no longer validates; it is not applied"))
+                .ok()
+        })
+        .collect()
+}
+
 /// The snapshot's token entries from the stored rows.
 fn token_entries(
     tokens: Vec<(crate::store::RuntimeTokenRow, Vec<u8>)>,
@@ -590,6 +671,10 @@ mod tests {
     fn changes_encode_and_decode_in_one_place() {
         for change in [
             Change::Rules,
+            Change::Runtimes(vec![
+                ("ten_1".into(), "worker".into()),
+                ("ten_2".into(), "a.b-c_d".into()),
+            ]),
             Change::Identities,
             Change::Secret {
                 tenant_id: "ten_1".into(),
@@ -599,8 +684,18 @@ mod tests {
             let payload = change.encode("replica_a");
             assert_eq!(Change::decode(&payload), Some(("replica_a", change)));
         }
-        // An identities change reads as a rules change to a replica that predates it.
-        assert!(Change::Identities.encode("r").starts_with("r rules"));
+        // Identities and runtimes changes read as rules changes to a replica that predates them.
+        assert!(Change::Identities.encode("r").starts_with("r rules "));
+        assert!(
+            Change::runtimes(vec![("t".into(), "w".into())])
+                .encode("r")
+                .starts_with("r rules ")
+        );
+        // Too many runtimes for one notification: a rules change.
+        let many = (0..=Change::MAX_RUNTIMES)
+            .map(|i| ("t".to_owned(), format!("w{i}")))
+            .collect();
+        assert_eq!(Change::runtimes(many), Change::Rules);
         for unknown in ["", "r", "r tokens", "r secret no-slash"] {
             assert_eq!(Change::decode(unknown), None, "{unknown:?}");
         }

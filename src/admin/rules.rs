@@ -115,7 +115,13 @@ pub async fn create_rule(
         .store
         .insert_rules(&auth.tenant.id, std::slice::from_ref(&row), &audit)
         .await?;
-    state.engine.changed(Change::Rules).await;
+    state
+        .engine
+        .changed(Change::runtimes(vec![(
+            auth.tenant.id.clone(),
+            row.runtime.clone(),
+        )]))
+        .await;
     tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
     Ok((StatusCode::CREATED, Json(row.into())))
 }
@@ -183,7 +189,11 @@ pub async fn create_rules_batch(
             ),
             other => other.into(),
         })?;
-    state.engine.changed(Change::Rules).await;
+    let touched = runtimes
+        .iter()
+        .map(|runtime| (auth.tenant.id.clone(), (*runtime).to_owned()))
+        .collect();
+    state.engine.changed(Change::runtimes(touched)).await;
     tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
     Ok((
         StatusCode::CREATED,
@@ -241,11 +251,14 @@ pub async fn delete_rule(
         AuditAction::RuleDelete,
         AuditTarget::new(TargetKind::Rule, Some(&id), None),
     );
-    state
+    let runtime = state
         .store
         .delete_rule(&auth.tenant.id, &id, &audit)
         .await?;
-    state.engine.changed(Change::Rules).await;
+    state
+        .engine
+        .changed(Change::runtimes(vec![(auth.tenant.id.clone(), runtime)]))
+        .await;
     tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,7 +15,6 @@ use crate::crypto::TokenHash;
 /// The snapshot's maps hash with foldhash (seeded per process, so keys a tenant chooses cannot
 /// be aimed at collisions): std's SipHash was a third of `decide`'s instructions in a profile.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// A path glob, split at its `*`s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,18 +295,62 @@ fn suffixes(host: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The host names of every rule of every tenant: which TLS server names the shared gateway
-/// may be given a leaf certificate for.
-#[derive(Debug, Default)]
+/// The host names of every rule of every tenant, each with the number of rules naming it: which
+/// TLS server names the shared gateway may be given a leaf certificate for.
+#[derive(Debug, Default, Clone)]
 struct HostNames {
-    exact: HashSet<String>,
-    wildcard: HashSet<String>,
+    exact: HashMap<String, u32>,
+    wildcard: HashMap<String, u32>,
 }
 
 impl HostNames {
     fn covers(&self, name: &str) -> bool {
-        self.exact.contains(name) || suffixes(name).any(|s| self.wildcard.contains(s))
+        self.exact.contains_key(name) || suffixes(name).any(|s| self.wildcard.contains_key(s))
     }
+
+    fn side<'h>(&mut self, host: &'h HostName) -> (&mut HashMap<String, u32>, &'h str) {
+        match host {
+            HostName::Exact(name) => (&mut self.exact, name),
+            HostName::Wildcard(suffix) => (&mut self.wildcard, suffix),
+        }
+    }
+
+    fn add(&mut self, host: &HostName) {
+        let (map, key) = self.side(host);
+        match map.get_mut(key) {
+            Some(count) => *count += 1,
+            None => {
+                map.insert(key.to_owned(), 1);
+            }
+        }
+    }
+
+    fn remove(&mut self, host: &HostName) {
+        let (map, key) = self.side(host);
+        if let Some(count) = map.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+/// A runtime's host names in a canonical order, to compare two versions of its rules.
+fn host_list(rules: Option<&RuntimeRules>) -> Vec<(bool, &str)> {
+    let mut hosts: Vec<(bool, &str)> = rules
+        .map(|r| {
+            r.rules
+                .iter()
+                .map(|c| match &c.host.name {
+                    HostName::Exact(name) => (true, name.as_str()),
+                    HostName::Wildcard(suffix) => (false, suffix.as_str()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    hosts.sort_unstable();
+    hosts
 }
 
 /// What a runtime token identifies.
@@ -318,27 +361,37 @@ pub struct TokenEntry {
     pub revoked: bool,
 }
 
-/// The rules of every tenant, indexed: the costly part of a snapshot (built from every rule),
-/// shared by the snapshots that differ only in identities (`Snapshot::with_identities`).
+/// One tenant's runtimes, each runtime's rules shared between snapshots until they change.
+type TenantRules = HashMap<String, Arc<RuntimeRules>>;
+
+/// The rules of every tenant, indexed: the costly part of a snapshot. Shared whole by the
+/// snapshots that differ only in identities (`Snapshot::with_identities`), and runtime by
+/// runtime by those that differ in one runtime's rules (`Snapshot::with_runtime`).
 #[derive(Debug)]
 struct RuleIndex {
     /// tenant id → runtime → rules.
-    rules: HashMap<String, HashMap<String, RuntimeRules>>,
+    rules: HashMap<String, Arc<TenantRules>>,
     /// Every rule's host name (leaf certificates for the shared gateway).
-    host_names: HostNames,
+    host_names: Arc<HostNames>,
     rule_count: usize,
 }
 
-/// Everything the hot path needs, immutable once built.
+/// Who is who: tenants and runtime tokens.
 #[derive(Debug)]
-pub struct Snapshot {
-    index: Arc<RuleIndex>,
+struct Identities {
     /// tenant name → tenant id (sidecars name their tenant).
     tenant_ids: HashMap<String, String>,
     /// tenant id → tenant name (for log lines).
     tenant_names: HashMap<String, String>,
     /// SHA-256 of a runtime token → what it identifies.
     tokens: HashMap<TokenHash, TokenEntry>,
+}
+
+/// Everything the hot path needs, immutable once built.
+#[derive(Debug)]
+pub struct Snapshot {
+    index: Arc<RuleIndex>,
+    identities: Arc<Identities>,
 }
 
 impl Snapshot {
@@ -358,15 +411,7 @@ impl Snapshot {
         let mut interner = Interner::default();
         let mut host_names = HostNames::default();
         for (ordinal, rule) in rules.iter().enumerate() {
-            match &rule.spec.host.name {
-                HostName::Exact(name) if !host_names.exact.contains(name) => {
-                    host_names.exact.insert(name.clone());
-                }
-                HostName::Wildcard(suffix) if !host_names.wildcard.contains(suffix) => {
-                    host_names.wildcard.insert(suffix.clone());
-                }
-                _ => {}
-            }
+            host_names.add(&rule.spec.host.name);
             index
                 .entry(rule.tenant_id.clone())
                 .or_default()
@@ -374,9 +419,19 @@ impl Snapshot {
                 .or_default()
                 .push(CompiledRule::new(rule, ordinal as u32, &mut interner));
         }
+        let rules_by_tenant = index
+            .into_iter()
+            .map(|(tenant, runtimes)| {
+                let runtimes: TenantRules = runtimes
+                    .into_iter()
+                    .map(|(runtime, rules)| (runtime, Arc::new(rules)))
+                    .collect();
+                (tenant, Arc::new(runtimes))
+            })
+            .collect();
         let index = Arc::new(RuleIndex {
-            rules: index,
-            host_names,
+            rules: rules_by_tenant,
+            host_names: Arc::new(host_names),
             rule_count: rules.len(),
         });
         Self::with_index(index, tenants, tokens)
@@ -406,9 +461,63 @@ impl Snapshot {
         }
         Self {
             index,
-            tenant_ids,
-            tenant_names,
-            tokens: tokens.into_iter().collect(),
+            identities: Arc::new(Identities {
+                tenant_ids,
+                tenant_names,
+                tokens: tokens.into_iter().collect(),
+            }),
+        }
+    }
+
+    /// A snapshot in which one runtime's rules are `rules` (all of that runtime's rules, in id
+    /// order; empty: the runtime has none) and everything else is this snapshot's, shared: a
+    /// rule change costs what its runtime's rules cost, not what every rule costs. Applied in
+    /// any order, these give the same decisions as a rebuild from the same rules (rules of one
+    /// runtime are only ever compared with each other, in id order).
+    pub fn with_runtime(&self, tenant_id: &str, runtime: &str, rules: &[Rule]) -> Self {
+        let mut interner = Interner::default();
+        let mut fresh = RuntimeRules::default();
+        for (ordinal, rule) in rules.iter().enumerate() {
+            debug_assert!(rule.tenant_id == tenant_id && rule.spec.runtime == runtime);
+            fresh.push(CompiledRule::new(rule, ordinal as u32, &mut interner));
+        }
+        let old = self.runtime_rules(tenant_id, runtime);
+        let old_count = old.map_or(0, |r| r.rules.len());
+        let host_names = if host_list(old) == host_list(Some(&fresh)) {
+            self.index.host_names.clone()
+        } else {
+            let mut names = (*self.index.host_names).clone();
+            for rule in old.map(|r| r.rules.as_slice()).unwrap_or_default() {
+                names.remove(&rule.host.name);
+            }
+            for rule in &fresh.rules {
+                names.add(&rule.host.name);
+            }
+            Arc::new(names)
+        };
+        let rule_count = self.index.rule_count - old_count + fresh.rules.len();
+        let mut tenants = self.index.rules.clone();
+        let mut runtimes: TenantRules = tenants
+            .get(tenant_id)
+            .map(|t| (**t).clone())
+            .unwrap_or_default();
+        if fresh.rules.is_empty() {
+            runtimes.remove(runtime);
+        } else {
+            runtimes.insert(runtime.to_owned(), Arc::new(fresh));
+        }
+        if runtimes.is_empty() {
+            tenants.remove(tenant_id);
+        } else {
+            tenants.insert(tenant_id.to_owned(), Arc::new(runtimes));
+        }
+        Self {
+            index: Arc::new(RuleIndex {
+                rules: tenants,
+                host_names,
+                rule_count,
+            }),
+            identities: self.identities.clone(),
         }
     }
 
@@ -419,7 +528,11 @@ impl Snapshot {
     }
 
     pub fn runtime_rules(&self, tenant_id: &str, runtime: &str) -> Option<&RuntimeRules> {
-        self.index.rules.get(tenant_id)?.get(runtime)
+        self.index
+            .rules
+            .get(tenant_id)?
+            .get(runtime)
+            .map(Arc::as_ref)
     }
 
     /// Whether any rule of any tenant is for this TLS server name.
@@ -428,15 +541,15 @@ impl Snapshot {
     }
 
     pub fn tenant_id(&self, name: &str) -> Option<&str> {
-        self.tenant_ids.get(name).map(String::as_str)
+        self.identities.tenant_ids.get(name).map(String::as_str)
     }
 
     pub fn tenant_name(&self, id: &str) -> Option<&str> {
-        self.tenant_names.get(id).map(String::as_str)
+        self.identities.tenant_names.get(id).map(String::as_str)
     }
 
     pub fn token(&self, hash: &TokenHash) -> Option<&TokenEntry> {
-        self.tokens.get(hash)
+        self.identities.tokens.get(hash)
     }
 
     pub fn rule_count(&self) -> usize {

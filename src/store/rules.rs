@@ -94,22 +94,41 @@ impl Store {
         })
     }
 
+    /// Deletes a rule; answers the runtime it was for.
     pub async fn delete_rule(
         &self,
         tenant_id: &str,
         id: &str,
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    ) -> Result<String, StoreError> {
         audited_write!(self, audit, conn => {
-            let deleted = diesel::delete(
+            let runtimes: Vec<String> = diesel::delete(
                 rules::table.filter(rules::tenant_id.eq(tenant_id)).filter(rules::id.eq(id)),
             )
-            .execute(conn)
+            .returning(rules::runtime)
+            .get_results(conn)
             .await?;
-            if deleted == 0 {
-                return Err(StoreError::NotFound(Resource::Rule(id.to_owned())));
-            }
-            Ok(())
+            runtimes
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::NotFound(Resource::Rule(id.to_owned())))
+        })
+    }
+
+    /// Every rule of one runtime, in id order: what an incremental snapshot update reads.
+    pub async fn runtime_rules(
+        &self,
+        tenant_id: &str,
+        runtime: &str,
+    ) -> Result<Vec<RuleRow>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(rules::table
+                .filter(rules::tenant_id.eq(tenant_id))
+                .filter(rules::runtime.eq(runtime))
+                .select(RuleRow::as_select())
+                .order(rules::id)
+                .load(conn)
+                .await?)
         })
     }
 
