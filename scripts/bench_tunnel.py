@@ -21,36 +21,19 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from bench_envoy import ENVOY, free_port, wait_port  # the same machinery as the other bench
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 RUNTA = os.path.join(RELEASE, "runta")
 LOAD = os.path.join(RELEASE, "examples", "tunnel_load")
-ENVOY = os.environ.get("RUNTA_TEST_ENVOY") or os.path.join(ROOT, ".venv", "bin", "envoy")
 SECRET = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def run(*args, env=None, **kw):

@@ -223,14 +223,7 @@ impl Engine {
         .await;
         let (tenants, rules, tokens) = match loaded {
             Ok(loaded) => loaded,
-            Err(err) => {
-                self.metrics.reloads.with_label_values(&["error"]).inc();
-                self.metrics
-                    .store_errors
-                    .with_label_values(&["reload"])
-                    .inc();
-                return Err(err);
-            }
+            Err(err) => return Err(self.reload_failed(err)),
         };
         let rules = valid_rules(&rules);
         let snapshot = Snapshot::build(
@@ -238,16 +231,13 @@ impl Engine {
             &rules,
             token_entries(tokens),
         );
-        self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
-        self.metrics.reloads.with_label_values(&["ok"]).inc();
         self.metrics.mark_snapshot_built();
         tracing::debug!(
             rules = snapshot.rule_count(),
             micros = started.elapsed().as_micros() as u64,
             "rule snapshot rebuilt"
         );
-        self.snapshot.store(Arc::new(snapshot));
-        self.generation.send_modify(|g| *g += 1);
+        self.swap(Arc::new(snapshot));
         Ok(())
     }
 
@@ -264,26 +254,17 @@ impl Engine {
         .await;
         let (tenants, tokens) = match loaded {
             Ok(loaded) => loaded,
-            Err(err) => {
-                self.metrics.reloads.with_label_values(&["error"]).inc();
-                self.metrics
-                    .store_errors
-                    .with_label_values(&["reload"])
-                    .inc();
-                return Err(err);
-            }
+            Err(err) => return Err(self.reload_failed(err)),
         };
         let snapshot = self.snapshot().with_identities(
             tenants.into_iter().map(|t| (t.id, t.name)),
             token_entries(tokens),
         );
-        self.metrics.reloads.with_label_values(&["ok"]).inc();
         tracing::debug!(
             micros = started.elapsed().as_micros() as u64,
             "identities reloaded (rules kept)"
         );
-        self.snapshot.store(Arc::new(snapshot));
-        self.generation.send_modify(|g| *g += 1);
+        self.swap(Arc::new(snapshot));
         Ok(())
     }
 
@@ -299,28 +280,37 @@ impl Engine {
         for (tenant_id, runtime) in runtimes {
             let rows = match self.store.runtime_rules(tenant_id, runtime).await {
                 Ok(rows) => rows,
-                Err(err) => {
-                    self.metrics.reloads.with_label_values(&["error"]).inc();
-                    self.metrics
-                        .store_errors
-                        .with_label_values(&["reload"])
-                        .inc();
-                    return Err(err);
-                }
+                Err(err) => return Err(self.reload_failed(err)),
             };
             let rules = valid_rules(&rows);
             snapshot = Arc::new(snapshot.with_runtime(tenant_id, runtime, &rules));
         }
-        self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
-        self.metrics.reloads.with_label_values(&["ok"]).inc();
         tracing::debug!(
             runtimes = runtimes.len(),
             micros = started.elapsed().as_micros() as u64,
             "runtime rules reloaded"
         );
+        self.swap(snapshot);
+        Ok(())
+    }
+
+    /// Swaps a new snapshot in (every kind of reload ends here, under the reload lock),
+    /// counts it, and tells those who watch snapshots.
+    fn swap(&self, snapshot: Arc<Snapshot>) {
+        self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
         self.snapshot.store(snapshot);
         self.generation.send_modify(|g| *g += 1);
-        Ok(())
+    }
+
+    /// Counts a reload (of any kind) that the store failed, and hands its error back.
+    fn reload_failed(&self, err: StoreError) -> StoreError {
+        self.metrics.reloads.with_label_values(&["error"]).inc();
+        self.metrics
+            .store_errors
+            .with_label_values(&["reload"])
+            .inc();
+        err
     }
 
     /// After a change through the admin API: applied here so that the next request sees it,

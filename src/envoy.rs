@@ -250,6 +250,8 @@ impl Bootstrap {
                 "runta-gateway".to_owned(),
             ),
         };
+        // The same plain-request routes on the proxy listener and inside intercepted tunnels.
+        let routes = &plain_routes("              ");
         let _ = write!(
             y,
             "\
@@ -544,8 +546,8 @@ static_resources:
             target_state = crate::extproc::TUNNEL_TARGET_STATE,
             access_log_outer = access_log("egress", false),
             access_log_inner = access_log("intercept", true),
-            plain_routes = plain_routes("              "),
-            plain_routes_inner = plain_routes("              "),
+            plain_routes = routes,
+            plain_routes_inner = routes,
             extproc_outer = self.extproc_filter(false),
             extproc_inner = self.extproc_filter(true),
             guard = self.guard_yaml(),

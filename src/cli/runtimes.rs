@@ -164,7 +164,6 @@ pub async fn env(args: &RuntimeEnvArgs, client: &Client, out: Output) -> Result<
 
 /// This machine's trust store as PEM.
 fn system_roots() -> Result<String, CliError> {
-    use base64::Engine as _;
     let found = rustls_native_certs::load_native_certs();
     if found.certs.is_empty() {
         return Err(CliError::Usage(format!(
@@ -175,17 +174,11 @@ fn system_roots() -> Result<String, CliError> {
                 .map_or_else(|| "the trust store is empty".to_owned(), |e| e.to_string())
         )));
     }
-    let mut pem = String::new();
-    for cert in found.certs {
-        let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-        pem.push_str("-----BEGIN CERTIFICATE-----\n");
-        for line in text.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-            pem.push('\n');
-        }
-        pem.push_str("-----END CERTIFICATE-----\n");
-    }
-    Ok(pem)
+    Ok(found
+        .certs
+        .iter()
+        .map(|cert| crate::interception::certificate_from_der(cert.as_ref()))
+        .collect())
 }
 
 /// Writes the bundle (public: mode 0644) through a new temporary file beside it (created, never

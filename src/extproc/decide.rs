@@ -14,8 +14,9 @@ use crate::crypto;
 use crate::rules::request::Destination;
 use crate::rules::snapshot::{CompiledRule, Snapshot};
 
-/// The request headers decide looks at (values as Envoy sent them in `raw_value`).
-#[derive(Debug, Clone, Default)]
+/// The request headers decide looks at (values as Envoy sent them in `raw_value`). `Debug`
+/// shows whether proxy credentials are present, never them.
+#[derive(Clone, Default)]
 pub struct RequestView<'a> {
     pub method: &'a str,
     pub scheme: &'a str,
@@ -29,8 +30,9 @@ pub struct RequestView<'a> {
 }
 
 /// What Envoy knows about the intercepted tunnel a request came through (from the CONNECT,
-/// carried as filter state the client cannot forge, and from the TLS handshake).
-#[derive(Debug, Clone, Copy, Default)]
+/// carried as filter state the client cannot forge, and from the TLS handshake). `Debug` hides
+/// the credentials.
+#[derive(Clone, Copy, Default)]
 pub struct Tunnel<'a> {
     /// The CONNECT's target, `host:port`.
     pub target: &'a str,
@@ -38,6 +40,44 @@ pub struct Tunnel<'a> {
     pub server_name: &'a str,
     /// The CONNECT's `Proxy-Authorization`: the identity of every request in the tunnel.
     pub proxy_authorization: Option<&'a str>,
+}
+
+/// Proxy credentials in `Debug` output: whether there are any, never the token.
+fn credentials(value: Option<&str>) -> &'static str {
+    if value.is_some() {
+        "[REDACTED]"
+    } else {
+        "none"
+    }
+}
+
+impl std::fmt::Debug for RequestView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestView")
+            .field("method", &self.method)
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field(
+                "proxy_authorization",
+                &credentials(self.proxy_authorization),
+            )
+            .field("tunnel", &self.tunnel)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Tunnel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("target", &self.target)
+            .field("server_name", &self.server_name)
+            .field(
+                "proxy_authorization",
+                &credentials(self.proxy_authorization),
+            )
+            .finish()
+    }
 }
 
 /// The service's policies `decide` applies.
@@ -635,6 +675,25 @@ mod tests {
             decide(&snap, None, &req, Unidentified::Deny).outcome,
             Outcome::Denied
         );
+    }
+
+    #[test]
+    fn debug_output_never_holds_proxy_credentials() {
+        let view = RequestView {
+            proxy_authorization: Some("Bearer runta_rt_SECRET"),
+            tunnel: Some(Tunnel {
+                target: "api.openai.com:443",
+                server_name: "api.openai.com",
+                proxy_authorization: Some("Basic cnVudGFfcnRfU0VDUkVUOng="),
+            }),
+            ..request("api.openai.com", "/")
+        };
+        let text = format!("{view:?}");
+        assert!(
+            !text.contains("SECRET") && !text.contains("cnVudGFf"),
+            "{text}"
+        );
+        assert!(text.contains("[REDACTED]"));
     }
 
     #[test]

@@ -65,7 +65,6 @@ fn file_error(key: &'static str, path: &Path, message: impl std::fmt::Display) -
 /// A text that holds a private key is refused, so that a combined key-and-certificate file can
 /// never have its key served or exported.
 pub fn certificate_pem(text: &str) -> Result<String, String> {
-    use base64::Engine as _;
     if text.contains("PRIVATE KEY") {
         return Err(
             "holds a private key; the CA certificate file must hold the certificate \
@@ -75,6 +74,12 @@ pub fn certificate_pem(text: &str) -> Result<String, String> {
     }
     let der = pem_block(text, "CERTIFICATE")
         .ok_or("holds no PEM certificate (-----BEGIN CERTIFICATE-----)")?;
+    Ok(certificate_from_der(&der))
+}
+
+/// A DER certificate as PEM (64-character lines).
+pub fn certificate_from_der(der: &[u8]) -> String {
+    use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in body.as_bytes().chunks(64) {
@@ -82,7 +87,7 @@ pub fn certificate_pem(text: &str) -> Result<String, String> {
         pem.push('\n');
     }
     pem.push_str("-----END CERTIFICATE-----\n");
-    Ok(pem)
+    pem
 }
 
 /// A newly generated CA: the certificate and its private key, both PEM.

@@ -70,13 +70,8 @@ impl Sds {
         authority: Option<Arc<Authority>>,
         engine: Arc<Engine>,
         metrics: Arc<Metrics>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        });
         Self {
             inner: Arc::new(Inner {
                 authority,
@@ -257,7 +252,7 @@ impl StreamState {
     async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>, _open: OpenStream) {
         let mut generation = self.inner.engine.watch_snapshots();
         generation.mark_unchanged();
-        let stop = stopped(self.inner.stopping.clone());
+        let stop = crate::serve::shutdown_future(&self.inner.stopping);
         tokio::pin!(stop);
         loop {
             let renewal = self
@@ -419,15 +414,6 @@ impl StreamState {
         self.nonce += 1;
         response.nonce = self.nonce.to_string();
         self.tx.send(Ok(response)).await.is_ok()
-    }
-}
-
-/// Completes once the server shuts down.
-async fn stopped(mut stopping: tokio::sync::watch::Receiver<bool>) {
-    while !*stopping.borrow_and_update() {
-        if stopping.changed().await.is_err() {
-            return;
-        }
     }
 }
 

@@ -158,7 +158,9 @@ fn stopped(exit: Result<TaskExit, tokio::task::JoinError>) -> ServeError {
 }
 
 /// A future that completes when shutdown is asked for.
-fn shutdown_future(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_future(
+    rx: &watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -170,7 +172,7 @@ fn shutdown_future(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Sen
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     // Long-lived streams (SDS) end on shutdown too: the gRPC server waits for them.
-    let wired = wire::wire(&config, shutdown_future(&shutdown_rx)).await?;
+    let wired = wire::wire(&config, shutdown_rx.clone()).await?;
     let mut tasks: JoinSet<TaskExit> = JoinSet::new();
 
     let grpc_services = wired.grpc.service_names().to_vec();

@@ -33,7 +33,7 @@ pub(super) struct Wired {
 
 pub(super) async fn wire(
     config: &Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Wired, ServeError> {
     bootstrap::provision_embedded(config)?;
     let resolved = bootstrap::resolve(config)?;
