@@ -76,10 +76,11 @@ fn served(rt: &tokio::runtime::Runtime, count: usize, dir: &std::path::Path) -> 
                 AuditTarget::new(TargetKind::Tenant, Some(TENANT), None),
             )
         };
-        store
+        let _loaded_before_the_engine = store
             .create_tenant(&tenants()[0], &key, &audit(AuditAction::TenantCreate))
             .await
-            .unwrap();
+            .unwrap()
+            .into_parts();
         let id = new_id("sec");
         let sealed = keyring
             .seal(
@@ -111,10 +112,11 @@ fn served(rt: &tokio::runtime::Runtime, count: usize, dir: &std::path::Path) -> 
             .await
             .unwrap();
         for chunk in rule_rows(count).chunks(5_000) {
-            store
+            let _loaded_before_the_engine = store
                 .insert_rules(TENANT, chunk, &audit(AuditAction::RuleBatchCreate))
                 .await
-                .unwrap();
+                .unwrap()
+                .into_parts();
         }
         let metrics = Arc::new(Metrics::new());
         let engine = Arc::new(Engine::new(store, keyring, metrics.clone()));

@@ -426,13 +426,15 @@ pub async fn ensure_default_tenant(store: &Store, data_dir: &Path) -> Result<(),
             };
             let (row, key) = NewApiKey::generate(&tenant.id, Some("quickstart".into()));
             let target = AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name));
-            store
+            // Before the engine's first load, which reads it: nothing to apply.
+            let _before_the_engine = store
                 .create_tenant(
                     &tenant,
                     &row,
                     &audit(&tenant, AuditAction::TenantCreate, target),
                 )
-                .await?;
+                .await?
+                .into_parts();
             tracing::info!(tenant = DEFAULT_TENANT, "created the default tenant");
             key
         }

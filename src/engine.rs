@@ -16,11 +16,16 @@
 //!   timeout, so the gateway hears a clear 503 rather than timing out.
 //! - Values are `SecretString`s: zeroized when the last reference is dropped.
 //! - No lock is held across an `.await` (the reload mutex only serialises reloads).
-//! - Several replicas on one PostgreSQL database: every change made through one is announced
-//!   with `NOTIFY` (`store::CHANGES_CHANNEL`, a [`Change`] encoded by `Change::encode`), and
-//!   each replica follows the channel on a
-//!   dedicated connection; after a reconnect it reloads everything and drops its cached
-//!   values, since notifications may have been missed. The periodic reload is the safety net.
+//! - Changes are deltas: a write answers the `Change` it made (`store::Committed`), and
+//!   `applied` turns it into a new snapshot that shares everything the change did not touch,
+//!   before the write's answer goes out. Changes announced by other replicas (PostgreSQL
+//!   `NOTIFY`, sent in the write's transaction) go through the same `apply`. Concurrent
+//!   changes coalesce into one swap. Deltas are idempotent and keyed by id, and deleted ids
+//!   are remembered for a while (`Tombstones`), so a deletion that overtakes its creation
+//!   never leaves the rule behind.
+//! - The full reload (start-up, after a lost notification connection, periodically as the
+//!   safety net) reads the store in one consistent transaction and builds on a blocking
+//!   thread; deltas applied meanwhile are applied again to its result before the swap.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,92 +39,9 @@ use tokio::sync::{Notify, OnceCell};
 use crate::crypto::TokenHash;
 use crate::crypto::{Keyring, SealContext};
 use crate::metrics::Metrics;
-use crate::rules::snapshot::{Snapshot, TokenEntry, secret_key};
-use crate::store::{Store, StoreError};
-
-/// What a change through the admin API touched, announced to the other replicas and applied
-/// here: the one type local writes and notifications go through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Rules, anywhere: the snapshot is rebuilt from the store.
-    Rules,
-    /// The rules of these runtimes (tenant id, runtime): only they are re-read, and the new
-    /// snapshot shares every other runtime's rules.
-    Runtimes(Vec<(String, String)>),
-    /// Runtime tokens or tenants: only they are re-read; the rule index is kept as it is.
-    Identities,
-    /// A secret's value changed or it was deleted: its cached value is dropped.
-    Secret { tenant_id: String, name: String },
-}
-
-impl Change {
-    /// At most this many runtimes in one `Runtimes` change (a NOTIFY payload holds 8,000
-    /// bytes); more become a `Rules` change.
-    pub const MAX_RUNTIMES: usize = 64;
-
-    /// The change of these runtimes' rules: `Runtimes`, or `Rules` past `MAX_RUNTIMES`.
-    pub fn runtimes(mut runtimes: Vec<(String, String)>) -> Self {
-        runtimes.sort();
-        runtimes.dedup();
-        if runtimes.len() > Self::MAX_RUNTIMES {
-            Self::Rules
-        } else {
-            Self::Runtimes(runtimes)
-        }
-    }
-
-    /// The notification payload: `<replica> rules`, `<replica> rules identities`, `<replica>
-    /// rules runtimes <tenant id>/<runtime>...` (both read by replicas that predate them as a
-    /// rules change, so a rolling upgrade misses nothing) or `<replica> secret <tenant
-    /// id>/<name>`. Tenant ids and runtime names hold no space or `/`.
-    pub fn encode(&self, replica: &str) -> String {
-        match self {
-            Self::Rules => format!("{replica} rules"),
-            Self::Runtimes(runtimes) => {
-                let mut payload = format!("{replica} rules runtimes");
-                for (tenant_id, runtime) in runtimes {
-                    payload.push(' ');
-                    payload.push_str(tenant_id);
-                    payload.push('/');
-                    payload.push_str(runtime);
-                }
-                payload
-            }
-            Self::Identities => format!("{replica} rules identities"),
-            Self::Secret { tenant_id, name } => format!("{replica} secret {tenant_id}/{name}"),
-        }
-    }
-
-    /// A payload's replica and change; `None` for a payload this version does not know.
-    pub fn decode(payload: &str) -> Option<(&str, Self)> {
-        let mut words = payload.splitn(3, ' ');
-        let replica = words.next()?;
-        let change = match (words.next()?, words.next()) {
-            ("rules", None) => Self::Rules,
-            ("rules", Some("identities")) => Self::Identities,
-            ("rules", Some(rest)) if rest.starts_with("runtimes") => {
-                let runtimes = rest
-                    .split(' ')
-                    .skip(1)
-                    .map(|pair| {
-                        let (tenant_id, runtime) = pair.split_once('/')?;
-                        Some((tenant_id.to_owned(), runtime.to_owned()))
-                    })
-                    .collect::<Option<Vec<_>>>()?;
-                Self::Runtimes(runtimes)
-            }
-            ("secret", Some(key)) => {
-                let (tenant_id, name) = key.split_once('/')?;
-                Self::Secret {
-                    tenant_id: tenant_id.to_owned(),
-                    name: name.to_owned(),
-                }
-            }
-            _ => return None,
-        };
-        Some((replica, change))
-    }
-}
+use crate::rules::Rule;
+use crate::rules::snapshot::{Snapshot, SnapshotBuilder, SnapshotEdit, TokenEntry, secret_key};
+use crate::store::{Change, Committed, Created, Followed, Store, StoreError};
 
 /// How long a secret miss may wait for the store, pool included: less than the 0.5 s message
 /// timeout runta's Envoy configurations give ext_proc, so the gateway gets runta's fail-closed
@@ -175,12 +97,117 @@ pub struct Engine {
     next_sweep: Mutex<Option<tokio::time::Instant>>,
     /// Wakes the sweep task for a value that expires before `next_sweep`.
     sweep_wake: Notify,
-    reload_lock: tokio::sync::Mutex<()>,
+    /// Changes waiting to be applied; whoever applies takes them all (`apply`).
+    queue: Mutex<Queue>,
+    /// Held while changes are applied and while a full reload swaps its result in: every
+    /// snapshot swap happens under it, one at a time.
+    applying: tokio::sync::Mutex<Applying>,
+    /// One full reload at a time.
+    full_reload: tokio::sync::Mutex<()>,
+    /// Asks the periodic reload to run now: a change could not be applied.
+    resync: Notify,
     /// Counts snapshot swaps: services that keep state derived from the rules (SDS) watch it.
     generation: tokio::sync::watch::Sender<u64>,
-    /// This process's id in change notifications (its own are ignored when they come back).
-    replica: String,
 }
+
+/// Changes queued for the next application, and the ticket of the last one queued.
+#[derive(Default)]
+struct Queue {
+    changes: Vec<Change>,
+    queued: u64,
+}
+
+/// What the applier keeps between applications.
+#[derive(Default)]
+struct Applying {
+    /// The ticket of the last change applied.
+    applied: u64,
+    tombstones: Tombstones,
+    /// While a full reload reads and builds: every delta applied meanwhile, to be applied
+    /// again on the reloaded snapshot (deltas are idempotent).
+    journal: Option<Vec<Delta>>,
+}
+
+/// How long a deleted rule's id is remembered: a creation applied later than this after the
+/// deletion (a task starved for minutes) would bring the rule back until the next full reload.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
+/// Ids of rules deleted recently: a deletion can overtake its creation (the create's
+/// application and the delete's race), and the creation must then not bring the rule back.
+#[derive(Default)]
+struct Tombstones(std::collections::HashMap<Box<str>, Instant>);
+
+impl Tombstones {
+    fn contains(&self, id: &str) -> bool {
+        self.0.contains_key(id)
+    }
+
+    fn bury(&mut self, ids: &[String]) {
+        let now = Instant::now();
+        for id in ids {
+            self.0.insert(id.as_str().into(), now);
+        }
+    }
+
+    fn prune(&mut self) {
+        self.0.retain(|_, at| at.elapsed() < TOMBSTONE_TTL);
+    }
+}
+
+/// A change resolved into what it does to the snapshot, with the store reads it needed done:
+/// idempotent, so applying one twice (a full reload's journal) changes nothing more.
+#[derive(Debug)]
+enum Delta {
+    Add(Vec<Rule>),
+    Remove {
+        tenant_id: String,
+        runtime: String,
+        ids: Vec<String>,
+    },
+    Replace {
+        tenant_id: String,
+        runtime: String,
+        rules: Vec<Rule>,
+    },
+    Tokens(Vec<(TokenHash, TokenEntry)>),
+    AllTokens(Vec<(TokenHash, TokenEntry)>),
+    Tenants(Vec<(String, String)>),
+}
+
+impl Delta {
+    fn apply(&self, edit: &mut SnapshotEdit, tombstones: &Tombstones) {
+        match self {
+            Self::Add(rules) => {
+                if rules.iter().any(|r| tombstones.contains(&r.id)) {
+                    let alive: Vec<Rule> = rules
+                        .iter()
+                        .filter(|r| !tombstones.contains(&r.id))
+                        .cloned()
+                        .collect();
+                    edit.add_rules(&alive);
+                } else {
+                    edit.add_rules(rules);
+                }
+            }
+            Self::Remove {
+                tenant_id,
+                runtime,
+                ids,
+            } => edit.remove_rules(tenant_id, runtime, ids),
+            Self::Replace {
+                tenant_id,
+                runtime,
+                rules,
+            } => edit.replace_runtime(tenant_id, runtime, rules),
+            Self::Tokens(tokens) => edit.upsert_tokens(tokens.iter().cloned()),
+            Self::AllTokens(tokens) => edit.set_tokens(tokens.iter().cloned()),
+            Self::Tenants(tenants) => edit.set_tenants(tenants.iter().cloned()),
+        }
+    }
+}
+
+/// Rules per page of a full reload's read.
+const RELOAD_PAGE: i64 = 10_000;
 
 impl Engine {
     /// An engine with an empty snapshot; call `reload` before serving.
@@ -194,9 +221,11 @@ impl Engine {
             secrets: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             next_sweep: Mutex::new(None),
             sweep_wake: Notify::new(),
-            reload_lock: tokio::sync::Mutex::new(()),
+            queue: Mutex::default(),
+            applying: tokio::sync::Mutex::default(),
+            full_reload: tokio::sync::Mutex::default(),
+            resync: Notify::new(),
             generation: tokio::sync::watch::Sender::new(0),
-            replica: crate::crypto::new_id("replica"),
         }
     }
 
@@ -210,141 +239,231 @@ impl Engine {
         self.generation.subscribe()
     }
 
-    /// Rebuilds the snapshot from the store and swaps it in.
-    pub async fn reload(&self) -> Result<(), StoreError> {
-        let _serialised = self.reload_lock.lock().await;
-        let started = Instant::now();
-        let loaded = async {
-            let tenants = self.store.all_tenants().await?;
-            let rules = self.store.all_rules().await?;
-            let tokens = self.store.all_runtime_tokens().await?;
-            Ok::<_, StoreError>((tenants, rules, tokens))
+    /// Applies a write's change and answers its result: when it returns, the next decision
+    /// on this replica sees the change. The only way to a write's result.
+    pub async fn applied<T>(&self, committed: Committed<T>) -> T {
+        let (value, change) = committed.into_parts();
+        self.apply(change).await;
+        value
+    }
+
+    /// Applies a change, made here or announced by another replica. Concurrent changes
+    /// coalesce: whoever gets to apply takes every change queued by then and swaps in one
+    /// snapshot for all of them; the others find theirs applied. A change that cannot be
+    /// applied (the store failed a read it needs) is logged and makes the periodic reload run
+    /// now.
+    pub async fn apply(&self, change: Change) {
+        match change {
+            Change::Rules => {
+                if let Err(err) = self.reload().await {
+                    tracing::error!(error = %err, "reloading every rule failed; the periodic reload will retry");
+                }
+                return;
+            }
+            Change::Secret { tenant_id, name } => {
+                self.invalidate_secret(&tenant_id, &name);
+                return;
+            }
+            _ => {}
         }
-        .await;
-        let (tenants, rules, tokens) = match loaded {
-            Ok(loaded) => loaded,
-            Err(err) => return Err(self.reload_failed(err)),
+        let ticket = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.changes.push(change);
+            queue.queued += 1;
+            queue.queued
         };
-        let rules = valid_rules(&rules);
-        let snapshot = Snapshot::build(
-            tenants.into_iter().map(|t| (t.id, t.name)),
-            &rules,
-            token_entries(tokens),
+        let mut applying = self.applying.lock().await;
+        if applying.applied >= ticket {
+            return;
+        }
+        let (changes, last) = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            (std::mem::take(&mut queue.changes), queue.queued)
+        };
+        // Should this future be dropped halfway (its request gone), the changes it took would
+        // be lost: the periodic reload then runs at once.
+        let unfinished = Unfinished(Some(&self.resync));
+        self.apply_all(&mut applying, changes).await;
+        applying.applied = last;
+        unfinished.done();
+    }
+
+    async fn apply_all(&self, applying: &mut Applying, changes: Vec<Change>) {
+        let started = Instant::now();
+        let count = changes.len();
+        let mut deltas = Vec::with_capacity(count);
+        for change in changes {
+            if let Err(err) = self.resolve(&change, &mut deltas).await {
+                self.reload_failed(&err);
+                tracing::error!(error = %err, ?change, "applying a change failed; reloading everything");
+                self.resync.notify_one();
+            }
+        }
+        if deltas.is_empty() {
+            return;
+        }
+        let mut edit = self.snapshot().edit();
+        for delta in &deltas {
+            if let Delta::Remove { ids, .. } = delta {
+                applying.tombstones.bury(ids);
+            }
+            delta.apply(&mut edit, &applying.tombstones);
+        }
+        if let Some(journal) = &mut applying.journal {
+            journal.extend(deltas);
+        }
+        drop(self.swap(Arc::new(edit.finish())));
+        self.metrics.changes_applied.inc_by(count as u64);
+        tracing::debug!(
+            changes = count,
+            micros = started.elapsed().as_micros() as u64,
+            "changes applied"
         );
+    }
+
+    /// What a change does to the snapshot, read from the store where the change does not
+    /// carry it. Reads happen under `applying`, after the change committed: whatever order
+    /// changes arrive in, a read answers the store's state from then on.
+    async fn resolve(&self, change: &Change, deltas: &mut Vec<Delta>) -> Result<(), StoreError> {
+        match change {
+            Change::RulesCreated { tenant_id, rules } => {
+                let rows = match rules {
+                    Created::Rows(rows) => valid_rules(rows),
+                    Created::Ids(ids) => {
+                        valid_rules(&self.store.rules_by_ids(tenant_id, ids).await?)
+                    }
+                };
+                deltas.push(Delta::Add(rows));
+            }
+            Change::RulesDeleted {
+                tenant_id,
+                runtime,
+                ids,
+            } => deltas.push(Delta::Remove {
+                tenant_id: tenant_id.clone(),
+                runtime: runtime.clone(),
+                ids: ids.clone(),
+            }),
+            Change::Runtimes(runtimes) => {
+                for (tenant_id, runtime) in runtimes {
+                    let rows = self.store.runtime_rules(tenant_id, runtime).await?;
+                    deltas.push(Delta::Replace {
+                        tenant_id: tenant_id.clone(),
+                        runtime: runtime.clone(),
+                        rules: valid_rules(&rows),
+                    });
+                }
+            }
+            Change::Tokens(ids) => {
+                let rows = self.store.runtime_tokens_by_ids(ids).await?;
+                deltas.push(Delta::Tokens(token_entries(rows).collect()));
+            }
+            Change::Tenants => deltas.push(Delta::Tenants(self.tenants().await?)),
+            Change::Identities => {
+                deltas.push(Delta::Tenants(self.tenants().await?));
+                let tokens = self.store.all_runtime_tokens().await?;
+                deltas.push(Delta::AllTokens(token_entries(tokens).collect()));
+            }
+            // Applied before queueing.
+            Change::Rules | Change::Secret { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn tenants(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .store
+            .all_tenants()
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t.name))
+            .collect())
+    }
+
+    /// Rebuilds the snapshot from everything in the store and swaps it in: the start-up load
+    /// and the periodic safety net. The store is read in one consistent transaction, page by
+    /// page, and the snapshot is built on a blocking thread, off the async workers, while
+    /// changes go on being applied to the current snapshot; those are applied again to the
+    /// rebuilt one before it is swapped in, so no change is lost and no decision ever sees a
+    /// half-built snapshot.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.full_reload.lock().await;
+        let started = Instant::now();
+        self.applying.lock().await.journal = Some(Vec::new());
+        let built = self.build_from_store().await;
+        let mut applying = self.applying.lock().await;
+        let journal = applying.journal.take().unwrap_or_default();
+        let snapshot = match built {
+            Ok(snapshot) => snapshot,
+            Err(err) => {
+                self.reload_failed(&err);
+                return Err(err);
+            }
+        };
+        let mut edit = snapshot.edit();
+        for delta in &journal {
+            delta.apply(&mut edit, &applying.tombstones);
+        }
+        applying.tombstones.prune();
+        let snapshot = Arc::new(edit.finish());
         self.metrics.mark_snapshot_built();
+        self.metrics.reloads.with_label_values(&["ok"]).inc();
         tracing::debug!(
             rules = snapshot.rule_count(),
+            replayed = journal.len(),
             micros = started.elapsed().as_micros() as u64,
             "rule snapshot rebuilt"
         );
-        self.swap(Arc::new(snapshot));
+        let old = self.swap(snapshot);
+        drop(applying);
+        // The old snapshot may be the last reference to a million rules: freed off the
+        // async workers too.
+        tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
 
-    /// Re-reads tenants and runtime tokens and swaps in a snapshot that keeps the current
-    /// rule index: what a token or tenant change costs, whatever the number of rules.
-    pub async fn reload_identities(&self) -> Result<(), StoreError> {
-        let _serialised = self.reload_lock.lock().await;
-        let started = Instant::now();
-        let loaded = async {
-            let tenants = self.store.all_tenants().await?;
-            let tokens = self.store.all_runtime_tokens().await?;
-            Ok::<_, StoreError>((tenants, tokens))
-        }
-        .await;
-        let (tenants, tokens) = match loaded {
-            Ok(loaded) => loaded,
-            Err(err) => return Err(self.reload_failed(err)),
-        };
-        let snapshot = self.snapshot().with_identities(
-            tenants.into_iter().map(|t| (t.id, t.name)),
-            token_entries(tokens),
-        );
-        tracing::debug!(
-            micros = started.elapsed().as_micros() as u64,
-            "identities reloaded (rules kept)"
-        );
-        self.swap(Arc::new(snapshot));
-        Ok(())
+    /// Reads the store (one consistent read) into a new snapshot, built on a blocking thread
+    /// as the pages arrive.
+    async fn build_from_store(&self) -> Result<Snapshot, StoreError> {
+        let (pages, mut arriving) = tokio::sync::mpsc::channel::<Vec<crate::store::RuleRow>>(2);
+        let building = tokio::task::spawn_blocking(move || {
+            let mut builder = SnapshotBuilder::default();
+            while let Some(rows) = arriving.blocking_recv() {
+                builder.add(&valid_rules(&rows));
+            }
+            builder
+        });
+        let read = self.store.read_everything(RELOAD_PAGE, pages).await;
+        let builder = building.await.map_err(|e| {
+            StoreError::Unavailable(format!("building the rule snapshot failed: {e}"))
+        })?;
+        let (tenants, tokens) = read?;
+        tokio::task::spawn_blocking(move || {
+            builder.finish(
+                tenants.into_iter().map(|t| (t.id, t.name)),
+                token_entries(tokens),
+            )
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("building the rule snapshot failed: {e}")))
     }
 
-    /// Re-reads these runtimes' rules and swaps in a snapshot in which only they changed: what
-    /// a rule change costs is what its runtime's rules cost. Reading the store after the
-    /// change committed, under the reload lock every snapshot swap takes, makes the result the
-    /// store's latest state for these runtimes, whatever order changes and notifications
-    /// arrive in.
-    pub async fn reload_runtimes(&self, runtimes: &[(String, String)]) -> Result<(), StoreError> {
-        let _serialised = self.reload_lock.lock().await;
-        let started = Instant::now();
-        let mut snapshot = self.snapshot();
-        for (tenant_id, runtime) in runtimes {
-            let rows = match self.store.runtime_rules(tenant_id, runtime).await {
-                Ok(rows) => rows,
-                Err(err) => return Err(self.reload_failed(err)),
-            };
-            let rules = valid_rules(&rows);
-            snapshot = Arc::new(snapshot.with_runtime(tenant_id, runtime, &rules));
-        }
-        tracing::debug!(
-            runtimes = runtimes.len(),
-            micros = started.elapsed().as_micros() as u64,
-            "runtime rules reloaded"
-        );
-        self.swap(snapshot);
-        Ok(())
-    }
-
-    /// Swaps a new snapshot in (every kind of reload ends here, under the reload lock),
-    /// counts it, and tells those who watch snapshots.
-    fn swap(&self, snapshot: Arc<Snapshot>) {
+    /// Swaps a new snapshot in (every change and reload ends here, under `applying`), counts
+    /// it, tells those who watch snapshots, and hands the old one back.
+    fn swap(&self, snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
         self.metrics.rules_loaded.set(snapshot.rule_count() as i64);
-        self.metrics.reloads.with_label_values(&["ok"]).inc();
-        self.snapshot.store(snapshot);
+        let old = self.snapshot.swap(snapshot);
         self.generation.send_modify(|g| *g += 1);
+        old
     }
 
-    /// Counts a reload (of any kind) that the store failed, and hands its error back.
-    fn reload_failed(&self, err: StoreError) -> StoreError {
+    /// Counts a reload or change that the store failed.
+    fn reload_failed(&self, _err: &StoreError) {
         self.metrics.reloads.with_label_values(&["error"]).inc();
         self.metrics
             .store_errors
             .with_label_values(&["reload"])
             .inc();
-        err
-    }
-
-    /// After a change through the admin API: applied here so that the next request sees it,
-    /// and announced to the other replicas. A failed reload is logged; the periodic reload
-    /// retries.
-    pub async fn changed(&self, change: Change) {
-        self.apply(&change).await;
-        self.announce(&change.encode(&self.replica)).await;
-    }
-
-    /// Applies a change, made here or announced by another replica.
-    async fn apply(&self, change: &Change) {
-        let reloaded = match change {
-            Change::Rules => self.reload().await,
-            Change::Runtimes(runtimes) => self.reload_runtimes(runtimes).await,
-            Change::Identities => self.reload_identities().await,
-            Change::Secret { tenant_id, name } => {
-                self.invalidate_secret(tenant_id, name);
-                Ok(())
-            }
-        };
-        if let Err(err) = reloaded {
-            tracing::error!(error = %err, ?change, "applying a change failed; the periodic reload will retry");
-        }
-    }
-
-    async fn announce(&self, payload: &str) {
-        if let Err(err) = self.store.notify_change(payload).await {
-            self.metrics
-                .store_errors
-                .with_label_values(&["notify"])
-                .inc();
-            tracing::warn!(error = %err, "could not announce a change to other replicas; they catch up at their periodic reload");
-        }
     }
 
     /// Drops a cached secret value, or the read in progress (its result will not be cached).
@@ -352,80 +471,38 @@ impl Engine {
         self.secrets.remove(secret_key(tenant_id, name).as_ref());
     }
 
-    /// Applies a change another replica announced.
-    async fn apply_announcement(&self, payload: &str) {
-        match Change::decode(payload) {
-            Some((replica, _)) if replica == self.replica => {}
-            Some((_, change)) => self.apply(&change).await,
-            None => tracing::debug!(%payload, "ignoring an unknown change notification"),
-        }
-    }
-
-    /// Follows other replicas' announcements on a dedicated PostgreSQL connection until
-    /// `shutdown`, reconnecting (and catching up) after failures.
+    /// Follows other replicas' announcements (PostgreSQL) until `shutdown`; after every
+    /// (re)connection it catches up with a full reload and drops its cached values, since
+    /// announcements may have been missed.
     pub async fn follow_changes(
         self: Arc<Self>,
         database_url: SecretString,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        use diesel_async::RunQueryDsl;
-        use futures_util::StreamExt;
-        use secrecy::ExposeSecret;
+        let mut feed = self.store.change_feed(database_url);
         tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(250);
         loop {
-            let connected = async {
-                let mut conn = crate::store::tls::establish(database_url.expose_secret())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                diesel::sql_query(format!("LISTEN {}", crate::store::CHANGES_CHANNEL))
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(conn)
+            let followed = tokio::select! {
+                followed = feed.next() => followed,
+                () = &mut shutdown => break,
             };
-            let mut conn = tokio::select! {
-                result = connected => match result {
-                    Ok(conn) => conn,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "cannot follow change notifications; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(backoff) => {}
-                            () = &mut shutdown => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                        continue;
+            match followed {
+                Followed::Connected => {
+                    self.invalidate_all_secrets();
+                    if let Err(err) = self.reload().await {
+                        tracing::warn!(error = %err, "reload after (re)connecting to change notifications failed");
                     }
-                },
-                () = &mut shutdown => return,
-            };
-            backoff = Duration::from_millis(250);
-            // Whatever was announced while not listening is lost: catch up.
-            self.invalidate_all_secrets();
-            if let Err(err) = self.reload().await {
-                tracing::warn!(error = %err, "reload after (re)connecting to change notifications failed");
-            }
-            tracing::debug!("following change notifications");
-            self.metrics.change_listener_connected.set(1);
-            let mut notifications = std::pin::pin!(conn.notifications_stream());
-            loop {
-                tokio::select! {
-                    next = notifications.next() => match next {
-                        Some(Ok(notification)) => self.apply_announcement(&notification.payload).await,
-                        Some(Err(err)) => {
-                            tracing::warn!(error = %err, "change notification connection failed; reconnecting");
-                            break;
-                        }
-                        None => break,
-                    },
-                    () = &mut shutdown => {
-                        self.metrics.change_listener_connected.set(0);
-                        return;
-                    }
+                    tracing::debug!("following change notifications");
+                    self.metrics.change_listener_connected.set(1);
                 }
+                Followed::Lost(err) => {
+                    tracing::warn!(error = %err, "change notification connection failed; reconnecting");
+                    self.metrics.change_listener_connected.set(0);
+                }
+                Followed::Change(change) => self.apply(change).await,
             }
-            self.metrics.change_listener_connected.set(0);
         }
+        self.metrics.change_listener_connected.set(0);
     }
 
     /// Drops every cached value (after a key rotation, or on request), and every read in
@@ -602,7 +679,8 @@ impl Engine {
     }
 
     /// Keeps the snapshot fresh: a full reload every `interval` (the safety net behind
-    /// change notifications), until `shutdown` resolves.
+    /// change notifications), and at once when a change could not be applied, until
+    /// `shutdown` resolves.
     pub async fn reload_periodically(
         self: Arc<Self>,
         interval: Duration,
@@ -618,6 +696,12 @@ impl Engine {
                     if let Err(err) = self.reload().await {
                         tracing::warn!(error = %err, "periodic rule reload failed; serving the previous snapshot");
                     }
+                }
+                () = self.resync.notified() => {
+                    if let Err(err) = self.reload().await {
+                        tracing::warn!(error = %err, "rule reload after a failed change failed; serving the previous snapshot");
+                    }
+                    ticker.reset();
                 }
                 () = &mut shutdown => return,
             }
@@ -653,41 +737,120 @@ fn token_entries(
     })
 }
 
+/// Wakes the periodic reload unless `done` was called: a change application that did not
+/// finish (its future dropped) is made up for by a full reload.
+struct Unfinished<'a>(Option<&'a Notify>);
+
+impl Unfinished<'_> {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(resync) = self.0 {
+            resync.notify_one();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Change;
+    use proptest::prelude::*;
+
+    use super::{Delta, Tombstones};
+    use crate::rules::snapshot::Snapshot;
+    use crate::rules::{DraftFields, Rule, RuleDraft, RuleSpec, TargetFields};
 
     #[test]
-    fn changes_encode_and_decode_in_one_place() {
-        for change in [
-            Change::Rules,
-            Change::Runtimes(vec![
-                ("ten_1".into(), "worker".into()),
-                ("ten_2".into(), "a.b-c_d".into()),
-            ]),
-            Change::Identities,
-            Change::Secret {
-                tenant_id: "ten_1".into(),
-                name: "openai-api-key".into(),
-            },
-        ] {
-            let payload = change.encode("replica_a");
-            assert_eq!(Change::decode(&payload), Some(("replica_a", change)));
-        }
-        // Identities and runtimes changes read as rules changes to a replica that predates them.
-        assert!(Change::Identities.encode("r").starts_with("r rules "));
+    fn tombstones_remember_deleted_ids() {
+        let mut tombstones = Tombstones::default();
+        tombstones.bury(&["rule_a".to_owned()]);
+        assert!(tombstones.contains("rule_a"));
+        assert!(!tombstones.contains("rule_b"));
+        tombstones.prune();
         assert!(
-            Change::runtimes(vec![("t".into(), "w".into())])
-                .encode("r")
-                .starts_with("r rules ")
+            tombstones.contains("rule_a"),
+            "pruned only after TOMBSTONE_TTL"
         );
-        // Too many runtimes for one notification: a rules change.
-        let many = (0..=Change::MAX_RUNTIMES)
-            .map(|i| ("t".to_owned(), format!("w{i}")))
+    }
+
+    fn rule(n: usize, runtime: usize) -> Rule {
+        let host = format!("h{}.example.com", n % 3);
+        let draft = RuleDraft {
+            runtime: ["a", "b"][runtime],
+            host: &host,
+            path: None,
+            credential: "key",
+            target: TargetFields {
+                header: Some("x-key".into()),
+                param: None,
+            },
+            value: None,
+        };
+        Rule {
+            id: format!("rule_{n:04}"),
+            tenant_id: "ten_a".into(),
+            spec: RuleSpec::from_draft(&draft, &DraftFields::SINGLE).unwrap(),
+        }
+    }
+
+    fn ids(snapshot: &Snapshot) -> Vec<String> {
+        let mut ids: Vec<String> = ["a", "b"]
+            .iter()
+            .filter_map(|rt| snapshot.runtime_rules("ten_a", rt))
+            .flat_map(|r| r.rules().map(|r| r.id.to_string()))
             .collect();
-        assert_eq!(Change::runtimes(many), Change::Rules);
-        for unknown in ["", "r", "r tokens", "r secret no-slash"] {
-            assert_eq!(Change::decode(unknown), None, "{unknown:?}");
+        ids.sort();
+        ids
+    }
+
+    proptest! {
+        /// Creations and deletions applied in any order (a deletion may be applied before the
+        /// creation it deletes, as when the create's application is slower than the delete's
+        /// whole request), in any grouping: the rules left are exactly those not deleted.
+        #[test]
+        fn any_application_order_leaves_exactly_the_live_rules(
+            rules in proptest::collection::vec((0..2usize, any::<bool>()), 1..30),
+            order in any::<proptest::sample::Index>(),
+            groups in proptest::collection::vec(1..4usize, 1..10),
+        ) {
+            let mut deltas = Vec::new();
+            let mut live = Vec::new();
+            for (n, (runtime, deleted)) in rules.into_iter().enumerate() {
+                let created = rule(n, runtime);
+                if deleted {
+                    deltas.push(Delta::Remove {
+                        tenant_id: "ten_a".into(),
+                        runtime: created.spec.runtime.clone(),
+                        ids: vec![created.id.clone()],
+                    });
+                } else {
+                    live.push(created.id.clone());
+                }
+                deltas.push(Delta::Add(vec![created]));
+            }
+            // A rotation of the application order, so deletions land before and after.
+            let len = deltas.len();
+            deltas.rotate_left(order.index(len));
+            let mut tombstones = Tombstones::default();
+            let mut snapshot = Snapshot::empty();
+            let mut pending = deltas.into_iter().peekable();
+            let mut sizes = groups.into_iter().cycle();
+            while pending.peek().is_some() {
+                let mut edit = snapshot.edit();
+                for delta in pending.by_ref().take(sizes.next().unwrap()) {
+                    if let Delta::Remove { ids, .. } = &delta {
+                        tombstones.bury(ids);
+                    }
+                    delta.apply(&mut edit, &tombstones);
+                }
+                snapshot = edit.finish();
+            }
+            live.sort();
+            prop_assert_eq!(ids(&snapshot), live.clone());
+            prop_assert_eq!(snapshot.rule_count(), live.len());
         }
     }
 }

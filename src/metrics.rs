@@ -40,8 +40,11 @@ pub struct Metrics {
     snapshot_built_unix: AtomicI64,
     /// 1 while this replica follows the other replicas' change notifications (PostgreSQL).
     pub change_listener_connected: IntGauge,
-    /// Snapshot reloads by result (ok, error).
+    /// Full snapshot reloads by result (ok, error); a change that could not be applied counts
+    /// as an error too (it makes a full reload run).
     pub reloads: IntCounterVec,
+    /// Changes applied to the snapshot as deltas (each write's, and other replicas').
+    pub changes_applied: IntCounter,
     /// Store errors on the injection path, by operation.
     pub store_errors: IntCounterVec,
     /// SDS streams open now (one per TLS server name Envoy asks about).
@@ -158,9 +161,14 @@ impl Metrics {
             ),
             reloads: counter_vec(
                 "runta_snapshot_reloads_total",
-                "Rule snapshot reloads by result.",
+                "Full rule snapshot reloads by result (error also counts changes that could not be applied).",
                 &["result"],
             ),
+            changes_applied: IntCounter::new(
+                "runta_snapshot_changes_applied_total",
+                "Changes applied to the rule snapshot as deltas (this replica's writes and other replicas' announcements).",
+            )
+            .expect("valid metric"),
             store_errors: counter_vec(
                 "runta_store_errors_total",
                 "Store errors on the injection path, by operation.",
@@ -184,7 +192,7 @@ impl Metrics {
                 .expect("valid metric"),
             hot,
         };
-        let collectors: [Box<dyn Collector>; 17] = [
+        let collectors: [Box<dyn Collector>; 18] = [
             Box::new(metrics.admin_requests.clone()),
             Box::new(metrics.admin_request_seconds.clone()),
             Box::new(metrics.decisions.clone()),
@@ -197,6 +205,7 @@ impl Metrics {
             Box::new(metrics.snapshot_age_seconds.clone()),
             Box::new(metrics.change_listener_connected.clone()),
             Box::new(metrics.reloads.clone()),
+            Box::new(metrics.changes_applied.clone()),
             Box::new(metrics.store_errors.clone()),
             Box::new(metrics.sds_streams.clone()),
             Box::new(metrics.sds_answers.clone()),

@@ -12,7 +12,6 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ListParams, PathParam, RequestId, TenantAuth};
 use super::views::{List, Rule};
 use crate::crypto;
-use crate::engine::Change;
 use crate::names::validate_name;
 use crate::rules::{DraftFields, FieldError, RuleDraft, RuleSpec, TargetFields};
 use crate::store::{
@@ -111,17 +110,11 @@ pub async fn create_rule(
         AuditAction::RuleCreate,
         AuditTarget::new(TargetKind::Rule, Some(&row.id), Some(&row.runtime)),
     );
-    state
+    let committed = state
         .store
         .insert_rules(&auth.tenant.id, std::slice::from_ref(&row), &audit)
         .await?;
-    state
-        .engine
-        .changed(Change::runtimes(vec![(
-            auth.tenant.id.clone(),
-            row.runtime.clone(),
-        )]))
-        .await;
+    state.engine.applied(committed).await;
     tracing::info!(tenant = %auth.tenant.name, runtime = %row.runtime, rule = %row.id, "rule created");
     Ok((StatusCode::CREATED, Json(row.into())))
 }
@@ -176,7 +169,7 @@ pub async fn create_rules_batch(
             Some(&runtimes.join(",")),
         ),
     );
-    state
+    let committed = state
         .store
         .insert_rules(&auth.tenant.id, &rows, &audit)
         .await
@@ -189,11 +182,7 @@ pub async fn create_rules_batch(
             ),
             other => other.into(),
         })?;
-    let touched = runtimes
-        .iter()
-        .map(|runtime| (auth.tenant.id.clone(), (*runtime).to_owned()))
-        .collect();
-    state.engine.changed(Change::runtimes(touched)).await;
+    state.engine.applied(committed).await;
     tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
     Ok((
         StatusCode::CREATED,
@@ -251,14 +240,11 @@ pub async fn delete_rule(
         AuditAction::RuleDelete,
         AuditTarget::new(TargetKind::Rule, Some(&id), None),
     );
-    let runtime = state
+    let committed = state
         .store
         .delete_rule(&auth.tenant.id, &id, &audit)
         .await?;
-    state
-        .engine
-        .changed(Change::runtimes(vec![(auth.tenant.id.clone(), runtime)]))
-        .await;
-    tracing::info!(tenant = %auth.tenant.name, rule = %id, "rule deleted");
+    let runtime = state.engine.applied(committed).await;
+    tracing::info!(tenant = %auth.tenant.name, runtime = %runtime, rule = %id, "rule deleted");
     Ok(StatusCode::NO_CONTENT)
 }

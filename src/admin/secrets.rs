@@ -13,7 +13,6 @@ use super::extract::{JsonBody, ListParams, PathParam, RequestId, TenantAuth};
 use super::tenants::validate_label;
 use super::views::{List, Secret};
 use crate::crypto::SealContext;
-use crate::engine::Change;
 use crate::names::validate_name;
 use crate::rules::injection::validate_secret_value;
 use crate::store::{
@@ -234,17 +233,11 @@ pub async fn update_secret(
         AuditAction::SecretUpdateMetadata
     };
     let audit = auth.audit(&request, action, secret_target(Some(&current.id), &name));
-    let row = state
+    let committed = state
         .store
         .update_secret(&auth.tenant.id, &name, current.version, &changes, &audit)
         .await?;
-    state
-        .engine
-        .changed(Change::Secret {
-            tenant_id: auth.tenant.id.clone(),
-            name: name.clone(),
-        })
-        .await;
+    let row = state.engine.applied(committed).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %row.name, version = row.version, "secret updated");
     Ok(Json(row.into()))
 }
@@ -260,17 +253,11 @@ pub async fn delete_secret(
         AuditAction::SecretDelete,
         secret_target(None, &name),
     );
-    state
+    let committed = state
         .store
         .delete_secret(&auth.tenant.id, &name, &audit)
         .await?;
-    state
-        .engine
-        .changed(Change::Secret {
-            tenant_id: auth.tenant.id.clone(),
-            name: name.clone(),
-        })
-        .await;
+    state.engine.applied(committed).await;
     tracing::info!(tenant = %auth.tenant.name, secret = %name, "secret deleted");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -11,7 +11,6 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{JsonBody, ListParams, OperatorAuth, PathParam, RequestId, TenantAuth};
 use super::views::{ApiKey, CreatedApiKey, CreatedTenant, List, Tenant};
 use crate::crypto;
-use crate::engine::Change;
 use crate::names::validate_name;
 use crate::store::{AuditAction, AuditTarget, NewApiKey, TargetKind, TenantRow, now_millis};
 
@@ -41,8 +40,8 @@ pub async fn create_tenant(
         AuditAction::TenantCreate,
         AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name)),
     );
-    state.store.create_tenant(&tenant, &new_key, &audit).await?;
-    state.engine.changed(Change::Identities).await;
+    let committed = state.store.create_tenant(&tenant, &new_key, &audit).await?;
+    state.engine.applied(committed).await;
     tracing::info!(tenant = %tenant.name, id = %tenant.id, "tenant created");
     Ok((
         StatusCode::CREATED,

@@ -11,7 +11,6 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ListParams, PathParam, RequestId, TenantAuth};
 use super::views::{CreatedRuntimeToken, List, RuntimeToken};
 use crate::crypto::{self, TokenKind};
-use crate::engine::Change;
 use crate::names::validate_name;
 use crate::store::{AuditAction, AuditTarget, NewRuntimeToken, TargetKind, now_millis};
 
@@ -35,8 +34,8 @@ pub async fn create_runtime_token(
         AuditAction::RuntimeTokenCreate,
         AuditTarget::new(TargetKind::RuntimeToken, Some(&row.id), Some(&row.runtime)),
     );
-    state.store.create_runtime_token(&row, &audit).await?;
-    state.engine.changed(Change::Identities).await;
+    let committed = state.store.create_runtime_token(&row, &audit).await?;
+    state.engine.applied(committed).await;
     Ok((
         StatusCode::CREATED,
         Json(CreatedRuntimeToken {
@@ -76,11 +75,11 @@ pub async fn revoke_runtime_token(
         AuditAction::RuntimeTokenRevoke,
         AuditTarget::new(TargetKind::RuntimeToken, Some(&id), None),
     );
-    let row = state
+    let committed = state
         .store
         .revoke_runtime_token(&auth.tenant.id, &id, &audit)
         .await?;
-    state.engine.changed(Change::Identities).await;
+    let row = state.engine.applied(committed).await;
     tracing::info!(id = %row.id, runtime = %row.runtime, "runtime token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

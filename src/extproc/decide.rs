@@ -543,7 +543,10 @@ mod tests {
     fn run(sidecar: Option<Sidecar<'_>>, req: &RequestView<'_>) -> (Vec<String>, Outcome) {
         let snap = snapshot();
         let d = decide(&snap, sidecar, req, Unidentified::Pass);
-        (d.rules.iter().map(|r| r.id.clone()).collect(), d.outcome)
+        (
+            d.rules.iter().map(|r| r.id.to_string()).collect(),
+            d.outcome,
+        )
     }
 
     #[test]
@@ -699,10 +702,10 @@ mod tests {
     #[test]
     fn an_identities_change_keeps_the_rule_index() {
         let before = snapshot();
-        let after = before.with_identities(
-            [tenant(A, "acme"), tenant(B, "umbrella")],
-            vec![token(A, "worker", "runta_rt_new", false)],
-        );
+        let mut edit = before.edit();
+        edit.set_tenants([tenant(A, "acme"), tenant(B, "umbrella")]);
+        edit.set_tokens(vec![token(A, "worker", "runta_rt_new", false)]);
+        let after = edit.finish();
         assert!(after.shares_rules_with(&before));
         assert_eq!(after.rule_count(), before.rule_count());
         let with = |token: &str| {
@@ -751,7 +754,7 @@ mod tests {
             );
             if outcome == Outcome::Inject {
                 assert_eq!(d.identity.unwrap().source, IdentitySource::Token);
-                assert_eq!(d.rules[0].id, "r01");
+                assert_eq!(&*d.rules[0].id, "r01");
             }
         }
         // Sidecar identity first; the runtime's own proxy credentials are still removed.
@@ -1052,13 +1055,13 @@ mod tests {
             &request("maps.example.org", "/"),
             Unidentified::Pass,
         );
-        assert_eq!(d.rules[0].target, CompiledTarget::Param("key".into()));
+        assert_eq!(*d.rules[0].target, CompiledTarget::Param("key".into()));
         let d = decide(
             &snap,
             WORKER,
             &request("multi.example.org", "/v1/x"),
             Unidentified::Pass,
         );
-        assert_eq!(d.rules[0].target, CompiledTarget::Header("x-one".into()));
+        assert_eq!(*d.rules[0].target, CompiledTarget::Header("x-one".into()));
     }
 }

@@ -300,7 +300,7 @@ impl Inner {
             Outcome::BadToken => Some(Refusal::BadToken),
             Outcome::Denied => Some(Refusal::Unidentified),
             Outcome::SecretUnavailable => Some(Refusal::SecretUnavailable {
-                rule: decision.rules.first().map_or("-", |r| r.id.as_str()),
+                rule: decision.rules.first().map_or("-", |r| &*r.id),
             }),
             Outcome::CredentialsRequired => Some(Refusal::CredentialsRequired),
             Outcome::TunnelDenied => Some(Refusal::TunnelDenied),
@@ -379,7 +379,7 @@ impl Inner {
 
 /// One field of every applied rule, as a log value: formatted only if the line is written,
 /// without collecting into a vector first.
-struct RuleField<'a>(&'a [&'a CompiledRule], fn(&CompiledRule) -> &String);
+struct RuleField<'a>(&'a [&'a CompiledRule], fn(&CompiledRule) -> &str);
 
 impl std::fmt::Debug for RuleField<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

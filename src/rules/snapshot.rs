@@ -5,11 +5,18 @@
 //! on the rules of that runtime for that host, never on other runtimes' or tenants' rules.
 //! The snapshot also holds what identity needs without the database: tenant names and the
 //! hashes of runtime tokens.
+//!
+//! Changes: a new snapshot is made from the current one by a `SnapshotEdit`, which shares
+//! everything it does not touch. The maps that grow with the deployment (tenants, runtimes,
+//! host names, tokens) are persistent maps, so a change costs O(log n) there plus the changed
+//! runtime's own host maps, never a copy of the whole. Rules are keyed by id and never
+//! change; precedence between rules depends only on the rules (never on the order they
+//! arrived in), so any order of adds and removes gives the decisions of a rebuild.
 
 use std::sync::Arc;
 
 use super::request::Destination;
-use super::{CompiledTarget, HostName, HostPattern, PathPattern, Rule};
+use super::{CompiledTarget, HostName, PathPattern, Rule};
 use crate::crypto::TokenHash;
 
 /// The snapshot's maps hash with foldhash (seeded per process, so keys a tenant chooses cannot
@@ -98,71 +105,75 @@ impl Template {
     }
 }
 
-/// A rule ready for matching.
-#[derive(Debug, Clone)]
+/// A rule ready for matching. Cheap to share: every field but the id is shared with the other
+/// rules that have the same value (hosts with the index keys, templates, targets, paths and
+/// names between rules).
+#[derive(Debug)]
 pub struct CompiledRule {
-    pub id: String,
+    pub id: Box<str>,
     /// Shared by all rules of the tenant.
     pub tenant_id: Arc<str>,
-    pub host: HostPattern,
-    pub path: Option<PathGlob>,
-    pub credential: String,
+    /// The host name (exact), or the suffix after `*.` (wildcard): the index key.
+    host: Arc<str>,
+    exact_host: bool,
+    port: Option<u16>,
+    path: Option<Arc<PathGlob>>,
+    pub credential: Arc<str>,
     /// Where the value goes; rules with equal targets conflict (the most specific wins).
-    pub target: CompiledTarget,
-    /// Shared by all rules with the same template.
+    pub target: Arc<CompiledTarget>,
     pub template: Arc<Template>,
     /// `tenant_id/credential`: the secret cache's key, kept here so lookups do not allocate.
     pub secret_key: Arc<str>,
-    /// Orders rules of the same target: the greatest wins.
-    pub specificity: Specificity,
 }
 
-/// The precedence of the matching rules (README, "How injection works"), as an ordered key: exact host over wildcard (longer suffix first),
-/// a port over none, a longer literal path prefix, then the older rule (smaller id).
+/// The precedence of the matching rules (README, "How injection works"), as an ordered key:
+/// exact host over wildcard (longer suffix first), a port over none, a longer literal path
+/// prefix, then the older rule (smaller id: ids sort by creation).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Specificity {
+pub struct Specificity<'r> {
     exact_host: bool,
     suffix_len: usize,
     has_port: bool,
     path_prefix_len: usize,
-    /// Reversed load order (rules are loaded in id order, ids sort by creation): the older
-    /// rule compares greater. An ordinal rather than the id: one string less per rule.
-    older: std::cmp::Reverse<u32>,
+    older: std::cmp::Reverse<&'r str>,
 }
 
 impl CompiledRule {
-    /// Compiles a rule (the `ordinal`-th in id order). `interner` shares strings and
-    /// templates between rules.
-    fn new(rule: &Rule, ordinal: u32, interner: &mut Interner) -> Self {
+    /// Compiles a rule; `interner` shares strings and templates between rules.
+    fn new(rule: &Rule, interner: &mut Interner) -> Self {
         let spec = &rule.spec;
-        let host = spec.host.clone();
-        let path = spec.path.as_ref().map(PathGlob::new);
-        let specificity = Specificity {
-            exact_host: matches!(host.name, HostName::Exact(_)),
-            suffix_len: match &host.name {
-                HostName::Exact(name) => name.len(),
-                HostName::Wildcard(suffix) => suffix.len(),
-            },
-            has_port: host.port.is_some(),
-            path_prefix_len: path.as_ref().map_or(0, PathGlob::literal_prefix_len),
-            older: std::cmp::Reverse(ordinal),
+        let (host, exact_host) = match &spec.host.name {
+            HostName::Exact(name) => (name.as_str(), true),
+            HostName::Wildcard(suffix) => (suffix.as_str(), false),
         };
         Self {
-            id: rule.id.clone(),
+            id: rule.id.as_str().into(),
             tenant_id: interner.text(&rule.tenant_id),
-            host,
-            path,
-            credential: spec.credential.clone(),
-            target: CompiledTarget::from(&spec.target),
+            host: interner.text(host),
+            exact_host,
+            port: spec.host.port,
+            path: spec.path.as_ref().map(|p| interner.path(p)),
+            credential: interner.text(&spec.credential),
+            target: interner.target(&spec.target),
             template: interner.template(&spec.template),
             secret_key: interner.secret_key(&rule.tenant_id, &spec.credential),
-            specificity,
+        }
+    }
+
+    /// Orders rules of the same target: the greatest wins.
+    pub fn specificity(&self) -> Specificity<'_> {
+        Specificity {
+            exact_host: self.exact_host,
+            suffix_len: self.host.len(),
+            has_port: self.port.is_some(),
+            path_prefix_len: self.path.as_ref().map_or(0, |p| p.literal_prefix_len()),
+            older: std::cmp::Reverse(&self.id),
         }
     }
 
     /// Whether the rule applies to this destination (host already matched by the index).
     fn matches_port_and_path(&self, dest: &Destination<'_>) -> bool {
-        if let Some(port) = self.host.port
+        if let Some(port) = self.port
             && dest.port != Some(port)
         {
             return false;
@@ -173,25 +184,50 @@ impl CompiledRule {
             Some(glob) => glob.matches(&dest.path),
         }
     }
+
+    fn host_key(&self) -> HostKey<'_> {
+        (self.exact_host, &self.host)
+    }
 }
 
-/// Shares equal strings, templates and secret keys between the rules of one snapshot: at a
-/// million rules, per-rule copies were most of the memory.
+/// Shares equal strings, paths, targets, templates and secret keys between the rules compiled
+/// together (a snapshot's full build, or one change): at a million rules, per-rule copies were
+/// most of the memory.
 #[derive(Default)]
-struct Interner {
-    texts: HashMap<String, Arc<str>>,
+pub struct Interner {
+    texts: HashMap<Arc<str>, ()>,
+    paths: HashMap<String, Arc<PathGlob>>,
+    targets: HashMap<CompiledTarget, Arc<CompiledTarget>>,
     templates: HashMap<String, Arc<Template>>,
-    secret_keys: HashMap<(String, String), Arc<str>>,
+    secret_keys: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
 }
 
 impl Interner {
     fn text(&mut self, text: &str) -> Arc<str> {
-        if let Some(shared) = self.texts.get(text) {
+        if let Some((shared, ())) = self.texts.get_key_value(text) {
             return shared.clone();
         }
         let shared: Arc<str> = Arc::from(text);
-        self.texts.insert(text.to_owned(), shared.clone());
+        self.texts.insert(shared.clone(), ());
         shared
+    }
+
+    fn path(&mut self, pattern: &PathPattern) -> Arc<PathGlob> {
+        if let Some(shared) = self.paths.get(pattern.as_str()) {
+            return shared.clone();
+        }
+        let shared = Arc::new(PathGlob::new(pattern));
+        self.paths
+            .insert(pattern.as_str().to_owned(), shared.clone());
+        shared
+    }
+
+    fn target(&mut self, target: &crate::rules::Target) -> Arc<CompiledTarget> {
+        let compiled = CompiledTarget::from(target);
+        self.targets
+            .entry(compiled.clone())
+            .or_insert_with(|| Arc::new(compiled))
+            .clone()
     }
 
     fn template(&mut self, text: &str) -> Arc<Template> {
@@ -204,8 +240,9 @@ impl Interner {
     }
 
     fn secret_key(&mut self, tenant_id: &str, name: &str) -> Arc<str> {
+        let key = (self.text(tenant_id), self.text(name));
         self.secret_keys
-            .entry((tenant_id.to_owned(), name.to_owned()))
+            .entry(key)
             .or_insert_with(|| secret_key(tenant_id, name))
             .clone()
     }
@@ -216,37 +253,79 @@ pub fn secret_key(tenant_id: &str, name: &str) -> Arc<str> {
     Arc::from(format!("{tenant_id}/{name}"))
 }
 
-/// The rules of one runtime, indexed by host.
-#[derive(Debug, Default)]
+/// A host's rules within a runtime, in no particular order (precedence decides).
+type Bucket = Vec<Arc<CompiledRule>>;
+
+/// The rules of one runtime, indexed by host. Copied (the maps, not the rules) when the
+/// runtime's rules change: a change costs what its runtime's hosts cost.
+#[derive(Debug, Default, Clone)]
 pub struct RuntimeRules {
-    rules: Vec<CompiledRule>,
-    exact: HashMap<String, Vec<usize>>,
+    exact: HashMap<Arc<str>, Bucket>,
     /// Keyed by the suffix after `*.` (`example.com` for `*.example.com`).
-    wildcard: HashMap<String, Vec<usize>>,
+    wildcard: HashMap<Arc<str>, Bucket>,
+    count: usize,
 }
 
 impl RuntimeRules {
-    fn push(&mut self, rule: CompiledRule) {
-        let index = self.rules.len();
-        match &rule.host.name {
-            HostName::Exact(name) => self.exact.entry(name.clone()).or_default().push(index),
-            HostName::Wildcard(suffix) => {
-                self.wildcard.entry(suffix.clone()).or_default().push(index)
+    /// Adds a rule; false if a rule with its id is already here (nothing changes).
+    fn insert(&mut self, rule: Arc<CompiledRule>) -> bool {
+        let map = if rule.exact_host {
+            &mut self.exact
+        } else {
+            &mut self.wildcard
+        };
+        let bucket = map.entry(rule.host.clone()).or_default();
+        if bucket.iter().any(|r| r.id == rule.id) {
+            return false;
+        }
+        bucket.push(rule);
+        self.count += 1;
+        true
+    }
+
+    /// Removes the rule with this id, answering it.
+    fn remove(&mut self, id: &str) -> Option<Arc<CompiledRule>> {
+        for map in [&mut self.exact, &mut self.wildcard] {
+            let found = map.iter().find_map(|(host, bucket)| {
+                bucket
+                    .iter()
+                    .position(|r| &*r.id == id)
+                    .map(|at| (host.clone(), at))
+            });
+            if let Some((host, at)) = found {
+                let bucket = map.get_mut(&host).expect("found above");
+                let rule = bucket.swap_remove(at);
+                if bucket.is_empty() {
+                    map.remove(&host);
+                }
+                self.count -= 1;
+                return Some(rule);
             }
         }
-        self.rules.push(rule);
+        None
+    }
+
+    /// Every rule of this runtime, in no particular order.
+    pub fn rules(&self) -> impl Iterator<Item = &Arc<CompiledRule>> {
+        self.exact.values().chain(self.wildcard.values()).flatten()
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// Whether a rule of this runtime is for `host` (lowercase, no trailing dot) on `port`
     /// (`None`: any port will do, as for a TLS server name): a tunnel there is intercepted.
     pub fn covers(&self, host: &str, port: Option<u16>) -> bool {
-        let port_ok = |indexes: &Vec<usize>| {
-            indexes
-                .iter()
-                .any(|&i| match (self.rules[i].host.port, port) {
-                    (Some(want), Some(port)) => want == port,
-                    _ => true,
-                })
+        let port_ok = |bucket: &Bucket| {
+            bucket.iter().any(|r| match (r.port, port) {
+                (Some(want), Some(port)) => want == port,
+                _ => true,
+            })
         };
         if self.exact.get(host).is_some_and(port_ok) {
             return true;
@@ -258,26 +337,25 @@ impl RuntimeRules {
     /// per target (the most specific).
     pub fn matching<'s>(&'s self, dest: &Destination<'_>, out: &mut Vec<&'s CompiledRule>) {
         let host: &str = &dest.host;
-        let mut consider = |indexes: &Vec<usize>| {
-            for &i in indexes {
-                let rule = &self.rules[i];
+        let mut consider = |bucket: &'s Bucket| {
+            for rule in bucket {
                 if !rule.matches_port_and_path(dest) {
                     continue;
                 }
                 match out.iter_mut().find(|r| r.target == rule.target) {
-                    Some(best) if best.specificity >= rule.specificity => {}
+                    Some(best) if best.specificity() >= rule.specificity() => {}
                     Some(best) => *best = rule,
                     None => out.push(rule),
                 }
             }
         };
-        if let Some(indexes) = self.exact.get(host) {
-            consider(indexes);
+        if let Some(bucket) = self.exact.get(host) {
+            consider(bucket);
         }
         if !self.wildcard.is_empty() {
             for suffix in suffixes(host) {
-                if let Some(indexes) = self.wildcard.get(suffix) {
-                    consider(indexes);
+                if let Some(bucket) = self.wildcard.get(suffix) {
+                    consider(bucket);
                 }
             }
         }
@@ -295,12 +373,20 @@ fn suffixes(host: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// A persistent (structurally shared) map: a copy is O(1), a change O(log n) and shares the
+/// rest. The snapshot's big maps are these, so a change never copies them whole.
+type Shared<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// (exact, name or wildcard suffix).
+type HostKey<'a> = (bool, &'a Arc<str>);
+
 /// The host names of every rule of every tenant, each with the number of rules naming it: which
 /// TLS server names the shared gateway may be given a leaf certificate for.
 #[derive(Debug, Default, Clone)]
 struct HostNames {
-    exact: HashMap<String, u32>,
-    wildcard: HashMap<String, u32>,
+    exact: Shared<Arc<str>, u32>,
+    wildcard: Shared<Arc<str>, u32>,
 }
 
 impl HostNames {
@@ -308,49 +394,33 @@ impl HostNames {
         self.exact.contains_key(name) || suffixes(name).any(|s| self.wildcard.contains_key(s))
     }
 
-    fn side<'h>(&mut self, host: &'h HostName) -> (&mut HashMap<String, u32>, &'h str) {
-        match host {
-            HostName::Exact(name) => (&mut self.exact, name),
-            HostName::Wildcard(suffix) => (&mut self.wildcard, suffix),
+    fn side(&mut self, exact: bool) -> &mut Shared<Arc<str>, u32> {
+        if exact {
+            &mut self.exact
+        } else {
+            &mut self.wildcard
         }
     }
 
-    fn add(&mut self, host: &HostName) {
-        let (map, key) = self.side(host);
-        match map.get_mut(key) {
+    fn add(&mut self, (exact, name): HostKey<'_>) {
+        let map = self.side(exact);
+        match map.get_mut(name.as_ref()) {
             Some(count) => *count += 1,
             None => {
-                map.insert(key.to_owned(), 1);
+                map.insert(name.clone(), 1);
             }
         }
     }
 
-    fn remove(&mut self, host: &HostName) {
-        let (map, key) = self.side(host);
-        if let Some(count) = map.get_mut(key) {
+    fn remove(&mut self, (exact, name): HostKey<'_>) {
+        let map = self.side(exact);
+        if let Some(count) = map.get_mut(name.as_ref()) {
             *count -= 1;
             if *count == 0 {
-                map.remove(key);
+                map.remove(name.as_ref());
             }
         }
     }
-}
-
-/// A runtime's host names in a canonical order, to compare two versions of its rules.
-fn host_list(rules: Option<&RuntimeRules>) -> Vec<(bool, &str)> {
-    let mut hosts: Vec<(bool, &str)> = rules
-        .map(|r| {
-            r.rules
-                .iter()
-                .map(|c| match &c.host.name {
-                    HostName::Exact(name) => (true, name.as_str()),
-                    HostName::Wildcard(suffix) => (false, suffix.as_str()),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    hosts.sort_unstable();
-    hosts
 }
 
 /// What a runtime token identifies.
@@ -361,34 +431,70 @@ pub struct TokenEntry {
     pub revoked: bool,
 }
 
-/// One tenant's runtimes, each runtime's rules shared between snapshots until they change.
-type TenantRules = HashMap<String, Arc<RuntimeRules>>;
+/// One tenant's runtimes.
+type TenantRules = Shared<Arc<str>, Arc<RuntimeRules>>;
 
 /// The rules of every tenant, indexed: the costly part of a snapshot. Shared whole by the
-/// snapshots that differ only in identities (`Snapshot::with_identities`), and runtime by
-/// runtime by those that differ in one runtime's rules (`Snapshot::with_runtime`).
-#[derive(Debug)]
+/// snapshots that differ only in identities, and map node by map node by those that differ in
+/// some runtimes' rules.
+#[derive(Debug, Clone, Default)]
 struct RuleIndex {
     /// tenant id → runtime → rules.
-    rules: HashMap<String, Arc<TenantRules>>,
+    tenants: Shared<Arc<str>, TenantRules>,
     /// Every rule's host name (leaf certificates for the shared gateway).
-    host_names: Arc<HostNames>,
+    host_names: HostNames,
     rule_count: usize,
 }
 
+impl RuleIndex {
+    fn runtime(&self, tenant_id: &str, runtime: &str) -> Option<&Arc<RuntimeRules>> {
+        self.tenants.get(tenant_id)?.get(runtime)
+    }
+
+    /// Puts a runtime's new rules in place (none: the runtime has no rules left).
+    fn put_runtime(&mut self, tenant_id: &Arc<str>, runtime: &Arc<str>, rules: RuntimeRules) {
+        let mut runtimes = self
+            .tenants
+            .get(tenant_id.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        if rules.is_empty() {
+            runtimes.remove(runtime.as_ref());
+        } else {
+            runtimes.insert(runtime.clone(), Arc::new(rules));
+        }
+        if runtimes.is_empty() {
+            self.tenants.remove(tenant_id.as_ref());
+        } else {
+            self.tenants.insert(tenant_id.clone(), runtimes);
+        }
+    }
+}
+
 /// Who is who: tenants and runtime tokens.
-#[derive(Debug)]
+#[derive(Debug, Clone, Default)]
 struct Identities {
     /// tenant name → tenant id (sidecars name their tenant).
     tenant_ids: HashMap<String, String>,
     /// tenant id → tenant name (for log lines).
     tenant_names: HashMap<String, String>,
     /// SHA-256 of a runtime token → what it identifies.
-    tokens: HashMap<TokenHash, TokenEntry>,
+    tokens: Shared<TokenHash, TokenEntry>,
+}
+
+impl Identities {
+    fn set_tenants(&mut self, tenants: impl IntoIterator<Item = (String, String)>) {
+        self.tenant_ids.clear();
+        self.tenant_names.clear();
+        for (id, name) in tenants {
+            self.tenant_ids.insert(name.clone(), id.clone());
+            self.tenant_names.insert(id, name);
+        }
+    }
 }
 
 /// Everything the hot path needs, immutable once built.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     index: Arc<RuleIndex>,
     identities: Arc<Identities>,
@@ -397,142 +503,42 @@ pub struct Snapshot {
 impl Snapshot {
     /// An empty snapshot (before the first load).
     pub fn empty() -> Self {
-        Self::build(Vec::new(), &[], Vec::new())
+        Self {
+            index: Arc::default(),
+            identities: Arc::default(),
+        }
     }
 
-    /// Builds the index: `tenants` as (id, name), `rules` in id order (older first;
-    /// precedence relies on it), `tokens` keyed by their hash.
+    /// Builds the index from every rule: `tenants` as (id, name), `tokens` keyed by their
+    /// hash. The same as `SnapshotBuilder` fed with these rules at once.
     pub fn build(
         tenants: impl IntoIterator<Item = (String, String)>,
         rules: &[Rule],
         tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
     ) -> Self {
-        let mut index: HashMap<String, HashMap<String, RuntimeRules>> = HashMap::default();
-        let mut interner = Interner::default();
-        let mut host_names = HostNames::default();
-        for (ordinal, rule) in rules.iter().enumerate() {
-            host_names.add(&rule.spec.host.name);
-            index
-                .entry(rule.tenant_id.clone())
-                .or_default()
-                .entry(rule.spec.runtime.clone())
-                .or_default()
-                .push(CompiledRule::new(rule, ordinal as u32, &mut interner));
-        }
-        let rules_by_tenant = index
-            .into_iter()
-            .map(|(tenant, runtimes)| {
-                let runtimes: TenantRules = runtimes
-                    .into_iter()
-                    .map(|(runtime, rules)| (runtime, Arc::new(rules)))
-                    .collect();
-                (tenant, Arc::new(runtimes))
-            })
-            .collect();
-        let index = Arc::new(RuleIndex {
-            rules: rules_by_tenant,
-            host_names: Arc::new(host_names),
-            rule_count: rules.len(),
-        });
-        Self::with_index(index, tenants, tokens)
+        let mut builder = SnapshotBuilder::default();
+        builder.add(rules);
+        builder.finish(tenants, tokens)
     }
 
-    /// A snapshot with these tenants and tokens and this snapshot's rules, shared rather than
-    /// rebuilt: a token or tenant change costs what the identities cost, whatever the number
-    /// of rules.
-    pub fn with_identities(
-        &self,
-        tenants: impl IntoIterator<Item = (String, String)>,
-        tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
-    ) -> Self {
-        Self::with_index(self.index.clone(), tenants, tokens)
-    }
-
-    fn with_index(
-        index: Arc<RuleIndex>,
-        tenants: impl IntoIterator<Item = (String, String)>,
-        tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
-    ) -> Self {
-        let mut tenant_ids = HashMap::default();
-        let mut tenant_names = HashMap::default();
-        for (id, name) in tenants {
-            tenant_ids.insert(name.clone(), id.clone());
-            tenant_names.insert(id, name);
-        }
-        Self {
-            index,
-            identities: Arc::new(Identities {
-                tenant_ids,
-                tenant_names,
-                tokens: tokens.into_iter().collect(),
-            }),
+    /// A change to this snapshot, made on a copy that shares everything it does not touch.
+    pub fn edit(&self) -> SnapshotEdit {
+        SnapshotEdit {
+            base: self.clone(),
+            index: None,
+            identities: None,
+            interner: Interner::default(),
         }
     }
 
-    /// A snapshot in which one runtime's rules are `rules` (all of that runtime's rules, in id
-    /// order; empty: the runtime has none) and everything else is this snapshot's, shared: a
-    /// rule change costs what its runtime's rules cost, not what every rule costs. Applied in
-    /// any order, these give the same decisions as a rebuild from the same rules (rules of one
-    /// runtime are only ever compared with each other, in id order).
-    pub fn with_runtime(&self, tenant_id: &str, runtime: &str, rules: &[Rule]) -> Self {
-        let mut interner = Interner::default();
-        let mut fresh = RuntimeRules::default();
-        for (ordinal, rule) in rules.iter().enumerate() {
-            debug_assert!(rule.tenant_id == tenant_id && rule.spec.runtime == runtime);
-            fresh.push(CompiledRule::new(rule, ordinal as u32, &mut interner));
-        }
-        let old = self.runtime_rules(tenant_id, runtime);
-        let old_count = old.map_or(0, |r| r.rules.len());
-        let host_names = if host_list(old) == host_list(Some(&fresh)) {
-            self.index.host_names.clone()
-        } else {
-            let mut names = (*self.index.host_names).clone();
-            for rule in old.map(|r| r.rules.as_slice()).unwrap_or_default() {
-                names.remove(&rule.host.name);
-            }
-            for rule in &fresh.rules {
-                names.add(&rule.host.name);
-            }
-            Arc::new(names)
-        };
-        let rule_count = self.index.rule_count - old_count + fresh.rules.len();
-        let mut tenants = self.index.rules.clone();
-        let mut runtimes: TenantRules = tenants
-            .get(tenant_id)
-            .map(|t| (**t).clone())
-            .unwrap_or_default();
-        if fresh.rules.is_empty() {
-            runtimes.remove(runtime);
-        } else {
-            runtimes.insert(runtime.to_owned(), Arc::new(fresh));
-        }
-        if runtimes.is_empty() {
-            tenants.remove(tenant_id);
-        } else {
-            tenants.insert(tenant_id.to_owned(), Arc::new(runtimes));
-        }
-        Self {
-            index: Arc::new(RuleIndex {
-                rules: tenants,
-                host_names,
-                rule_count,
-            }),
-            identities: self.identities.clone(),
-        }
-    }
-
-    /// Whether two snapshots share one rule index (one was made from the other by
-    /// `with_identities`).
+    /// Whether two snapshots share one rule index (one was made from the other by changing
+    /// identities only).
     pub fn shares_rules_with(&self, other: &Snapshot) -> bool {
         Arc::ptr_eq(&self.index, &other.index)
     }
 
     pub fn runtime_rules(&self, tenant_id: &str, runtime: &str) -> Option<&RuntimeRules> {
-        self.index
-            .rules
-            .get(tenant_id)?
-            .get(runtime)
-            .map(Arc::as_ref)
+        self.index.runtime(tenant_id, runtime).map(Arc::as_ref)
     }
 
     /// Whether any rule of any tenant is for this TLS server name.
@@ -554,6 +560,195 @@ impl Snapshot {
 
     pub fn rule_count(&self) -> usize {
         self.index.rule_count
+    }
+}
+
+/// Builds a snapshot from every rule, fed in pieces (a full reload reads the store page by
+/// page, so the rows of a million rules are never all in memory at once).
+#[derive(Default)]
+pub struct SnapshotBuilder {
+    runtimes:
+        std::collections::HashMap<(Arc<str>, Arc<str>), RuntimeRules, foldhash::fast::RandomState>,
+    host_names: std::collections::HashMap<(bool, Arc<str>), u32, foldhash::fast::RandomState>,
+    interner: Interner,
+    rule_count: usize,
+}
+
+impl SnapshotBuilder {
+    /// Adds rules (a rule already added is not added twice).
+    pub fn add(&mut self, rules: &[Rule]) {
+        for rule in rules {
+            let compiled = Arc::new(CompiledRule::new(rule, &mut self.interner));
+            let runtime = self.interner.text(&rule.spec.runtime);
+            let key = (compiled.tenant_id.clone(), runtime);
+            let host = (compiled.exact_host, compiled.host.clone());
+            if self.runtimes.entry(key).or_default().insert(compiled) {
+                *self.host_names.entry(host).or_default() += 1;
+                self.rule_count += 1;
+            }
+        }
+    }
+
+    pub fn finish(
+        self,
+        tenants: impl IntoIterator<Item = (String, String)>,
+        tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>,
+    ) -> Snapshot {
+        let mut index = RuleIndex {
+            rule_count: self.rule_count,
+            ..RuleIndex::default()
+        };
+        let mut by_tenant: std::collections::HashMap<
+            Arc<str>,
+            TenantRules,
+            foldhash::fast::RandomState,
+        > = Default::default();
+        for ((tenant, runtime), rules) in self.runtimes {
+            by_tenant
+                .entry(tenant)
+                .or_default()
+                .insert(runtime, Arc::new(rules));
+        }
+        index.tenants = by_tenant.into_iter().collect();
+        for ((exact, name), count) in self.host_names {
+            index.host_names.side(exact).insert(name, count);
+        }
+        let mut identities = Identities::default();
+        identities.set_tenants(tenants);
+        identities.tokens = tokens.into_iter().collect();
+        Snapshot {
+            index: Arc::new(index),
+            identities: Arc::new(identities),
+        }
+    }
+}
+
+/// A change in the making: rules added, removed or replaced per runtime, tenants and tokens
+/// set. Applied in any order, rule changes give the decisions a rebuild from the same rules
+/// gives (rules are keyed by id; precedence never depends on the order they arrived in).
+pub struct SnapshotEdit {
+    base: Snapshot,
+    /// The rule index, once this edit changed it.
+    index: Option<RuleIndex>,
+    identities: Option<Identities>,
+    interner: Interner,
+}
+
+impl SnapshotEdit {
+    fn index(&mut self) -> &mut RuleIndex {
+        self.index.get_or_insert_with(|| (*self.base.index).clone())
+    }
+
+    fn identities(&mut self) -> &mut Identities {
+        self.identities
+            .get_or_insert_with(|| (*self.base.identities).clone())
+    }
+
+    /// The current rules of a runtime, copied for a change (its maps, not its rules).
+    fn take_runtime(
+        &mut self,
+        tenant_id: &str,
+        runtime: &str,
+    ) -> (Arc<str>, Arc<str>, RuntimeRules) {
+        let tenant_key = self.interner.text(tenant_id);
+        let runtime_key = self.interner.text(runtime);
+        let current = self
+            .index()
+            .runtime(tenant_id, runtime)
+            .map(|r| (**r).clone())
+            .unwrap_or_default();
+        (tenant_key, runtime_key, current)
+    }
+
+    /// Adds rules; a rule whose id is already there is left as it is (rules never change).
+    pub fn add_rules(&mut self, rules: &[Rule]) {
+        let mut by_runtime: std::collections::BTreeMap<(&str, &str), Vec<&Rule>> =
+            Default::default();
+        for rule in rules {
+            by_runtime
+                .entry((rule.tenant_id.as_str(), rule.spec.runtime.as_str()))
+                .or_default()
+                .push(rule);
+        }
+        for ((tenant_id, runtime), rules) in by_runtime {
+            let (tenant_key, runtime_key, mut current) = self.take_runtime(tenant_id, runtime);
+            let mut added = 0;
+            for rule in rules {
+                let compiled = Arc::new(CompiledRule::new(rule, &mut self.interner));
+                let index = self.index();
+                if current.insert(compiled.clone()) {
+                    index.host_names.add(compiled.host_key());
+                    added += 1;
+                }
+            }
+            let index = self.index();
+            index.rule_count += added;
+            index.put_runtime(&tenant_key, &runtime_key, current);
+        }
+    }
+
+    /// Removes rules of one runtime by id (ids not there are ignored).
+    pub fn remove_rules(&mut self, tenant_id: &str, runtime: &str, ids: &[impl AsRef<str>]) {
+        let present = match &self.index {
+            Some(index) => index.runtime(tenant_id, runtime).is_some(),
+            None => self.base.runtime_rules(tenant_id, runtime).is_some(),
+        };
+        if !present {
+            return;
+        }
+        let (tenant_key, runtime_key, mut current) = self.take_runtime(tenant_id, runtime);
+        let before = current.len();
+        let index = self.index();
+        for id in ids {
+            if let Some(rule) = current.remove(id.as_ref()) {
+                index.host_names.remove(rule.host_key());
+            }
+        }
+        index.rule_count -= before - current.len();
+        index.put_runtime(&tenant_key, &runtime_key, current);
+    }
+
+    /// Replaces all of one runtime's rules (as re-read from the store).
+    pub fn replace_runtime(&mut self, tenant_id: &str, runtime: &str, rules: &[Rule]) {
+        let current = self.index().runtime(tenant_id, runtime).cloned();
+        let stale: Vec<Box<str>> = current
+            .iter()
+            .flat_map(|r| r.rules())
+            .filter(|old| !rules.iter().any(|new| *new.id == *old.id))
+            .map(|old| old.id.clone())
+            .collect();
+        self.remove_rules(tenant_id, runtime, &stale);
+        self.add_rules(rules);
+    }
+
+    /// Sets every tenant, as (id, name).
+    pub fn set_tenants(&mut self, tenants: impl IntoIterator<Item = (String, String)>) {
+        self.identities().set_tenants(tenants);
+    }
+
+    /// Sets every runtime token.
+    pub fn set_tokens(&mut self, tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>) {
+        self.identities().tokens = tokens.into_iter().collect();
+    }
+
+    /// Adds or updates runtime tokens. A revoked token stays revoked, whatever order a
+    /// token's creation and revocation are applied in.
+    pub fn upsert_tokens(&mut self, tokens: impl IntoIterator<Item = (TokenHash, TokenEntry)>) {
+        let identities = self.identities();
+        for (hash, mut entry) in tokens {
+            if identities.tokens.get(&hash).is_some_and(|old| old.revoked) {
+                entry.revoked = true;
+            }
+            identities.tokens.insert(hash, entry);
+        }
+    }
+
+    /// The new snapshot (the base itself, shared, where nothing changed).
+    pub fn finish(self) -> Snapshot {
+        Snapshot {
+            index: self.index.map_or(self.base.index, Arc::new),
+            identities: self.identities.map_or(self.base.identities, Arc::new),
+        }
     }
 }
 

@@ -8,8 +8,10 @@
 //! the change and appends its audit event, or does neither. Errors are classified here, once, into `StoreError`, which names the
 //! resource concerned; callers never see a diesel or pool error.
 //!
-//! (The `LISTEN` side of change notifications lives with its only user, the engine's follower
-//! task, on a connection of its own outside the pool.)
+//! Every write that changes what the ext_proc path sees answers `Committed<T>`: its result
+//! and the `Change` it made, which the caller hands to the engine. On PostgreSQL the change is
+//! also announced to the other replicas in the same transaction (`changes.rs`), and
+//! `ChangeFeed` follows their announcements on a connection of its own outside the pool.
 //!
 //! Faults are errors, never silent: a database that refuses writes is `ReadOnly`, one that
 //! cannot be reached or fails is `Unavailable`. A SQLite file is opened by path once (created
@@ -23,6 +25,7 @@
 
 mod api_keys;
 pub mod audit;
+pub mod changes;
 pub mod models;
 mod rules;
 pub mod schema;
@@ -50,15 +53,13 @@ pub use audit::{
     Actor, AuditAction, AuditEntry, AuditEventRow, AuditFilter, AuditPage, AuditSink, AuditTarget,
     ChainVerdict, Outcome, TargetKind,
 };
+pub use changes::{CHANGES_CHANNEL, Change, ChangeFeed, Committed, Created, Followed};
 pub use models::*;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
 
 type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
-
-/// The PostgreSQL channel replicas announce changes on.
-pub const CHANGES_CHANNEL: &str = "runta_changes";
 
 /// What a store error is about, so the caller's message can name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -365,6 +366,8 @@ pub struct Store {
     pub(crate) timeouts: Timeouts,
     /// Where committed audit events go besides the table (`audit.stream`), if anywhere.
     audit_sink: Option<AuditSink>,
+    /// This process's id in change announcements (its own are skipped when they come back).
+    pub(crate) replica: Arc<str>,
 }
 
 /// How long a call waits for a pooled connection, and for a new connection, by default.
@@ -477,6 +480,73 @@ impl Store {
                 recycle: None,
             },
             audit_sink: None,
+            replica: crate::crypto::new_id("replica").into(),
+        })
+    }
+
+    /// Follows the other replicas' change announcements (PostgreSQL): `url` is this store's
+    /// database, on a connection of the feed's own.
+    pub fn change_feed(&self, url: secrecy::SecretString) -> ChangeFeed {
+        ChangeFeed::new(url, self.replica.clone())
+    }
+
+    /// Reads everything the rule snapshot is built from in one consistent read (one read
+    /// transaction: repeatable read on PostgreSQL, a read transaction on SQLite's WAL): the
+    /// tenants and runtime tokens are answered, the rules are sent to `rules` in pages of
+    /// `page` rows in id order, so they are never all in memory at once.
+    pub async fn read_everything(
+        &self,
+        page: i64,
+        rules: tokio::sync::mpsc::Sender<Vec<RuleRow>>,
+    ) -> Result<(Vec<TenantRow>, Vec<(RuntimeTokenRow, Vec<u8>)>), StoreError> {
+        use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+        use diesel_async::AsyncConnection;
+        use schema::{rules as rule_table, runtime_tokens, tenants};
+        macro_rules! read_all {
+            ($conn:ident) => {{
+                let tenants: Vec<TenantRow> = tenants::table
+                    .select(TenantRow::as_select())
+                    .order(tenants::id)
+                    .load($conn)
+                    .await?;
+                let tokens: Vec<(RuntimeTokenRow, Vec<u8>)> = runtime_tokens::table
+                    .select((RuntimeTokenRow::as_select(), runtime_tokens::token_hash))
+                    .order(runtime_tokens::id)
+                    .load($conn)
+                    .await?;
+                let mut after: Option<String> = None;
+                loop {
+                    let mut query = rule_table::table
+                        .select(RuleRow::as_select())
+                        .order(rule_table::id)
+                        .limit(page)
+                        .into_boxed();
+                    if let Some(after) = &after {
+                        query = query.filter(rule_table::id.gt(after.clone()));
+                    }
+                    let rows: Vec<RuleRow> = query.load($conn).await?;
+                    let full = rows.len() as i64 == page;
+                    after = rows.last().map(|r| r.id.clone());
+                    if !rows.is_empty() && rules.send(rows).await.is_err() {
+                        return Err(StoreError::Unavailable(
+                            "the snapshot builder stopped".into(),
+                        ));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Ok::<_, StoreError>((tenants, tokens))
+            }};
+        }
+        with_conn!(self, conn => sqlite => {
+            conn.transaction::<_, StoreError, _>(async |conn| read_all!(conn)).await
+        } postgres => {
+            conn.build_transaction()
+                .read_only()
+                .repeatable_read()
+                .run::<_, StoreError, _>(async |conn| read_all!(conn))
+                .await
         })
     }
 
@@ -530,23 +600,6 @@ impl Store {
                 applied
             }
         }
-    }
-
-    /// Tells the other replicas sharing this database that something changed (PostgreSQL
-    /// `NOTIFY` on `CHANGES_CHANNEL`). SQLite serves one replica: nothing to tell.
-    pub async fn notify_change(&self, payload: &str) -> Result<(), StoreError> {
-        with_conn!(self, conn => sqlite => {
-            let _ = conn;
-            Ok(())
-        } postgres => {
-            use diesel::sql_types::Text;
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<Text, _>(CHANGES_CHANNEL)
-                .bind::<Text, _>(payload)
-                .execute(conn)
-                .await?;
-            Ok(())
-        })
     }
 
     /// Whether the store can be used, writes included: a query on PostgreSQL; on SQLite the

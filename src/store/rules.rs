@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::audit::audited_write;
+use super::changes::{Change, Committed, Created, changed_write};
 use super::schema::{rules, secrets};
 use super::{
     AuditEntry, Page, Paged, Resource, RuleRow, Store, StoreError, is_foreign_key_violation,
@@ -28,9 +28,9 @@ impl Store {
         tenant_id: &str,
         new: &[RuleRow],
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Committed<()>, StoreError> {
         let wanted: BTreeSet<&str> = new.iter().map(|r| r.credential.as_str()).collect();
-        audited_write!(self, audit, conn => {
+        changed_write!(self, audit, conn => {
                 let found: BTreeSet<String> = secrets::table
                     .filter(secrets::tenant_id.eq(tenant_id))
                     .filter(secrets::name.eq_any(wanted.iter().copied()))
@@ -58,7 +58,11 @@ impl Store {
                             }
                         })?;
                 }
-                Ok(())
+                let change = Change::RulesCreated {
+                    tenant_id: tenant_id.to_owned(),
+                    rules: Created::Rows(new.to_vec()),
+                };
+                Ok(((), change))
         })
     }
 
@@ -100,18 +104,24 @@ impl Store {
         tenant_id: &str,
         id: &str,
         audit: &AuditEntry,
-    ) -> Result<String, StoreError> {
-        audited_write!(self, audit, conn => {
+    ) -> Result<Committed<String>, StoreError> {
+        changed_write!(self, audit, conn => {
             let runtimes: Vec<String> = diesel::delete(
                 rules::table.filter(rules::tenant_id.eq(tenant_id)).filter(rules::id.eq(id)),
             )
             .returning(rules::runtime)
             .get_results(conn)
             .await?;
-            runtimes
+            let runtime = runtimes
                 .into_iter()
                 .next()
-                .ok_or_else(|| StoreError::NotFound(Resource::Rule(id.to_owned())))
+                .ok_or_else(|| StoreError::NotFound(Resource::Rule(id.to_owned())))?;
+            let change = Change::RulesDeleted {
+                tenant_id: tenant_id.to_owned(),
+                runtime: runtime.clone(),
+                ids: vec![id.to_owned()],
+            };
+            Ok((runtime, change))
         })
     }
 
@@ -132,10 +142,27 @@ impl Store {
         })
     }
 
-    /// Every rule of every tenant: what the ext_proc snapshot is built from.
-    pub async fn all_rules(&self) -> Result<Vec<RuleRow>, StoreError> {
-        with_conn!(self, conn => {
-            Ok(rules::table.select(RuleRow::as_select()).order(rules::id).load(conn).await?)
-        })
+    /// The tenant's rules with these ids (those that still exist), in id order: what another
+    /// replica's `rules created` announcement is read with.
+    pub async fn rules_by_ids(
+        &self,
+        tenant_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<RuleRow>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        // Bounded statements: SQLite allows 32,766 parameters, PostgreSQL 65,535.
+        for chunk in ids.chunks(1_000) {
+            let rows: Vec<RuleRow> = with_conn!(self, conn => {
+                rules::table
+                    .filter(rules::tenant_id.eq(tenant_id))
+                    .filter(rules::id.eq_any(chunk))
+                    .select(RuleRow::as_select())
+                    .order(rules::id)
+                    .load(conn)
+                    .await?
+            });
+            found.extend(rows);
+        }
+        Ok(found)
     }
 }

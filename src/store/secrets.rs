@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::audit::audited_write;
+use super::changes::{Change, Committed, changed_write};
 use super::schema::{rules, secrets};
 use super::{
     AuditEntry, Page, Paged, Resource, SecretChanges, SecretRow, Store, StoreError,
@@ -66,11 +67,15 @@ impl Store {
         expected_version: i64,
         changes: &SecretChanges,
         audit: &AuditEntry,
-    ) -> Result<SecretRow, StoreError> {
+    ) -> Result<Committed<SecretRow>, StoreError> {
         let secret = secrets::table
             .filter(secrets::tenant_id.eq(tenant_id))
             .filter(secrets::name.eq(name));
-        audited_write!(self, audit, conn => {
+        let change = Change::Secret {
+            tenant_id: tenant_id.to_owned(),
+            name: name.to_owned(),
+        };
+        changed_write!(self, audit, conn => {
             let updated = diesel::update(secret.filter(secrets::version.eq(expected_version)))
                 .set(changes)
                 .returning(SecretRow::as_returning())
@@ -78,7 +83,7 @@ impl Store {
                 .await
                 .optional()?;
             match updated {
-                Some(row) => Ok(row),
+                Some(row) => Ok((row, change.clone())),
                 None => {
                     // Why nothing matched, for the caller's message only: nothing was written.
                     let exists: Option<String> =
@@ -101,7 +106,7 @@ impl Store {
         tenant_id: &str,
         name: &str,
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Committed<()>, StoreError> {
         let users = rules::table
             .filter(rules::tenant_id.eq(tenant_id))
             .filter(rules::credential.eq(name))
@@ -111,7 +116,11 @@ impl Store {
             secret: name.to_owned(),
             rules,
         };
-        let deleted = audited_write!(self, audit, conn => {
+        let change = Change::Secret {
+            tenant_id: tenant_id.to_owned(),
+            name: name.to_owned(),
+        };
+        let deleted = changed_write!(self, audit, conn => {
             let users: Vec<String> = users.load(conn).await?;
             if !users.is_empty() {
                 return Err(in_use(users));
@@ -127,7 +136,7 @@ impl Store {
             if deleted == 0 {
                 return Err(StoreError::NotFound(Resource::Secret(name.to_owned())));
             }
-            Ok(())
+            Ok(((), change.clone()))
         });
         match deleted {
             Err(StoreError::SecretInUse { rules, .. }) if rules.is_empty() => {

@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::audit::audited_write;
+use super::changes::{Change, Committed, changed_write};
 use super::schema::{api_keys, tenants};
 use super::{
     ApiKeyRow, AuditEntry, NewApiKey, Page, Paged, Resource, Store, StoreError, TenantRow,
@@ -17,15 +17,15 @@ impl Store {
         tenant: &TenantRow,
         key: &NewApiKey,
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        audited_write!(self, audit, conn => {
+    ) -> Result<Committed<()>, StoreError> {
+        changed_write!(self, audit, conn => {
             diesel::insert_into(tenants::table)
                 .values(tenant)
                 .execute(conn)
                 .await
                 .map_err(unique_names(|| Resource::Tenant(tenant.name.clone())))?;
             diesel::insert_into(api_keys::table).values(key).execute(conn).await?;
-            Ok(())
+            Ok(((), Change::Tenants))
         })
     }
 

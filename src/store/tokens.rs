@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use super::audit::audited_write;
+use super::changes::{Change, Committed, changed_write};
 use super::schema::runtime_tokens;
 use super::{
     AuditEntry, NewRuntimeToken, Page, Paged, Resource, RuntimeTokenRow, Store, StoreError,
@@ -15,10 +15,10 @@ impl Store {
         &self,
         token: &NewRuntimeToken,
         audit: &AuditEntry,
-    ) -> Result<(), StoreError> {
-        audited_write!(self, audit, conn => {
+    ) -> Result<Committed<()>, StoreError> {
+        changed_write!(self, audit, conn => {
             diesel::insert_into(runtime_tokens::table).values(token).execute(conn).await?;
-            Ok(())
+            Ok(((), Change::Tokens(vec![token.id.clone()])))
         })
     }
 
@@ -43,11 +43,11 @@ impl Store {
         tenant_id: &str,
         id: &str,
         audit: &AuditEntry,
-    ) -> Result<RuntimeTokenRow, StoreError> {
+    ) -> Result<Committed<RuntimeTokenRow>, StoreError> {
         let token = runtime_tokens::table
             .filter(runtime_tokens::tenant_id.eq(tenant_id))
             .filter(runtime_tokens::id.eq(id));
-        audited_write!(self, audit, conn => {
+        changed_write!(self, audit, conn => {
             let unrevoked = token.filter(runtime_tokens::revoked_at.is_null());
             let revoked = diesel::update(unrevoked)
                 .set(runtime_tokens::revoked_at.eq(now_millis()))
@@ -60,8 +60,28 @@ impl Store {
                 // Revoked before (or not the tenant's): as it is.
                 None => token.select(RuntimeTokenRow::as_select()).first(conn).await.optional()?,
             };
-            found.ok_or_else(|| StoreError::NotFound(Resource::RuntimeToken(id.to_owned())))
+            let row = found.ok_or_else(|| StoreError::NotFound(Resource::RuntimeToken(id.to_owned())))?;
+            Ok((row, Change::Tokens(vec![id.to_owned()])))
         })
+    }
+
+    /// The runtime tokens with these ids, with their hashes.
+    pub async fn runtime_tokens_by_ids(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(RuntimeTokenRow, Vec<u8>)>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            let rows: Vec<(RuntimeTokenRow, Vec<u8>)> = with_conn!(self, conn => {
+                runtime_tokens::table
+                    .filter(runtime_tokens::id.eq_any(chunk))
+                    .select((RuntimeTokenRow::as_select(), runtime_tokens::token_hash))
+                    .load(conn)
+                    .await?
+            });
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Every runtime token of every tenant with its hash: what identity is resolved from.

@@ -17,7 +17,9 @@ use diesel::sql_types::Bool;
 use diesel_async::RunQueryDsl;
 use runta::engine::Engine;
 use runta::metrics::Metrics;
-use runta::store::Store;
+use runta::store::{
+    Actor, AuditAction, AuditEntry, AuditTarget, Change, NewApiKey, Store, TargetKind, TenantRow,
+};
 use secrecy::SecretString;
 
 use crate::support::{free_port, keyring_with};
@@ -297,11 +299,8 @@ async fn postgres_over_tls_pool_and_notifications() {
         Arc::new(keyring_with(&["k1"], "k1")),
         follower_metrics.clone(),
     ));
-    let other_replica = Engine::new(
-        store.clone(),
-        Arc::new(keyring_with(&["k1"], "k1")),
-        Arc::new(Metrics::new()),
-    );
+    // Another replica: a store of its own (its own replica id), writing through its pool.
+    let other_replica = store_query(&url).await.expect("a second replica's pool");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let following = tokio::spawn(follower.clone().follow_changes(
         SecretString::from(url.clone()),
@@ -310,13 +309,31 @@ async fn postgres_over_tls_pool_and_notifications() {
         },
     ));
     let reloads = || follower_metrics.reloads.with_label_values(&["ok"]).get();
-    // The follower reloads once it listens; then each announcement it hears reloads again.
+    // The follower reloads once it listens; then it applies the tenant the other replica
+    // creates, announced in that write's transaction.
     let heard = tokio::time::timeout(Duration::from_secs(10), async {
         while reloads() < 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        other_replica.changed(runta::engine::Change::Rules).await;
-        while reloads() < 2 {
+        let tenant = TenantRow {
+            id: runta::crypto::new_id("ten"),
+            name: "heard-over-tls".into(),
+            created_at: 0,
+        };
+        let (key, _) = NewApiKey::generate(&tenant.id, None);
+        let audit = AuditEntry::new(
+            Some(&tenant.id),
+            Actor::Server,
+            AuditAction::TenantCreate,
+            AuditTarget::new(TargetKind::Tenant, Some(&tenant.id), Some(&tenant.name)),
+        );
+        let (_, announced) = other_replica
+            .create_tenant(&tenant, &key, &audit)
+            .await
+            .expect("create a tenant over TLS")
+            .into_parts();
+        assert_eq!(announced, Change::Tenants);
+        while follower.snapshot().tenant_id("heard-over-tls").is_none() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

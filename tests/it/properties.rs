@@ -248,7 +248,10 @@ fn decisions(snapshot: &Snapshot) -> Vec<(Vec<String>, Outcome)> {
                     &request,
                     Unidentified::Pass,
                 );
-                out.push((d.rules.iter().map(|r| r.id.clone()).collect(), d.outcome));
+                out.push((
+                    d.rules.iter().map(|r| r.id.to_string()).collect(),
+                    d.outcome,
+                ));
             }
         }
     }
@@ -258,31 +261,62 @@ fn decisions(snapshot: &Snapshot) -> Vec<(Vec<String>, Outcome)> {
 proptest! {
     #![proptest_config(config())]
 
-    /// Creates and deletes applied one runtime at a time (`Snapshot::with_runtime`, as the
-    /// engine applies them) give exactly the decisions of a snapshot rebuilt from the rules
-    /// that remain, and the same rule count and leaf-certificate coverage.
+    /// Creates (single and batches over several runtimes), deletes and runtime re-reads,
+    /// applied as deltas (`Snapshot::edit`, several per edit as concurrent changes coalesce)
+    /// give exactly the decisions of a snapshot rebuilt from the rules that remain, and the
+    /// same rule count and leaf-certificate coverage.
     #[test]
-    fn runtime_deltas_equal_a_full_rebuild(
-        ops in proptest::collection::vec((any::<bool>(), gen_rule(), any::<proptest::sample::Index>()), 1..40),
+    fn deltas_equal_a_full_rebuild(
+        ops in proptest::collection::vec(
+            (0..4u8, proptest::collection::vec(gen_rule(), 1..4), any::<proptest::sample::Index>(), any::<bool>()),
+            1..40,
+        ),
     ) {
         let tenants = || [("ten_a".to_owned(), "acme".to_owned()), ("ten_b".to_owned(), "umbrella".to_owned())];
         let mut live: Vec<Rule> = Vec::new();
         let mut snapshot = Snapshot::build(tenants(), &[], Vec::new());
-        for (n, (create, generated, victim)) in ops.into_iter().enumerate() {
-            let touched = if create || live.is_empty() {
-                let rule = stored(n, generated);
-                live.push(rule.clone());
-                rule
-            } else {
-                live.remove(victim.index(live.len()))
-            };
-            let runtime_rules: Vec<Rule> = live
-                .iter()
-                .filter(|r| r.tenant_id == touched.tenant_id && r.spec.runtime == touched.spec.runtime)
-                .cloned()
-                .collect();
-            snapshot = snapshot.with_runtime(&touched.tenant_id, &touched.spec.runtime, &runtime_rules);
+        let mut edit = snapshot.edit();
+        let mut next_id = 0;
+        for (kind, generated, pick, swap_after) in ops {
+            match kind {
+                // A create: one rule, or a batch spread over runtimes.
+                0 | 1 => {
+                    let batch: Vec<Rule> = generated
+                        .into_iter()
+                        .take(if kind == 0 { 1 } else { 3 })
+                        .map(|g| {
+                            next_id += 1;
+                            stored(next_id, g)
+                        })
+                        .collect();
+                    live.extend(batch.iter().cloned());
+                    edit.add_rules(&batch);
+                }
+                // A delete of one live rule.
+                2 if !live.is_empty() => {
+                    let gone = live.remove(pick.index(live.len()));
+                    edit.remove_rules(&gone.tenant_id, &gone.spec.runtime, std::slice::from_ref(&gone.id));
+                }
+                // A runtime re-read from the store (the previous version's announcement).
+                _ if !live.is_empty() => {
+                    let of = live[pick.index(live.len())].clone();
+                    let rules: Vec<Rule> = live
+                        .iter()
+                        .filter(|r| r.tenant_id == of.tenant_id && r.spec.runtime == of.spec.runtime)
+                        .cloned()
+                        .collect();
+                    edit.replace_runtime(&of.tenant_id, &of.spec.runtime, &rules);
+                }
+                _ => {}
+            }
+            if swap_after {
+                let done = std::mem::replace(&mut edit, Snapshot::empty().edit());
+                snapshot = done.finish();
+                edit = snapshot.edit();
+            }
         }
+        snapshot = edit.finish();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
         let rebuilt = Snapshot::build(tenants(), &live, Vec::new());
         prop_assert_eq!(snapshot.rule_count(), rebuilt.rule_count());
         prop_assert_eq!(decisions(&snapshot), decisions(&rebuilt));

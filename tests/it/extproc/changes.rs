@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::support::backend_tests;
+use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 
 backend_tests!(changes_take_effect_on_the_next_request,);
 
@@ -154,6 +155,208 @@ async fn replicas_follow_each_other() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(refused, "the revocation never reached the other replica");
+    second.stop().await;
+    first.stop().await;
+}
+
+/// The ids of a runtime's rules in a replica's current snapshot, sorted.
+fn rule_ids(gw: &Gateway, tenant_id: &str, runtime: &str) -> Vec<String> {
+    let snapshot = gw.running.as_ref().unwrap().engine.snapshot();
+    let mut ids: Vec<String> = snapshot
+        .runtime_rules(tenant_id, runtime)
+        .map(|r| r.rules().map(|r| r.id.to_string()).collect())
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// Waits (up to 10 s) until `done` holds on a replica.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// Full snapshot reloads a replica has made, from its `/metrics`.
+async fn full_reloads(gw: &Gateway) -> f64 {
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let name = "runta_snapshot_reloads_total{result=\"ok\"}";
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Every kind of change made through one PostgreSQL replica is in its very next decision and
+/// reaches another replica as a delta (its full-reload count does not move): a batch over
+/// more runtimes than one announcement holds, a single create, a delete that removes exactly
+/// its rule, tokens, a tenant; two replicas writing one runtime at once both end with every
+/// rule; and a change that reached no replica (written behind runta's back, as a lost
+/// notification would leave it) is healed by the periodic reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
+    let Some(first) =
+        Gateway::start_with(Backend::Postgres, |c| c.injection.reload_interval_secs = 1).await
+    else {
+        return;
+    };
+    let second = first.replica().await;
+    first.secret("openai-api-key", VALUE, 300).await;
+    let tenant_id = first
+        .running
+        .as_ref()
+        .unwrap()
+        .engine
+        .snapshot()
+        .tenant_id("acme")
+        .unwrap()
+        .to_owned();
+    let second_full_reloads = full_reloads(&second).await;
+
+    // A batch of 400 rules over 200 runtimes: its ids fill several announcements.
+    let rules: Vec<Value> = (0..400)
+        .map(|i| {
+            json!({"runtime": format!("rt-{}", i % 200), "host": format!("h{i}.example.com"),
+                        "credential": "openai-api-key", "inject": {"header": "x-key"}})
+        })
+        .collect();
+    let (status, created) = first
+        .api(
+            reqwest::Method::POST,
+            "/v1/rules/batch",
+            Some(json!({"rules": rules})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let batch_ids: Vec<String> = created["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    let rt7: Vec<String> = {
+        let mut ids: Vec<String> = batch_ids
+            .iter()
+            .zip(0..)
+            .filter(|(_, i)| i % 200 == 7)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        rule_ids(&first, &tenant_id, "rt-7"),
+        rt7,
+        "not in the writer's next decision"
+    );
+    let count = |gw: &Gateway| gw.running.as_ref().unwrap().engine.snapshot().rule_count();
+    assert_eq!(count(&first), 400);
+    until("the batch reaches the other replica", || {
+        count(&second) == 400
+    })
+    .await;
+    assert_eq!(rule_ids(&second, &tenant_id, "rt-7"), rt7);
+
+    // A delete removes exactly its rule, here and there.
+    let (status, _) = first
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/v1/rules/{}", rt7[0]),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(rule_ids(&first, &tenant_id, "rt-7"), rt7[1..]);
+    until("the delete reaches the other replica", || {
+        rule_ids(&second, &tenant_id, "rt-7") == rt7[1..]
+    })
+    .await;
+    assert_eq!(count(&second), 399);
+
+    // A tenant made through the first is known to the second.
+    let (status, _) = first
+        .api_as(
+            OPERATOR,
+            reqwest::Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "initech"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    until("the tenant reaches the other replica", || {
+        second
+            .running
+            .as_ref()
+            .unwrap()
+            .engine
+            .snapshot()
+            .tenant_id("initech")
+            .is_some()
+    })
+    .await;
+
+    // Two replicas creating rules for one runtime at once: both end with all of them.
+    async fn create(gw: &Gateway, i: usize) -> (u16, Value) {
+        gw.api(
+            reqwest::Method::POST,
+            "/v1/runtimes/shared/rules",
+            Some(json!({"host": format!("s{i}.example.com"),
+                        "injection": {"credential": "openai-api-key", "header": "x-key"}})),
+        )
+        .await
+    }
+    let mut writes = Vec::new();
+    for i in 0..20 {
+        writes.push(create(&first, i));
+        writes.push(create(&second, 100 + i));
+    }
+    let answers = futures_util::future::join_all(writes).await;
+    let mut shared: Vec<String> = answers
+        .iter()
+        .map(|(status, rule)| {
+            assert_eq!(*status, 201, "{rule}");
+            rule["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    shared.sort();
+    for gw in [&first, &second] {
+        until("both replicas hold every concurrent create", || {
+            rule_ids(gw, &tenant_id, "shared") == shared
+        })
+        .await;
+    }
+    assert_eq!(
+        full_reloads(&second).await,
+        second_full_reloads,
+        "the other replica rebuilt its snapshot rather than applying the changes"
+    );
+
+    // Written behind runta's back (no announcement): the periodic reload brings it in.
+    let mut conn = diesel_async::AsyncPgConnection::establish(first.db.postgres_url().unwrap())
+        .await
+        .unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO rules (id, tenant_id, runtime, host_pattern, credential, header, value_template, created_at) \
+         VALUES ('rule_0zzzzzzzzzzzzzzzzzzzzzzzzz', '{tenant_id}', 'unannounced', 'quiet.example.com', 'openai-api-key', 'x-key', '${{credential}}', 0)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    until("the periodic reload heals a missed change", || {
+        rule_ids(&first, &tenant_id, "unannounced") == ["rule_0zzzzzzzzzzzzzzzzzzzzzzzzz"]
+    })
+    .await;
     second.stop().await;
     first.stop().await;
 }

@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""ext_proc decision latency while rules churn, against the same server idle, in one run.
+
+Setup, per binary (--binary, and --baseline when given): `runta serve` on SQLite (the embedded
+default, logging at `warn`), its generated gateway token trusted to name runtimes
+(`grpc.identity_gateways = ["generated"]`, so examples/grpc_load can ask as tenant `default`,
+runtime `rt-0`), the secret `openai-api-key` (cached a day), and RULES rules through
+POST /v1/rules/batch: runtime rt-0 has ten, one of them for host api.openai.com, path /v1/*,
+header Authorization, value `Bearer ${credential}`; the rest go to runtimes rt-1..rt-(RUNTIMES-1)
+in runtime order (so a batch touches a few runtimes: the load is setup, not measured). Then a
+pool of max(1,000, WRITES) extra rules to delete from. A 2 s grpc_load warms up (and fills the
+secret cache).
+
+Measured, in --rounds rounds, each round running, per binary:
+
+  idle    examples/grpc_load, --concurrency (16) streams on one HTTP/2 connection, --seconds:
+          POST http://api.openai.com/v1/chat/completions as rt-0 (every decision injects).
+  churn   the same, while a pool of --writers (16) threads changes rules through the admin API at
+          --writes-per-second in total, paced (write n is due at start + n / rate): even writes
+          create a rule (/v1/* for a host of their own, in rt-1..: never rt-0), odd writes delete
+          the oldest rule of the pool, which creates refill, so the rule count stays steady.
+          Reported: the writes completed per second (achieved rate), their p50/p99, errors.
+
+Printed: idle and churn throughput, p50 and p99 (medians over the rounds), the ratio churn p99 /
+idle p99 (and p50, throughput), the writes' figures, and a sanity check: injections counted by
+runta's metrics per answered request (should be 1.00). With --baseline, the two binaries' servers
+run at the same time, the one not measured frozen (SIGSTOP), rounds interleaved (new idle, new
+churn, baseline idle, baseline churn, ...), with a column new / baseline.
+
+Nothing is pinned; the client, the load generator and the server share the machine's cores (2 on
+the reference machine), so the writes also compete with the decisions for CPU, as they would on
+a small gateway host.
+
+usage: python3 scripts/bench_churn.py [--binary PATH] [--baseline PATH] [--rules N]
+           [--runtimes N] [--seconds S] [--concurrency N] [--writes-per-second N]
+           [--writers N] [--rounds N] [--grpc-load PATH] [--json FILE]
+"""
+import argparse
+import collections
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_changes import (  # noqa: E402
+    DEFAULT_BINARY, MAX_BATCH, ROOT, Api, ApiError, Server, Switcher, count_arg,
+    install_sigterm_handler, latency_summary, log, median, metric_sum, print_table,
+)
+
+DEFAULT_GRPC_LOAD = os.path.join(ROOT, "target", "release", "examples", "grpc_load")
+SECRET_NAME = "openai-api-key"
+SECRET_VALUE = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz"
+TEMPLATE = "Bearer ${credential}"
+HOST, PATH = "api.openai.com", "/v1/chat/completions"
+
+
+def rule(runtime, host, path):
+    return {"runtime": runtime, "host": host, "path": path, "credential": SECRET_NAME,
+            "inject": {"header": "Authorization", "value": TEMPLATE}}
+
+
+def load_rules(count, runtimes):
+    """Batches of the rule set: rt-0's ten rules first, the rest in runtime order."""
+    others = max(1, runtimes - 1)
+    batch = []
+    for i in range(count):
+        if i < 10:
+            runtime = "rt-0"
+        else:
+            runtime = f"rt-{1 + (i - 10) * others // max(1, count - 10)}"
+        if i == 0:
+            host = HOST
+        elif i % 3 == 0:
+            host = f"*.svc{i}.example.com"
+        else:
+            host = f"api{i}.example.com"
+        batch.append(rule(runtime, host, "/v1/*" if i % 2 == 0 else f"/p{i}/*"))
+        if len(batch) == MAX_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Churn:
+    """Paced rule creates and deletes from a pool of writer threads."""
+
+    def __init__(self, port, key, rate, writers, runtimes, pool, tag):
+        self.port, self.key, self.rate, self.writers = port, key, rate, writers
+        self.others = max(1, runtimes - 1)
+        self.pool, self.tag = pool, tag
+        self.stopping = threading.Event()
+        self.counter = itertools.count()
+        self.lock = threading.Lock()
+        self.latencies = {"create": [], "delete": []}
+        self.errors = 0
+        self.first_error = None
+
+    def start(self):
+        self.started = time.perf_counter()
+        self.threads = [threading.Thread(target=self.work, daemon=True) for _ in range(self.writers)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def work(self):
+        api = Api(self.port, self.key, timeout=60)
+        try:
+            while not self.stopping.is_set():
+                n = next(self.counter)
+                delay = self.started + n / self.rate - time.perf_counter()
+                if delay > 0 and self.stopping.wait(delay):
+                    break
+                victim = None
+                if n % 2:
+                    try:
+                        victim = self.pool.popleft()
+                    except IndexError:
+                        pass  # nothing to delete yet: create instead
+                try:
+                    if victim:
+                        seconds, _ = api.timed("DELETE", f"/v1/rules/{victim}")
+                        kind = "delete"
+                    else:
+                        runtime = f"rt-{1 + n % self.others}"
+                        seconds, created = api.timed("POST", f"/v1/runtimes/{runtime}/rules", {
+                            "host": f"churn{n}-{self.tag}.example.com", "path": "/v1/*",
+                            "injection": {"credential": SECRET_NAME, "header": "Authorization",
+                                          "value": TEMPLATE}})
+                        self.pool.append(created["id"])
+                        kind = "create"
+                    with self.lock:
+                        self.latencies[kind].append(seconds)
+                except (ApiError, OSError, ValueError) as err:
+                    with self.lock:
+                        self.errors += 1
+                        self.first_error = self.first_error or str(err)
+                    api.close()
+        finally:
+            api.close()
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
+        elapsed = time.perf_counter() - self.started
+        everything = self.latencies["create"] + self.latencies["delete"]
+        if self.first_error:
+            log(f"  churn: {self.errors} failed writes, first: {self.first_error}")
+        return dict(latency_summary(everything), target_per_s=self.rate,
+                    per_s=round(len(everything) / elapsed, 1), seconds=round(elapsed, 2),
+                    creates=len(self.latencies["create"]), deletes=len(self.latencies["delete"]),
+                    errors=self.errors)
+
+
+class Target:
+    """One binary's server, its credentials and its churn pool."""
+
+    def __init__(self, label, binary, work, args):
+        self.label, self.binary, self.args = label, binary, args
+        self.server = Server(binary, f"runta-{label}", work,
+                             env={"RUNTA_GRPC__IDENTITY_GATEWAYS": '["generated"]'})
+        self.pool = collections.deque()
+        self.rounds = {"idle": [], "churn": []}
+
+    def freeze(self):
+        self.server.freeze()
+
+    def thaw(self):
+        self.server.thaw()
+
+    def setup(self):
+        args = self.args
+        log(f"{self.label}: starting {self.binary}")
+        self.server.start(args.ready_timeout)
+        data = self.server.data_dir
+        with open(os.path.join(data, "api-key")) as f:
+            self.key = f.read().strip()
+        with open(os.path.join(data, "gateway-token")) as f:
+            self.gateway_token = f.read().strip()
+        self.api = Api(self.server.admin_port, self.key)
+        self.api.call("POST", "/v1/secrets", {"name": SECRET_NAME, "value": SECRET_VALUE,
+                                              "cache_ttl_secs": 86400})
+        started = time.perf_counter()
+        loaded = 0
+        for batch in load_rules(args.rules, args.runtimes):
+            self.api.call("POST", "/v1/rules/batch", {"rules": batch})
+            loaded += len(batch)
+            if loaded % max(MAX_BATCH, args.rules // 10 // MAX_BATCH * MAX_BATCH) == 0:
+                log(f"  {self.label}: {loaded:,} rules, {time.perf_counter() - started:.1f} s")
+        self.load_s = time.perf_counter() - started
+        others = max(1, args.runtimes - 1)
+        seed = max(1000, int(args.writes_per_second))
+        for first in range(0, seed, MAX_BATCH):
+            batch = [rule(f"rt-{1 + i % others}", f"pool{i}.example.com", "/v1/*")
+                     for i in range(first, min(seed, first + MAX_BATCH))]
+            answer = self.api.call("POST", "/v1/rules/batch", {"rules": batch})
+            self.pool.extend(r["id"] for r in answer["data"])
+        self.rules_loaded = self.api.metric("runta_rules_loaded")
+        log(f"  {self.label}: {args.rules:,} rules loaded in {self.load_s:.1f} s, "
+            f"{len(self.pool):,} more in the churn pool; runta_rules_loaded {self.rules_loaded:,.0f}")
+        warm = self.grpc_load(2)
+        if warm["errors"] or not warm["requests"]:
+            raise SystemExit(f"{self.label}: grpc_load failed while warming up: {warm}\n"
+                             f"{self.server.log_tail()}")
+        if warm["injected_per_request"] < 0.99:
+            raise SystemExit(f"{self.label}: the warm-up requests were not injected: {warm}")
+
+    def grpc_load(self, seconds):
+        before = self.api.metrics_text()
+        run = subprocess.run(
+            [self.args.grpc_load, f"127.0.0.1:{self.server.grpc_port}", str(self.args.concurrency),
+             str(seconds), self.gateway_token, "default", "rt-0", HOST, PATH],
+            capture_output=True, text=True, timeout=seconds + 120)
+        if run.returncode != 0:
+            raise SystemExit(f"grpc_load failed ({run.returncode}): {run.stderr[-2000:]}")
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        after = self.api.metrics_text()
+        injected = (metric_sum(after, "runta_injections_total", {"kind": "header"})
+                    - metric_sum(before, "runta_injections_total", {"kind": "header"}))
+        requests = result["requests"]
+        result["injected_per_request"] = round(injected / requests, 3) if requests else 0
+        if result["errors"]:
+            log(f"  {self.label}: grpc_load errors: {run.stderr.strip()[-500:]}")
+        return result
+
+    def idle(self, round_):
+        result = self.grpc_load(self.args.seconds)
+        self.rounds["idle"].append(result)
+        log(f"round {round_} {self.label:8} idle  {result}")
+
+    def churn(self, round_):
+        before = self.api.metric("runta_rules_loaded")
+        churn = Churn(self.server.admin_port, self.key, self.args.writes_per_second,
+                      self.args.writers, self.args.runtimes, self.pool, f"r{round_}").start()
+        try:
+            result = self.grpc_load(self.args.seconds)
+        finally:
+            writes = churn.stop()
+        result["writes"] = writes
+        result["rules_loaded_before"] = before
+        result["rules_loaded_after"] = self.api.metric("runta_rules_loaded")
+        self.rounds["churn"].append(result)
+        log(f"round {round_} {self.label:8} churn {result}")
+
+    def summary(self):
+        def med(kind, key, sub=None):
+            values = [(r[sub] if sub else r)[key] for r in self.rounds[kind]]
+            return median(values)
+        out = {"load_s": round(self.load_s, 2), "rules_loaded": self.rules_loaded}
+        for kind in ("idle", "churn"):
+            out[kind] = {key: med(kind, key) for key in
+                         ("rps", "p50_us", "p99_us", "errors", "injected_per_request")}
+        out["churn"]["writes"] = {key: med("churn", key, "writes") for key in
+                                  ("per_s", "p50_ms", "p99_ms", "errors")}
+        out["churn"]["writes"]["target_per_s"] = self.args.writes_per_second
+        idle, churn = out["idle"], out["churn"]
+        ratio = lambda key: round(churn[key] / idle[key], 3) if idle[key] else None
+        out["ratios"] = {"p99_churn_over_idle": ratio("p99_us"),
+                         "p50_churn_over_idle": ratio("p50_us"),
+                         "rps_churn_over_idle": ratio("rps")}
+        return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--binary", default=DEFAULT_BINARY, help="the runta binary measured")
+    parser.add_argument("--baseline", help="an older runta binary, measured side by side")
+    parser.add_argument("--grpc-load", default=DEFAULT_GRPC_LOAD, help="examples/grpc_load")
+    parser.add_argument("--rules", type=count_arg, default=100_000)
+    parser.add_argument("--runtimes", type=count_arg, default=1_000)
+    parser.add_argument("--seconds", type=int, default=10, help="per measurement")
+    parser.add_argument("--concurrency", type=int, default=16, help="grpc_load's concurrent streams")
+    parser.add_argument("--writes-per-second", type=float, default=500)
+    parser.add_argument("--writers", type=int, default=16,
+                        help="writer threads (the most writes in flight at once)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ready-timeout", type=float, default=1800)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if min(args.rules, args.runtimes, args.writers, args.rounds, args.seconds) < 1 \
+            or args.writes_per_second <= 0:
+        parser.error("--rules, --runtimes, --seconds, --writes-per-second, --writers and "
+                     "--rounds must be positive")
+    args.grpc_load = os.path.abspath(args.grpc_load)
+    binaries = [("new", os.path.abspath(args.binary))]
+    if args.baseline:
+        binaries.append(("baseline", os.path.abspath(args.baseline)))
+    for path in [b for _, b in binaries] + [args.grpc_load]:
+        if not os.access(path, os.X_OK):
+            raise SystemExit(f"not an executable: {path}")
+    install_sigterm_handler()
+    work = tempfile.mkdtemp(prefix="runta-bench-churn-")
+    targets = [Target(label, binary, work, args) for label, binary in binaries]
+    switch = Switcher(targets)
+    results = {"args": vars(args), "cpus": os.cpu_count(), "binaries": dict(binaries),
+               "rounds": {t.label: t.rounds for t in targets}}  # filled as the rounds finish
+    try:
+        for target in targets:
+            with switch.active(target):
+                target.setup()
+        for round_ in range(1, args.rounds + 1):
+            for target in targets:
+                with switch.active(target):
+                    target.idle(round_)
+                    target.churn(round_)
+        results["results"] = {t.label: t.summary() for t in targets}
+    except RuntimeError as err:  # a server did not start; the message has its log
+        raise SystemExit(f"error: {err}")
+    finally:
+        for target in targets:
+            target.server.stop()
+        if args.keep:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+                f.write("\n")
+    labels = [t.label for t in targets]
+    r = results["results"]
+    v = lambda get: {label: get(r[label]) for label in labels}
+    rows = [
+        ("rules loaded (runta_rules_loaded)", 0, v(lambda s: s["rules_loaded"])),
+        ("idle: decisions/s", 0, v(lambda s: s["idle"]["rps"])),
+        ("idle: p50 (µs)", 0, v(lambda s: s["idle"]["p50_us"])),
+        ("idle: p99 (µs)", 0, v(lambda s: s["idle"]["p99_us"])),
+        ("churn: decisions/s", 0, v(lambda s: s["churn"]["rps"])),
+        ("churn: p50 (µs)", 0, v(lambda s: s["churn"]["p50_us"])),
+        ("churn: p99 (µs)", 0, v(lambda s: s["churn"]["p99_us"])),
+        ("churn p99 / idle p99", 2, v(lambda s: s["ratios"]["p99_churn_over_idle"])),
+        ("churn p50 / idle p50", 2, v(lambda s: s["ratios"]["p50_churn_over_idle"])),
+        ("churn decisions/s / idle decisions/s", 2, v(lambda s: s["ratios"]["rps_churn_over_idle"])),
+        (f"writes/s achieved (target {args.writes_per_second:g})", 1,
+         v(lambda s: s["churn"]["writes"]["per_s"])),
+        ("write p50 (ms)", 2, v(lambda s: s["churn"]["writes"]["p50_ms"])),
+        ("write p99 (ms)", 2, v(lambda s: s["churn"]["writes"]["p99_ms"])),
+        ("write errors (median of rounds)", 0, v(lambda s: s["churn"]["writes"]["errors"])),
+        ("decision errors idle / churn (median)", 0,
+         v(lambda s: f"{s['idle']['errors']:.0f} / {s['churn']['errors']:.0f}")),
+        ("injections per answered request (idle)", 2, v(lambda s: s["idle"]["injected_per_request"])),
+        ("injections per answered request (churn)", 2, v(lambda s: s["churn"]["injected_per_request"])),
+    ]
+    print_table(f"ext_proc while rules churn: {args.rules:,} rules, {args.concurrency} streams, "
+                f"{args.rounds} rounds x {args.seconds} s, medians", rows, labels)
+    for label in labels:
+        achieved = r[label]["churn"]["writes"]["per_s"]
+        if achieved < 0.9 * args.writes_per_second:
+            print(f"note: {label} completed {achieved:g} writes/s of the {args.writes_per_second:g} "
+                  f"asked for: with {args.writers} writers in flight, the writes could not keep up "
+                  f"(their latency x rate exceeds the writers); the churn was lighter than asked")
+
+
+if __name__ == "__main__":
+    main()
