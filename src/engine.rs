@@ -40,7 +40,9 @@ use crate::crypto::TokenHash;
 use crate::crypto::{Keyring, SealContext};
 use crate::metrics::Metrics;
 use crate::rules::Rule;
-use crate::rules::snapshot::{Snapshot, SnapshotBuilder, SnapshotEdit, TokenEntry, secret_key};
+use crate::rules::snapshot::{
+    Difference, Reconciler, Snapshot, SnapshotBuilder, SnapshotEdit, TokenEntry, secret_key,
+};
 use crate::store::{Change, Committed, Created, Followed, Store, StoreError};
 
 /// How long a secret miss may wait for the store, pool included: less than the 0.5 s message
@@ -204,6 +206,23 @@ impl Delta {
             Self::Tenants(tenants) => edit.set_tenants(tenants.iter().cloned()),
         }
     }
+}
+
+/// What a full reload read: a new snapshot (the first load), or the difference between the
+/// store and the current snapshot.
+enum Read {
+    Built(Snapshot),
+    Compared(Compared),
+}
+
+struct Compared {
+    difference: Difference,
+    tenants: Vec<(String, String)>,
+    tokens: Vec<(TokenHash, TokenEntry)>,
+}
+
+fn blocking_failed(err: tokio::task::JoinError) -> StoreError {
+    StoreError::Unavailable(format!("reading the rules into the snapshot failed: {err}"))
 }
 
 /// Rules per page of a full reload's read.
@@ -380,27 +399,58 @@ impl Engine {
             .collect())
     }
 
-    /// Rebuilds the snapshot from everything in the store and swaps it in: the start-up load
-    /// and the periodic safety net. The store is read in one consistent transaction, page by
-    /// page, and the snapshot is built on a blocking thread, off the async workers, while
-    /// changes go on being applied to the current snapshot; those are applied again to the
-    /// rebuilt one before it is swapped in, so no change is lost and no decision ever sees a
-    /// half-built snapshot.
+    /// Brings the snapshot in line with everything in the store: the start-up load and the
+    /// periodic safety net (also run after a lost notification connection, or a change that
+    /// could not be applied). The store is read in one consistent transaction, page by page,
+    /// on a blocking thread, while changes go on being applied to the current snapshot.
+    /// The first load builds the snapshot; later ones compare the store with the current
+    /// snapshot and apply only the difference (rules missing, runtimes holding rules the
+    /// store no longer has), so the safety net never holds a second copy of every rule. Deltas
+    /// applied meanwhile are applied again on top before the swap: no change is lost, and no
+    /// decision ever sees a half-made snapshot.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.full_reload.lock().await;
         let started = Instant::now();
         self.applying.lock().await.journal = Some(Vec::new());
-        let built = self.build_from_store().await;
+        let base = self.snapshot();
+        let first_load = base.rule_count() == 0;
+        let read = if first_load {
+            self.build_from_store().await.map(Read::Built)
+        } else {
+            self.compare_with_store(base).await.map(Read::Compared)
+        };
         let mut applying = self.applying.lock().await;
         let journal = applying.journal.take().unwrap_or_default();
-        let snapshot = match built {
-            Ok(snapshot) => snapshot,
+        let read = match read {
+            Ok(read) => read,
             Err(err) => {
                 self.reload_failed(&err);
                 return Err(err);
             }
         };
-        let mut edit = snapshot.edit();
+        let (mut edit, missing, stale) = match read {
+            Read::Built(snapshot) => (snapshot.edit(), 0, 0),
+            Read::Compared(compared) => {
+                let mut edit = self.snapshot().edit();
+                let missing = compared.difference.missing.len();
+                let stale = compared.difference.stale_runtimes.len();
+                let mut deltas = vec![
+                    Delta::Add(compared.difference.missing),
+                    Delta::Tenants(compared.tenants),
+                    Delta::AllTokens(compared.tokens),
+                ];
+                // Re-read now, under `applying`: newer than the compared read, never older.
+                let stale_runtimes = Change::Runtimes(compared.difference.stale_runtimes);
+                if let Err(err) = self.resolve(&stale_runtimes, &mut deltas).await {
+                    self.reload_failed(&err);
+                    return Err(err);
+                }
+                for delta in &deltas {
+                    delta.apply(&mut edit, &applying.tombstones);
+                }
+                (edit, missing, stale)
+            }
+        };
         for delta in &journal {
             delta.apply(&mut edit, &applying.tombstones);
         }
@@ -408,16 +458,23 @@ impl Engine {
         let snapshot = Arc::new(edit.finish());
         self.metrics.mark_snapshot_built();
         self.metrics.reloads.with_label_values(&["ok"]).inc();
+        if missing + stale > 0 && !first_load {
+            tracing::warn!(
+                missing,
+                stale_runtimes = stale,
+                "the periodic reload found changes no notification had brought; applied them"
+            );
+        }
         tracing::debug!(
             rules = snapshot.rule_count(),
             replayed = journal.len(),
             micros = started.elapsed().as_micros() as u64,
-            "rule snapshot rebuilt"
+            "rule snapshot reloaded"
         );
         let old = self.swap(snapshot);
         drop(applying);
-        // The old snapshot may be the last reference to a million rules: freed off the
-        // async workers too.
+        // The old snapshot may be the last reference to many rules: freed off the async
+        // workers too.
         tokio::task::spawn_blocking(move || drop(old));
         Ok(())
     }
@@ -434,9 +491,7 @@ impl Engine {
             builder
         });
         let read = self.store.read_everything(RELOAD_PAGE, pages).await;
-        let builder = building.await.map_err(|e| {
-            StoreError::Unavailable(format!("building the rule snapshot failed: {e}"))
-        })?;
+        let builder = building.await.map_err(blocking_failed)?;
         let (tenants, tokens) = read?;
         tokio::task::spawn_blocking(move || {
             builder.finish(
@@ -445,7 +500,28 @@ impl Engine {
             )
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("building the rule snapshot failed: {e}")))
+        .map_err(blocking_failed)
+    }
+
+    /// Reads the store (one consistent read) and compares its rules with `base` on a blocking
+    /// thread as the pages arrive.
+    async fn compare_with_store(&self, base: Arc<Snapshot>) -> Result<Compared, StoreError> {
+        let (pages, mut arriving) = tokio::sync::mpsc::channel::<Vec<crate::store::RuleRow>>(2);
+        let comparing = tokio::task::spawn_blocking(move || {
+            let mut reconciler = Reconciler::new(base);
+            while let Some(rows) = arriving.blocking_recv() {
+                reconciler.compare(&valid_rules(&rows));
+            }
+            reconciler.finish()
+        });
+        let read = self.store.read_everything(RELOAD_PAGE, pages).await;
+        let difference = comparing.await.map_err(blocking_failed)?;
+        let (tenants, tokens) = read?;
+        Ok(Compared {
+            difference,
+            tenants: tenants.into_iter().map(|t| (t.id, t.name)).collect(),
+            tokens: token_entries(tokens).collect(),
+        })
     }
 
     /// Swaps a new snapshot in (every change and reload ends here, under `applying`), counts

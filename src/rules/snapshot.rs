@@ -305,6 +305,16 @@ impl RuntimeRules {
         None
     }
 
+    /// Whether this runtime has the rule with this id (for this host name).
+    fn contains(&self, rule: &Rule) -> bool {
+        let (map, key) = match &rule.spec.host.name {
+            HostName::Exact(name) => (&self.exact, name.as_str()),
+            HostName::Wildcard(suffix) => (&self.wildcard, suffix.as_str()),
+        };
+        map.get(key)
+            .is_some_and(|bucket| bucket.iter().any(|r| *r.id == *rule.id))
+    }
+
     /// Every rule of this runtime, in no particular order.
     pub fn rules(&self) -> impl Iterator<Item = &Arc<CompiledRule>> {
         self.exact.values().chain(self.wildcard.values()).flatten()
@@ -619,6 +629,69 @@ impl SnapshotBuilder {
         Snapshot {
             index: Arc::new(index),
             identities: Arc::new(identities),
+        }
+    }
+}
+
+/// Compares a snapshot's rules with the store's, fed page by page: what the periodic safety
+/// net applies instead of a rebuild, so it neither holds a second copy of every rule nor
+/// rebuilds what did not change.
+pub struct Reconciler {
+    base: Arc<Snapshot>,
+    /// Rules the store has and the snapshot does not.
+    missing: Vec<Rule>,
+    /// Per runtime of the snapshot (by the address of its rules, which `base` keeps alive),
+    /// how many of the store's rules it has.
+    found: std::collections::HashMap<usize, usize, foldhash::fast::RandomState>,
+}
+
+/// What a `Reconciler` found: rules to add, and runtimes whose rules the snapshot has more of
+/// than the store (deleted without the snapshot hearing of it), to be re-read.
+#[derive(Debug, Default)]
+pub struct Difference {
+    pub missing: Vec<Rule>,
+    pub stale_runtimes: Vec<(String, String)>,
+}
+
+impl Reconciler {
+    pub fn new(base: Arc<Snapshot>) -> Self {
+        Self {
+            base,
+            missing: Vec::new(),
+            found: Default::default(),
+        }
+    }
+
+    /// Compares some of the store's rules (each rule once, in any order).
+    pub fn compare(&mut self, rules: &[Rule]) {
+        for rule in rules {
+            match self.base.index.runtime(&rule.tenant_id, &rule.spec.runtime) {
+                Some(runtime) if runtime.contains(rule) => {
+                    *self.found.entry(Arc::as_ptr(runtime) as usize).or_default() += 1;
+                }
+                _ => self.missing.push(rule.clone()),
+            }
+        }
+    }
+
+    /// The difference, once every rule of the store was compared.
+    pub fn finish(self) -> Difference {
+        let mut stale_runtimes = Vec::new();
+        for (tenant_id, runtimes) in self.base.index.tenants.iter() {
+            for (runtime, rules) in runtimes.iter() {
+                let found = self
+                    .found
+                    .get(&(Arc::as_ptr(rules) as usize))
+                    .copied()
+                    .unwrap_or(0);
+                if found < rules.len() {
+                    stale_runtimes.push((tenant_id.to_string(), runtime.to_string()));
+                }
+            }
+        }
+        Difference {
+            missing: self.missing,
+            stale_runtimes,
         }
     }
 }

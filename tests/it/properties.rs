@@ -326,6 +326,54 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config())]
+
+    /// The periodic safety net compares instead of rebuilding: whatever the snapshot holds
+    /// and whatever the store holds (rules the snapshot never heard of, rules deleted behind
+    /// its back), applying the difference it finds gives exactly the decisions of a snapshot
+    /// built from the store.
+    #[test]
+    fn reconciling_equals_a_rebuild_from_the_store(
+        held in proptest::collection::vec((gen_rule(), any::<bool>()), 0..30),
+        unheard in proptest::collection::vec(gen_rule(), 0..10),
+    ) {
+        let tenants = || [("ten_a".to_owned(), "acme".to_owned()), ("ten_b".to_owned(), "umbrella".to_owned())];
+        let mut in_snapshot = Vec::new();
+        let mut in_store = Vec::new();
+        for (n, (generated, kept)) in held.into_iter().enumerate() {
+            let rule = stored(n, generated);
+            in_snapshot.push(rule.clone());
+            if kept {
+                in_store.push(rule);
+            }
+        }
+        for (n, generated) in unheard.into_iter().enumerate() {
+            in_store.push(stored(1000 + n, generated));
+        }
+        let snapshot = std::sync::Arc::new(Snapshot::build(tenants(), &in_snapshot, Vec::new()));
+        let mut reconciler = runta::rules::snapshot::Reconciler::new(snapshot.clone());
+        for page in in_store.chunks(7) {
+            reconciler.compare(page);
+        }
+        let difference = reconciler.finish();
+        let mut edit = snapshot.edit();
+        edit.add_rules(&difference.missing);
+        for (tenant_id, runtime) in &difference.stale_runtimes {
+            let rules: Vec<Rule> = in_store
+                .iter()
+                .filter(|r| &r.tenant_id == tenant_id && &r.spec.runtime == runtime)
+                .cloned()
+                .collect();
+            edit.replace_runtime(tenant_id, runtime, &rules);
+        }
+        let reconciled = edit.finish();
+        let rebuilt = Snapshot::build(tenants(), &in_store, Vec::new());
+        prop_assert_eq!(reconciled.rule_count(), rebuilt.rule_count());
+        prop_assert_eq!(decisions(&reconciled), decisions(&rebuilt));
+    }
+}
+
 fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
