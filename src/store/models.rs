@@ -117,6 +117,8 @@ impl SecretChanges {
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = rules)]
+// NULL for `None` (the columns' default anyway): lets SQLite take many rows in one statement.
+#[diesel(treat_none_as_default_value = false)]
 pub struct RuleRow {
     pub id: String,
     pub tenant_id: String,

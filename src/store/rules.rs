@@ -13,6 +13,67 @@ use super::{
     load_page, with_conn,
 };
 
+/// Rules per INSERT statement (SQLite allows 32,766 parameters; a rule has ten).
+const INSERT_CHUNK: usize = 1_000;
+
+/// Inserting rules in as few round trips as the backend allows: many rows per statement, and
+/// on SQLite every statement in one hop to the blocking thread the connection runs on (diesel's
+/// SQLite multi-row insert is synchronous). Fails with the index of the first rule of the
+/// statement that failed.
+pub(crate) trait InsertRules {
+    async fn insert_rules(
+        &mut self,
+        rows: &[RuleRow],
+    ) -> Result<(), (usize, diesel::result::Error)>;
+}
+
+impl InsertRules for super::SqliteConn {
+    async fn insert_rules(
+        &mut self,
+        rows: &[RuleRow],
+    ) -> Result<(), (usize, diesel::result::Error)> {
+        let rows = rows.to_vec();
+        let failed_at = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let at = failed_at.clone();
+        self.spawn_blocking(move |conn| {
+            for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
+                at.store(i * INSERT_CHUNK, std::sync::atomic::Ordering::Relaxed);
+                diesel::RunQueryDsl::execute(
+                    diesel::insert_into(rules::table).values(chunk),
+                    conn,
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            (
+                std::sync::atomic::AtomicUsize::load(
+                    &failed_at,
+                    std::sync::atomic::Ordering::Relaxed,
+                ),
+                e,
+            )
+        })
+    }
+}
+
+impl InsertRules for diesel_async::AsyncPgConnection {
+    async fn insert_rules(
+        &mut self,
+        rows: &[RuleRow],
+    ) -> Result<(), (usize, diesel::result::Error)> {
+        for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
+            diesel::insert_into(rules::table)
+                .values(chunk)
+                .execute(self)
+                .await
+                .map_err(|e| (i * INSERT_CHUNK, e))?;
+        }
+        Ok(())
+    }
+}
+
 fn unknown_credential(i: usize, rule: &RuleRow) -> StoreError {
     StoreError::UnknownCredential {
         name: rule.credential.clone(),
@@ -44,20 +105,16 @@ impl Store {
                 {
                     return Err(unknown_credential(i, missing));
                 }
-                for (i, rule) in new.iter().enumerate() {
-                    // The foreign key catches a secret deleted since the check above.
-                    diesel::insert_into(rules::table)
-                        .values(rule)
-                        .execute(conn)
-                        .await
-                        .map_err(|e| {
-                            if is_foreign_key_violation(&e) {
-                                unknown_credential(i, rule)
-                            } else {
-                                e.into()
-                            }
-                        })?;
-                }
+                // The foreign key backs the check above up (the write lock the audit chain
+                // takes keeps secrets from being deleted meanwhile); should it ever refuse, the
+                // first rule of the refused statement is named.
+                InsertRules::insert_rules(&mut *conn, new).await.map_err(|(at, e)| {
+                    if is_foreign_key_violation(&e) {
+                        unknown_credential(at, &new[at])
+                    } else {
+                        e.into()
+                    }
+                })?;
                 let change = Change::RulesCreated {
                     tenant_id: tenant_id.to_owned(),
                     rules: Created::Rows(new.to_vec()),
