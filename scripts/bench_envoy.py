@@ -244,7 +244,10 @@ def main():
         admin_port = free_port()
         socket_path = os.path.join(work, "runta.sock")
         data = os.path.join(work, "data")
-        env = dict(os.environ, RUNTA_LOG__LEVEL="warn")
+        # The Envoy configurations name tenant and runtime with the generated gateway token: a
+        # gateway must be trusted for that (grpc.identity_gateways), or every call is refused.
+        trusted = {"RUNTA_GRPC__IDENTITY_GATEWAYS": '["generated"]'}
+        env = dict(os.environ, RUNTA_LOG__LEVEL="warn", **trusted)
         runta_tcp = start([RUNTA, "serve", "--data-dir", data, "--admin-listen", f"127.0.0.1:{admin_port}",
                            "--grpc-listen", f"127.0.0.1:{grpc_port}"], env=env, stderr=subprocess.DEVNULL)
         wait_port(admin_port)
@@ -263,7 +266,7 @@ def main():
         logged_port = free_port()
         runta_logged = start([RUNTA, "serve", "--data-dir", data, "--admin-listen", "127.0.0.1:0",
                               "--grpc-listen", f"127.0.0.1:{logged_port}"],
-                             env=dict(os.environ, RUNTA_LOG__LEVEL="info"), stderr=subprocess.DEVNULL)
+                             env=dict(os.environ, RUNTA_LOG__LEVEL="info", **trusted), stderr=subprocess.DEVNULL)
         null_port = free_port()
         null = start([NULL, f"127.0.0.1:{null_port}"], stdout=subprocess.DEVNULL)
         wait_port(null_port)

@@ -55,7 +55,12 @@ pub fn tenants() -> Vec<TenantRow> {
 
 /// The rule set as stored rows (to load into a database).
 pub fn rule_rows(count: usize) -> Vec<RuleRow> {
-    (0..count)
+    rule_rows_in(0..count)
+}
+
+/// Rules `range` of the rule set, as stored rows (a page of it).
+pub fn rule_rows_in(range: std::ops::Range<usize>) -> Vec<RuleRow> {
+    range
         .map(|i| {
             let runtime = if i < OWN_RULES {
                 RUNTIME.to_owned()
@@ -91,7 +96,12 @@ pub fn rule_rows(count: usize) -> Vec<RuleRow> {
 
 /// The rule set as the snapshot takes it.
 pub fn rules(count: usize) -> Vec<Rule> {
-    rule_rows(count)
+    rules_in(0..count)
+}
+
+/// Rules `range` of the rule set, as the snapshot takes them (a page of it).
+pub fn rules_in(range: std::ops::Range<usize>) -> Vec<Rule> {
+    rule_rows_in(range)
         .iter()
         .map(|row| row.to_rule().expect("bench rules are valid"))
         .collect()

@@ -326,12 +326,16 @@ impl Inner {
         for rule in &decision.rules {
             let value = match self
                 .engine
-                .secret(&rule.secret_key, &rule.tenant_id, &rule.credential)
+                .secret(
+                    &rule.secret.key,
+                    &rule.secret.tenant_id,
+                    &rule.secret.credential,
+                )
                 .await
             {
                 Ok(value) => value,
                 Err(err) => {
-                    tracing::error!(rule = %rule.id, credential = %rule.credential, error = %err, "a matched rule's secret is unavailable; refusing the request");
+                    tracing::error!(rule = %rule.id, credential = %rule.secret.credential, error = %err, "a matched rule's secret is unavailable; refusing the request");
                     let refusal = Refusal::SecretUnavailable { rule: &rule.id };
                     return (refusal.response(), refusal.outcome());
                 }
@@ -366,7 +370,7 @@ impl Inner {
             runtime = %runtime,
             identified_by = %identity.map_or("-", |i| i.source.as_str()),
             rules = ?RuleField(&decision.rules, |r| &r.id),
-            credentials = ?RuleField(&decision.rules, |r| &r.credential),
+            credentials = ?RuleField(&decision.rules, |r| &r.secret.credential),
             host = %decision.host,
             path = %decision.path,
             outcome = %outcome.as_str(),

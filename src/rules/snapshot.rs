@@ -111,19 +111,26 @@ impl Template {
 #[derive(Debug)]
 pub struct CompiledRule {
     pub id: Box<str>,
-    /// Shared by all rules of the tenant.
-    pub tenant_id: Arc<str>,
     /// The host name (exact), or the suffix after `*.` (wildcard): the index key.
     host: Arc<str>,
     exact_host: bool,
     port: Option<u16>,
     path: Option<Arc<PathGlob>>,
-    pub credential: Arc<str>,
+    /// The secret, shared by every rule of the tenant that names it.
+    pub secret: Arc<SecretRef>,
     /// Where the value goes; rules with equal targets conflict (the most specific wins).
     pub target: Arc<CompiledTarget>,
     pub template: Arc<Template>,
+}
+
+/// A tenant's secret as rules name it.
+#[derive(Debug)]
+pub struct SecretRef {
+    pub tenant_id: Arc<str>,
+    /// The secret's name (a rule's `credential`).
+    pub credential: Arc<str>,
     /// `tenant_id/credential`: the secret cache's key, kept here so lookups do not allocate.
-    pub secret_key: Arc<str>,
+    pub key: Arc<str>,
 }
 
 /// The precedence of the matching rules (README, "How injection works"), as an ordered key:
@@ -148,15 +155,13 @@ impl CompiledRule {
         };
         Self {
             id: rule.id.as_str().into(),
-            tenant_id: interner.text(&rule.tenant_id),
             host: interner.text(host),
             exact_host,
             port: spec.host.port,
             path: spec.path.as_ref().map(|p| interner.path(p)),
-            credential: interner.text(&spec.credential),
+            secret: interner.secret(&rule.tenant_id, &spec.credential),
             target: interner.target(&spec.target),
             template: interner.template(&spec.template),
-            secret_key: interner.secret_key(&rule.tenant_id, &spec.credential),
         }
     }
 
@@ -199,7 +204,7 @@ pub struct Interner {
     paths: HashMap<String, Arc<PathGlob>>,
     targets: HashMap<CompiledTarget, Arc<CompiledTarget>>,
     templates: HashMap<String, Arc<Template>>,
-    secret_keys: HashMap<(Arc<str>, Arc<str>), Arc<str>>,
+    secrets: HashMap<(Arc<str>, Arc<str>), Arc<SecretRef>>,
 }
 
 impl Interner {
@@ -239,11 +244,18 @@ impl Interner {
         shared
     }
 
-    fn secret_key(&mut self, tenant_id: &str, name: &str) -> Arc<str> {
-        let key = (self.text(tenant_id), self.text(name));
-        self.secret_keys
-            .entry(key)
-            .or_insert_with(|| secret_key(tenant_id, name))
+    fn secret(&mut self, tenant_id: &str, name: &str) -> Arc<SecretRef> {
+        let tenant_id = self.text(tenant_id);
+        let credential = self.text(name);
+        self.secrets
+            .entry((tenant_id.clone(), credential.clone()))
+            .or_insert_with(|| {
+                Arc::new(SecretRef {
+                    key: secret_key(&tenant_id, &credential),
+                    tenant_id,
+                    credential,
+                })
+            })
             .clone()
     }
 }
@@ -255,7 +267,41 @@ pub fn secret_key(tenant_id: &str, name: &str) -> Arc<str> {
 
 /// A host's rules within a runtime, in no particular order (precedence decides). Shared, so
 /// copying a runtime's maps for a change copies pointers, not rules or lists.
-type Bucket = Arc<[Arc<CompiledRule>]>;
+#[derive(Debug, Clone)]
+enum Bucket {
+    /// The common case, without a list of its own.
+    One(Arc<CompiledRule>),
+    Many(Arc<[Arc<CompiledRule>]>),
+}
+
+impl Bucket {
+    fn rules(&self) -> &[Arc<CompiledRule>] {
+        match self {
+            Self::One(rule) => std::slice::from_ref(rule),
+            Self::Many(rules) => rules,
+        }
+    }
+
+    /// This bucket with one more rule.
+    fn with(&self, rule: Arc<CompiledRule>) -> Self {
+        Self::Many(self.rules().iter().cloned().chain([rule]).collect())
+    }
+
+    /// This bucket without its `at`-th rule (`None`: nothing left).
+    fn without(&self, at: usize) -> Option<Self> {
+        let mut rest = self
+            .rules()
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != at)
+            .map(|(_, r)| r.clone());
+        match self.rules().len() {
+            1 => None,
+            2 => rest.next().map(Self::One),
+            _ => Some(Self::Many(rest.collect())),
+        }
+    }
+}
 
 /// The rules of one runtime, indexed by host. Its maps are persistent too: a runtime with
 /// thousands of hosts is copied in O(1) and changed in O(log n), so adding a rule (or a batch
@@ -276,10 +322,10 @@ impl RuntimeRules {
         } else {
             &mut self.wildcard
         };
-        let bucket: Bucket = match map.get(rule.host.as_ref()) {
-            Some(bucket) if bucket.iter().any(|r| r.id == rule.id) => return false,
-            Some(bucket) => bucket.iter().cloned().chain([rule.clone()]).collect(),
-            None => Arc::new([rule.clone()]),
+        let bucket = match map.get(rule.host.as_ref()) {
+            Some(bucket) if bucket.rules().iter().any(|r| r.id == rule.id) => return false,
+            Some(bucket) => bucket.with(rule.clone()),
+            None => Bucket::One(rule.clone()),
         };
         map.insert(rule.host.clone(), bucket);
         self.count += 1;
@@ -291,23 +337,21 @@ impl RuntimeRules {
         for map in [&mut self.exact, &mut self.wildcard] {
             let found = map.iter().find_map(|(host, bucket)| {
                 bucket
+                    .rules()
                     .iter()
                     .position(|r| &*r.id == id)
                     .map(|at| (host.clone(), at))
             });
             if let Some((host, at)) = found {
                 let bucket = map.get(&host).expect("found above").clone();
-                let rule = bucket[at].clone();
-                if bucket.len() == 1 {
-                    map.remove(&host);
-                } else {
-                    let rest: Bucket = bucket
-                        .iter()
-                        .enumerate()
-                        .filter(|&(i, _)| i != at)
-                        .map(|(_, r)| r.clone())
-                        .collect();
-                    map.insert(host, rest);
+                let rule = bucket.rules()[at].clone();
+                match bucket.without(at) {
+                    None => {
+                        map.remove(&host);
+                    }
+                    Some(rest) => {
+                        map.insert(host, rest);
+                    }
                 }
                 self.count -= 1;
                 return Some(rule);
@@ -323,7 +367,7 @@ impl RuntimeRules {
             HostName::Wildcard(suffix) => (&self.wildcard, suffix.as_str()),
         };
         map.get(key)
-            .is_some_and(|bucket| bucket.iter().any(|r| *r.id == *rule.id))
+            .is_some_and(|bucket| bucket.rules().iter().any(|r| *r.id == *rule.id))
     }
 
     /// Every rule of this runtime, in no particular order.
@@ -331,7 +375,7 @@ impl RuntimeRules {
         self.exact
             .values()
             .chain(self.wildcard.values())
-            .flat_map(|bucket| bucket.iter())
+            .flat_map(|bucket| bucket.rules().iter())
     }
 
     pub fn len(&self) -> usize {
@@ -346,7 +390,7 @@ impl RuntimeRules {
     /// (`None`: any port will do, as for a TLS server name): a tunnel there is intercepted.
     pub fn covers(&self, host: &str, port: Option<u16>) -> bool {
         let port_ok = |bucket: &Bucket| {
-            bucket.iter().any(|r| match (r.port, port) {
+            bucket.rules().iter().any(|r| match (r.port, port) {
                 (Some(want), Some(port)) => want == port,
                 _ => true,
             })
@@ -362,7 +406,7 @@ impl RuntimeRules {
     pub fn matching<'s>(&'s self, dest: &Destination<'_>, out: &mut Vec<&'s CompiledRule>) {
         let host: &str = &dest.host;
         let mut consider = |bucket: &'s Bucket| {
-            for rule in bucket.iter() {
+            for rule in bucket.rules() {
                 if !rule.matches_port_and_path(dest) {
                     continue;
                 }
@@ -604,7 +648,7 @@ impl SnapshotBuilder {
         for rule in rules {
             let compiled = Arc::new(CompiledRule::new(rule, &mut self.interner));
             let runtime = self.interner.text(&rule.spec.runtime);
-            let key = (compiled.tenant_id.clone(), runtime);
+            let key = (compiled.secret.tenant_id.clone(), runtime);
             let host = (compiled.exact_host, compiled.host.clone());
             if self.runtimes.entry(key).or_default().insert(compiled) {
                 *self.host_names.entry(host).or_default() += 1;
