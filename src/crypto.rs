@@ -307,6 +307,11 @@ pub fn new_id(prefix: &str) -> String {
         }
         *last = value;
     }
+    id_text(prefix, value)
+}
+
+/// The id `prefix_` + the 26 characters that encode `value` (what `new_id` makes).
+pub fn id_text(prefix: &str, mut value: u128) -> String {
     let mut chars = [0u8; 26];
     for slot in chars.iter_mut().rev() {
         *slot = CROCKFORD[(value & 31) as usize];
@@ -317,6 +322,19 @@ pub fn new_id(prefix: &str) -> String {
     id.push('_');
     id.push_str(std::str::from_utf8(&chars).expect("alphabet is ASCII"));
     id
+}
+
+/// The value an id of the form `new_id` makes encodes, if `id` is exactly that form (so that
+/// `id_text(prefix, value) == id`).
+pub fn id_value(prefix: &str, id: &str) -> Option<u128> {
+    let chars = id.strip_prefix(prefix)?.strip_prefix('_')?.as_bytes();
+    if chars.len() != 26 || !matches!(chars[0], b'0'..=b'7') {
+        return None;
+    }
+    chars.iter().try_fold(0u128, |value, c| {
+        let digit = CROCKFORD.iter().position(|a| a == c)? as u128;
+        Some((value << 5) | digit)
+    })
 }
 
 #[cfg(test)]

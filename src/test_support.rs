@@ -75,7 +75,8 @@ pub fn rule_rows_in(range: std::ops::Range<usize>) -> Vec<RuleRow> {
                 format!("api{i}.example.com")
             };
             RuleRow {
-                id: format!("rule_{i:08}"),
+                // The form runta gives ids (so the snapshot keeps them packed).
+                id: crate::crypto::id_text("rule", i as u128),
                 tenant_id: TENANT_ID.into(),
                 runtime,
                 host_pattern: host,

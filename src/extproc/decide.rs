@@ -754,7 +754,7 @@ mod tests {
             );
             if outcome == Outcome::Inject {
                 assert_eq!(d.identity.unwrap().source, IdentitySource::Token);
-                assert_eq!(&*d.rules[0].id, "r01");
+                assert_eq!(d.rules[0].id.to_string(), "r01");
             }
         }
         // Sidecar identity first; the runtime's own proxy credentials are still removed.

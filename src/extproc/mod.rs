@@ -300,7 +300,7 @@ impl Inner {
             Outcome::BadToken => Some(Refusal::BadToken),
             Outcome::Denied => Some(Refusal::Unidentified),
             Outcome::SecretUnavailable => Some(Refusal::SecretUnavailable {
-                rule: decision.rules.first().map_or("-", |r| &*r.id),
+                rule: decision.rules.first().map(|r| &r.id),
             }),
             Outcome::CredentialsRequired => Some(Refusal::CredentialsRequired),
             Outcome::TunnelDenied => Some(Refusal::TunnelDenied),
@@ -336,7 +336,9 @@ impl Inner {
                 Ok(value) => value,
                 Err(err) => {
                     tracing::error!(rule = %rule.id, credential = %rule.secret.credential, error = %err, "a matched rule's secret is unavailable; refusing the request");
-                    let refusal = Refusal::SecretUnavailable { rule: &rule.id };
+                    let refusal = Refusal::SecretUnavailable {
+                        rule: Some(&rule.id),
+                    };
                     return (refusal.response(), refusal.outcome());
                 }
             };
@@ -383,12 +385,24 @@ impl Inner {
 
 /// One field of every applied rule, as a log value: formatted only if the line is written,
 /// without collecting into a vector first.
-struct RuleField<'a>(&'a [&'a CompiledRule], fn(&CompiledRule) -> &str);
+struct RuleField<'a>(
+    &'a [&'a CompiledRule],
+    fn(&CompiledRule) -> &dyn std::fmt::Display,
+);
+
+/// A value printed as a quoted string (as a `&str` field was).
+struct Quoted<'a>(&'a dyn std::fmt::Display);
+
+impl std::fmt::Debug for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\"", self.0)
+    }
+}
 
 impl std::fmt::Debug for RuleField<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|r| (self.1)(r)))
+            .entries(self.0.iter().map(|r| Quoted((self.1)(r))))
             .finish()
     }
 }

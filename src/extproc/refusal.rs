@@ -21,7 +21,9 @@ pub enum Refusal<'a> {
     CredentialsRequired,
     /// A rule matched but its secret cannot be had: 503 naming the rule. Failing closed: the
     /// request is never forwarded without its credential.
-    SecretUnavailable { rule: &'a str },
+    SecretUnavailable {
+        rule: Option<&'a crate::rules::snapshot::RuleId>,
+    },
     /// A tunnel runta will not pass through (`interception.unmatched_connect = "deny"`, or a
     /// target that is not `host:port`): 403.
     TunnelDenied,
@@ -68,8 +70,11 @@ impl Refusal<'_> {
             Self::CredentialsRequired => "runta: HTTPS tunnels need the runtime token as proxy \
                                           credentials (HTTPS_PROXY=http://<token>:x@gateway)\n"
                 .to_owned(),
-            Self::SecretUnavailable { rule } => {
+            Self::SecretUnavailable { rule: Some(rule) } => {
                 format!("runta: the credential for rule {rule} is unavailable\n")
+            }
+            Self::SecretUnavailable { rule: None } => {
+                "runta: the credential for a matching rule is unavailable\n".to_owned()
             }
             Self::TunnelDenied => "runta: this tunnel is refused: no rule of this runtime is \
                                    for its target (interception.unmatched_connect = \"deny\"), \
@@ -122,6 +127,7 @@ mod tests {
 
     #[test]
     fn each_refusal_answers_with_its_status_body_and_outcome() {
+        let rule = crate::rules::snapshot::RuleId::from("rule_1");
         for (refusal, status, outcome, body) in [
             (
                 Refusal::BadToken,
@@ -136,7 +142,7 @@ mod tests {
                 "identified runtime",
             ),
             (
-                Refusal::SecretUnavailable { rule: "rule_1" },
+                Refusal::SecretUnavailable { rule: Some(&rule) },
                 503,
                 Outcome::SecretUnavailable,
                 "rule rule_1 is unavailable",

@@ -110,7 +110,7 @@ impl Template {
 /// names between rules).
 #[derive(Debug)]
 pub struct CompiledRule {
-    pub id: Box<str>,
+    pub id: RuleId,
     /// The host name (exact), or the suffix after `*.` (wildcard): the index key.
     host: Arc<str>,
     exact_host: bool,
@@ -133,6 +133,60 @@ pub struct SecretRef {
     pub key: Arc<str>,
 }
 
+/// A rule's id as the snapshot keeps it: an id runta made (`rule_` and 26 base32 characters)
+/// packed into 16 bytes, any other text as it is. Compares, orders and prints as its text.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum RuleId {
+    Packed(u64, u64),
+    Text(Box<str>),
+}
+
+const RULE_ID_PREFIX: &str = "rule";
+
+impl From<&str> for RuleId {
+    fn from(id: &str) -> Self {
+        match crate::crypto::id_value(RULE_ID_PREFIX, id) {
+            Some(value) => Self::Packed((value >> 64) as u64, value as u64),
+            None => Self::Text(id.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Packed(high, low) => f.write_str(&crate::crypto::id_text(
+                RULE_ID_PREFIX,
+                (u128::from(*high) << 64) | u128::from(*low),
+            )),
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl std::fmt::Debug for RuleId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl Ord for RuleId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            // The encoding keeps the order: fixed width, an alphabet in ASCII order.
+            (Self::Packed(a, b), Self::Packed(c, d)) => (a, b).cmp(&(c, d)),
+            (Self::Text(a), Self::Text(b)) => a.cmp(b),
+            _ => self.to_string().cmp(&other.to_string()),
+        }
+    }
+}
+
+impl PartialOrd for RuleId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// The precedence of the matching rules (README, "How injection works"), as an ordered key:
 /// exact host over wildcard (longer suffix first), a port over none, a longer literal path
 /// prefix, then the older rule (smaller id: ids sort by creation).
@@ -142,7 +196,7 @@ pub struct Specificity<'r> {
     suffix_len: usize,
     has_port: bool,
     path_prefix_len: usize,
-    older: std::cmp::Reverse<&'r str>,
+    older: std::cmp::Reverse<&'r RuleId>,
 }
 
 impl CompiledRule {
@@ -154,7 +208,7 @@ impl CompiledRule {
             HostName::Wildcard(suffix) => (suffix.as_str(), false),
         };
         Self {
-            id: rule.id.as_str().into(),
+            id: RuleId::from(rule.id.as_str()),
             host: interner.text(host),
             exact_host,
             port: spec.host.port,
@@ -333,13 +387,13 @@ impl RuntimeRules {
     }
 
     /// Removes the rule with this id, answering it.
-    fn remove(&mut self, id: &str) -> Option<Arc<CompiledRule>> {
+    fn remove(&mut self, id: &RuleId) -> Option<Arc<CompiledRule>> {
         for map in [&mut self.exact, &mut self.wildcard] {
             let found = map.iter().find_map(|(host, bucket)| {
                 bucket
                     .rules()
                     .iter()
-                    .position(|r| &*r.id == id)
+                    .position(|r| r.id == *id)
                     .map(|at| (host.clone(), at))
             });
             if let Some((host, at)) = found {
@@ -366,8 +420,10 @@ impl RuntimeRules {
             HostName::Exact(name) => (&self.exact, name.as_str()),
             HostName::Wildcard(suffix) => (&self.wildcard, suffix.as_str()),
         };
-        map.get(key)
-            .is_some_and(|bucket| bucket.rules().iter().any(|r| *r.id == *rule.id))
+        map.get(key).is_some_and(|bucket| {
+            let id = RuleId::from(rule.id.as_str());
+            bucket.rules().iter().any(|r| r.id == id)
+        })
     }
 
     /// Every rule of this runtime, in no particular order.
@@ -831,7 +887,7 @@ impl SnapshotEdit {
         let before = current.len();
         let index = self.index();
         for id in ids {
-            if let Some(rule) = current.remove(id.as_ref()) {
+            if let Some(rule) = current.remove(&RuleId::from(id.as_ref())) {
                 index.host_names.remove(rule.host_key());
             }
         }
@@ -842,11 +898,13 @@ impl SnapshotEdit {
     /// Replaces all of one runtime's rules (as re-read from the store).
     pub fn replace_runtime(&mut self, tenant_id: &str, runtime: &str, rules: &[Rule]) {
         let current = self.index().runtime(tenant_id, runtime).cloned();
-        let stale: Vec<Box<str>> = current
+        let kept: std::collections::HashSet<RuleId> =
+            rules.iter().map(|r| RuleId::from(r.id.as_str())).collect();
+        let stale: Vec<String> = current
             .iter()
             .flat_map(|r| r.rules())
-            .filter(|old| !rules.iter().any(|new| *new.id == *old.id))
-            .map(|old| old.id.clone())
+            .filter(|old| !kept.contains(&old.id))
+            .map(|old| old.id.to_string())
             .collect();
         self.remove_rules(tenant_id, runtime, &stale);
         self.add_rules(rules);
@@ -889,6 +947,40 @@ mod tests {
 
     fn glob(p: &str) -> PathGlob {
         PathGlob::new(&PathPattern::parse(p).unwrap())
+    }
+
+    #[test]
+    fn rule_ids_pack_without_changing_text_or_order() {
+        let made: Vec<String> = (0..50).map(|_| crate::crypto::new_id("rule")).collect();
+        let mut texts = made.clone();
+        texts.extend(
+            [
+                "r01",
+                "rule_short",
+                "rule_8zzzzzzzzzzzzzzzzzzzzzzzzz",
+                "rule_00000000000000000000000000",
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            let id = RuleId::from(text.as_str());
+            assert_eq!(id.to_string(), *text);
+        }
+        assert!(matches!(RuleId::from(made[0].as_str()), RuleId::Packed(..)));
+        // Not what new_id makes (the first character would overflow 128 bits): kept as text.
+        assert!(matches!(
+            RuleId::from("rule_8zzzzzzzzzzzzzzzzzzzzzzzzz"),
+            RuleId::Text(_)
+        ));
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(
+                    RuleId::from(a.as_str()).cmp(&RuleId::from(b.as_str())),
+                    a.cmp(b),
+                    "{a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]
