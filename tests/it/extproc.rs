@@ -81,7 +81,12 @@ async fn following(http: &reqwest::Client, admin: &str) {
             .text()
             .await
             .unwrap();
-        if metrics.contains("runta_change_listener_connected 1") {
+        // The sample line itself: its HELP text also reads "runta_change_listener_connected 1
+        // while ...", which matched before the replica listened.
+        if metrics
+            .lines()
+            .any(|line| line == "runta_change_listener_connected 1")
+        {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

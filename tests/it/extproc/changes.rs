@@ -198,7 +198,7 @@ async fn counter(gw: &Gateway, name: &str) -> f64 {
 }
 
 /// Every kind of change made through one PostgreSQL replica is in its very next decision and
-/// reaches another replica as a delta: a batch over
+/// reaches another replica as a delta (its full-reload count does not move): a batch over
 /// more runtimes than one announcement holds, a single create, a delete that removes exactly
 /// its rule, tokens, a tenant; two replicas writing one runtime at once both end with every
 /// rule; and changes that reached no replica (written behind runta's back, as a lost
@@ -222,6 +222,8 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
         .tenant_id("acme")
         .unwrap()
         .to_owned();
+    let full_reloads = "runta_snapshot_reloads_total{result=\"ok\"}";
+    let full_reloads_before = counter(&second, full_reloads).await;
     let applied_before = counter(&second, "runta_snapshot_changes_applied_total").await;
 
     // A batch of 400 rules over 200 runtimes: its ids fill several announcements.
@@ -345,6 +347,11 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
         counter(&second, "runta_snapshot_reloads_total{result=\"error\"}").await,
         0.0,
         "a change could not be applied"
+    );
+    assert_eq!(
+        counter(&second, full_reloads).await,
+        full_reloads_before,
+        "the other replica reloaded everything rather than applying the changes"
     );
 
     // Written behind runta's back (no announcement): the periodic reload brings it in.
