@@ -313,7 +313,7 @@ impl Engine {
         let mut deltas = Vec::with_capacity(count);
         for change in changes {
             if let Err(err) = self.resolve(&change, &mut deltas).await {
-                self.reload_failed(&err);
+                self.reload_failed();
                 tracing::error!(error = %err, ?change, "applying a change failed; reloading everything");
                 self.resync.notify_one();
             }
@@ -424,7 +424,7 @@ impl Engine {
         let read = match read {
             Ok(read) => read,
             Err(err) => {
-                self.reload_failed(&err);
+                self.reload_failed();
                 return Err(err);
             }
         };
@@ -442,7 +442,7 @@ impl Engine {
                 // Re-read now, under `applying`: newer than the compared read, never older.
                 let stale_runtimes = Change::Runtimes(compared.difference.stale_runtimes);
                 if let Err(err) = self.resolve(&stale_runtimes, &mut deltas).await {
-                    self.reload_failed(&err);
+                    self.reload_failed();
                     return Err(err);
                 }
                 for delta in &deltas {
@@ -534,7 +534,7 @@ impl Engine {
     }
 
     /// Counts a reload or change that the store failed.
-    fn reload_failed(&self, _err: &StoreError) {
+    fn reload_failed(&self) {
         self.metrics.reloads.with_label_values(&["error"]).inc();
         self.metrics
             .store_errors

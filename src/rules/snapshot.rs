@@ -254,7 +254,7 @@ impl CompiledRule {
 /// most of the memory.
 #[derive(Default)]
 pub struct Interner {
-    texts: HashMap<Arc<str>, ()>,
+    texts: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>,
     paths: HashMap<String, Arc<PathGlob>>,
     targets: HashMap<CompiledTarget, Arc<CompiledTarget>>,
     templates: HashMap<String, Arc<Template>>,
@@ -263,11 +263,11 @@ pub struct Interner {
 
 impl Interner {
     fn text(&mut self, text: &str) -> Arc<str> {
-        if let Some((shared, ())) = self.texts.get_key_value(text) {
+        if let Some(shared) = self.texts.get(text) {
             return shared.clone();
         }
         let shared: Arc<str> = Arc::from(text);
-        self.texts.insert(shared.clone(), ());
+        self.texts.insert(shared.clone());
         shared
     }
 
@@ -822,6 +822,13 @@ pub struct SnapshotEdit {
 }
 
 impl SnapshotEdit {
+    /// The rule index as this edit has it so far.
+    fn current(&self) -> &RuleIndex {
+        self.index.as_ref().unwrap_or(&self.base.index)
+    }
+
+    /// The rule index, to change (copied from the base on first use: O(1), its maps are
+    /// persistent).
     fn index(&mut self) -> &mut RuleIndex {
         self.index.get_or_insert_with(|| (*self.base.index).clone())
     }
@@ -840,7 +847,7 @@ impl SnapshotEdit {
         let tenant_key = self.interner.text(tenant_id);
         let runtime_key = self.interner.text(runtime);
         let current = self
-            .index()
+            .current()
             .runtime(tenant_id, runtime)
             .map(|r| (**r).clone())
             .unwrap_or_default();
@@ -876,18 +883,22 @@ impl SnapshotEdit {
 
     /// Removes rules of one runtime by id (ids not there are ignored).
     pub fn remove_rules(&mut self, tenant_id: &str, runtime: &str, ids: &[impl AsRef<str>]) {
-        let present = match &self.index {
-            Some(index) => index.runtime(tenant_id, runtime).is_some(),
-            None => self.base.runtime_rules(tenant_id, runtime).is_some(),
-        };
-        if !present {
+        self.remove_ids(
+            tenant_id,
+            runtime,
+            ids.iter().map(|id| RuleId::from(id.as_ref())),
+        );
+    }
+
+    fn remove_ids(&mut self, tenant_id: &str, runtime: &str, ids: impl Iterator<Item = RuleId>) {
+        if self.current().runtime(tenant_id, runtime).is_none() {
             return;
         }
         let (tenant_key, runtime_key, mut current) = self.take_runtime(tenant_id, runtime);
         let before = current.len();
         let index = self.index();
         for id in ids {
-            if let Some(rule) = current.remove(&RuleId::from(id.as_ref())) {
+            if let Some(rule) = current.remove(&id) {
                 index.host_names.remove(rule.host_key());
             }
         }
@@ -897,16 +908,17 @@ impl SnapshotEdit {
 
     /// Replaces all of one runtime's rules (as re-read from the store).
     pub fn replace_runtime(&mut self, tenant_id: &str, runtime: &str, rules: &[Rule]) {
-        let current = self.index().runtime(tenant_id, runtime).cloned();
         let kept: std::collections::HashSet<RuleId> =
             rules.iter().map(|r| RuleId::from(r.id.as_str())).collect();
-        let stale: Vec<String> = current
+        let stale: Vec<RuleId> = self
+            .current()
+            .runtime(tenant_id, runtime)
             .iter()
             .flat_map(|r| r.rules())
             .filter(|old| !kept.contains(&old.id))
-            .map(|old| old.id.to_string())
+            .map(|old| old.id.clone())
             .collect();
-        self.remove_rules(tenant_id, runtime, &stale);
+        self.remove_ids(tenant_id, runtime, stale.into_iter());
         self.add_rules(rules);
     }
 

@@ -33,28 +33,19 @@ impl InsertRules for super::SqliteConn {
         rows: &[RuleRow],
     ) -> Result<(), (usize, diesel::result::Error)> {
         let rows = rows.to_vec();
-        let failed_at = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let at = failed_at.clone();
+        // The task answers a statement's failure as its value: the hop itself can only fail
+        // before any statement ran (index 0).
         self.spawn_blocking(move |conn| {
             for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
-                at.store(i * INSERT_CHUNK, std::sync::atomic::Ordering::Relaxed);
-                diesel::RunQueryDsl::execute(
-                    diesel::insert_into(rules::table).values(chunk),
-                    conn,
-                )?;
+                let insert = diesel::insert_into(rules::table).values(chunk);
+                if let Err(err) = diesel::RunQueryDsl::execute(insert, conn) {
+                    return Ok(Err((i * INSERT_CHUNK, err)));
+                }
             }
-            Ok(())
+            Ok(Ok(()))
         })
         .await
-        .map_err(|e| {
-            (
-                std::sync::atomic::AtomicUsize::load(
-                    &failed_at,
-                    std::sync::atomic::Ordering::Relaxed,
-                ),
-                e,
-            )
-        })
+        .map_err(|err| (0, err))?
     }
 }
 

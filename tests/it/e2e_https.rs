@@ -173,6 +173,26 @@ fn header(echo: &Value, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `https://api.other.com` forced through a tunnel to api.openai.com (curl's `--connect-to`):
+/// the name reaches runta's SDS, which refuses it, so the TLS handshake fails.
+fn handshake_fails_for_api_other_com_in_a_tunnel_to_api_openai_com(proxy: &str, bundle: &str) {
+    let got = curl(
+        proxy,
+        "https://api.other.com/v1/models",
+        &[
+            "--cacert",
+            bundle,
+            "--connect-to",
+            "api.other.com:443:api.openai.com:443",
+        ],
+    );
+    assert_eq!(got.status, 0, "{got:?}");
+    assert!(
+        got.stderr.contains("SSL") || got.stderr.contains("TLS"),
+        "{got:?}"
+    );
+}
+
 fn curl(proxy: &str, url: &str, extra: &[&str]) -> Got {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "15", "-x", proxy])
@@ -492,21 +512,7 @@ fn refused_tunnels_and_misdirected_requests_reach_nothing() {
     assert!(got.body.contains("another host than the tunnel"), "{got:?}");
     // A server name no rule covers, in a tunnel to a covered host: the handshake fails (runta
     // refuses the name over SDS).
-    let got = curl(
-        &proxy,
-        "https://api.other.com/v1/models",
-        &[
-            "--cacert",
-            bundle,
-            "--connect-to",
-            "api.other.com:443:api.openai.com:443",
-        ],
-    );
-    assert_eq!(got.status, 0, "{got:?}");
-    assert!(
-        got.stderr.contains("SSL") || got.stderr.contains("TLS"),
-        "{got:?}"
-    );
+    handshake_fails_for_api_other_com_in_a_tunnel_to_api_openai_com(&proxy, bundle);
     // A server name the gateway has a leaf for (another runtime's rule host), in a tunnel to
     // worker's host: the handshake succeeds, but the request names another host than the
     // tunnel's target: 421, not forwarded to api.example.net's server.
@@ -845,20 +851,6 @@ fn a_sidecar_intercepts_only_its_own_runtimes_hosts() {
     assert!(header(&got.echo(), "x-other").is_empty());
     // Forced into interception by hand (a tunnel to worker's host carrying another name), the
     // sidecar's SDS refuses the name: the handshake fails.
-    let got = curl(
-        &proxy,
-        "https://api.other.com/v1/models",
-        &[
-            "--cacert",
-            bundle,
-            "--connect-to",
-            "api.other.com:443:api.openai.com:443",
-        ],
-    );
-    assert_eq!(got.status, 0, "{got:?}");
-    assert!(
-        got.stderr.contains("SSL") || got.stderr.contains("TLS"),
-        "{got:?}"
-    );
+    handshake_fails_for_api_other_com_in_a_tunnel_to_api_openai_com(&proxy, bundle);
     assert_no_marker(MARKERS, "the sidecar's access log", &sidecar.access_log());
 }

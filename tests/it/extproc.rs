@@ -71,16 +71,16 @@ fn config(dir: &std::path::Path, database_url: &str, key_text: &str) -> Config {
 
 /// Waits until a PostgreSQL replica follows change notifications: connecting drops cached
 /// values (whatever was announced before is lost), which would race with what a test caches.
+/// A server's `/metrics` (no key needed), asserting it answers 200.
+async fn metrics_of(http: &reqwest::Client, admin: &str) -> String {
+    let response = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "GET /metrics");
+    response.text().await.unwrap()
+}
+
 async fn following(http: &reqwest::Client, admin: &str) {
     for _ in 0..200 {
-        let metrics = http
-            .get(format!("{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_of(http, admin).await;
         // The sample line itself: its HELP text also reads "runta_change_listener_connected 1
         // while ...", which matched before the replica listened.
         if metrics
@@ -165,6 +165,21 @@ impl Gateway {
             db: TestDb::Postgres { url },
             _dir: dir,
         }
+    }
+
+    /// This server's current rule snapshot.
+    pub fn snapshot(&self) -> Arc<runta::rules::snapshot::Snapshot> {
+        self.running.as_ref().unwrap().engine.snapshot()
+    }
+
+    /// The id of a tenant this server knows, by name.
+    pub fn tenant_id(&self, name: &str) -> String {
+        self.snapshot().tenant_id(name).unwrap().to_owned()
+    }
+
+    /// This server's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        metrics_of(&self.http, &self.admin).await
     }
 
     pub fn grpc_addr(&self) -> String {

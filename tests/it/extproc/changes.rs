@@ -111,7 +111,7 @@ async fn replicas_follow_each_other() {
         "proxy-authorization".into(),
         format!("Bearer {}", created["token"].as_str().unwrap()),
     ));
-    let rules_before = second.running.as_ref().unwrap().engine.snapshot();
+    let rules_before = second.snapshot();
     let mut injected = false;
     for _ in 0..100 {
         if let Outcome::Continue(m) = call(&mut client, EDGE, &with_token).await
@@ -128,13 +128,7 @@ async fn replicas_follow_each_other() {
     }
     assert!(injected, "the token never identified on the other replica");
     assert!(
-        second
-            .running
-            .as_ref()
-            .unwrap()
-            .engine
-            .snapshot()
-            .shares_rules_with(&rules_before),
+        second.snapshot().shares_rules_with(&rules_before),
         "a token change rebuilt the other replica's rules"
     );
     let id = created["id"].as_str().unwrap();
@@ -161,7 +155,7 @@ async fn replicas_follow_each_other() {
 
 /// The ids of a runtime's rules in a replica's current snapshot, sorted.
 fn rule_ids(gw: &Gateway, tenant_id: &str, runtime: &str) -> Vec<String> {
-    let snapshot = gw.running.as_ref().unwrap().engine.snapshot();
+    let snapshot = gw.snapshot();
     let mut ids: Vec<String> = snapshot
         .runtime_rules(tenant_id, runtime)
         .map(|r| r.rules().map(|r| r.id.to_string()).collect())
@@ -183,16 +177,9 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A counter of a replica's `/metrics` (0 when absent).
 async fn counter(gw: &Gateway, name: &str) -> f64 {
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.admin))
-        .send()
+    gw.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
@@ -213,15 +200,7 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
     };
     let second = first.replica().await;
     first.secret("openai-api-key", VALUE, 300).await;
-    let tenant_id = first
-        .running
-        .as_ref()
-        .unwrap()
-        .engine
-        .snapshot()
-        .tenant_id("acme")
-        .unwrap()
-        .to_owned();
+    let tenant_id = first.tenant_id("acme");
     let full_reloads = "runta_snapshot_reloads_total{result=\"ok\"}";
     let full_reloads_before = counter(&second, full_reloads).await;
     let applied_before = counter(&second, "runta_snapshot_changes_applied_total").await;
@@ -262,7 +241,7 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
         rt7,
         "not in the writer's next decision"
     );
-    let count = |gw: &Gateway| gw.running.as_ref().unwrap().engine.snapshot().rule_count();
+    let count = |gw: &Gateway| gw.snapshot().rule_count();
     assert_eq!(count(&first), 400);
     until("the batch reaches the other replica", || {
         count(&second) == 400
@@ -297,14 +276,7 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
         .await;
     assert_eq!(status, 201);
     until("the tenant reaches the other replica", || {
-        second
-            .running
-            .as_ref()
-            .unwrap()
-            .engine
-            .snapshot()
-            .tenant_id("initech")
-            .is_some()
+        second.snapshot().tenant_id("initech").is_some()
     })
     .await;
 

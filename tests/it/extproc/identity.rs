@@ -33,14 +33,7 @@ async fn unauthenticated_gateways_get_nothing(gw: Gateway) {
         call(&mut client, WORKER, &request).await,
         set("authorization", &format!("Bearer {VALUE}"))
     );
-    let response = gw
-        .http
-        .get(format!("{}/metrics", gw.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "GET /metrics");
-    let metrics = response.text().await.unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("runta_extproc_unauthenticated_total 3"),
         "{metrics}"

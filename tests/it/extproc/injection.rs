@@ -41,15 +41,7 @@ async fn cache_ttl_zero_reads_the_store_every_time(gw: Gateway) {
         [("fresh", 1), ("cached", 1)],
         "both at version 1, the version the new ciphertexts are sealed for"
     );
-    let tenant = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .engine
-        .snapshot()
-        .tenant_id("acme")
-        .unwrap()
-        .to_owned();
+    let tenant = gw.tenant_id("acme");
     for (name, value) in [("fresh", "sk-test-fresh-2"), ("cached", "sk-test-cached-2")] {
         let row = store.get_secret(&tenant, name).await.unwrap().unwrap();
         let sealed = keyring
