@@ -110,6 +110,9 @@ pub struct Engine {
     resync: Notify,
     /// Counts snapshot swaps: services that keep state derived from the rules (SDS) watch it.
     generation: tokio::sync::watch::Sender<u64>,
+    /// Announces that a secret's value may have changed (`Some(key)`), or every secret's
+    /// (`None`): the xDS streams that pushed a value to a sidecar read it again.
+    secret_changes: tokio::sync::broadcast::Sender<Option<Arc<str>>>,
 }
 
 /// Changes queued for the next application, and the ticket of the last one queued.
@@ -245,6 +248,7 @@ impl Engine {
             full_reload: tokio::sync::Mutex::default(),
             resync: Notify::new(),
             generation: tokio::sync::watch::Sender::new(0),
+            secret_changes: tokio::sync::broadcast::Sender::new(1024),
         }
     }
 
@@ -256,6 +260,12 @@ impl Engine {
     /// Changes whenever a new snapshot is swapped in.
     pub fn watch_snapshots(&self) -> tokio::sync::watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Hears every secret invalidation: `Some(key)` for one secret (`tenant_id/name`), `None`
+    /// for all. A receiver that lags behind must treat every secret as changed.
+    pub fn watch_secrets(&self) -> tokio::sync::broadcast::Receiver<Option<Arc<str>>> {
+        self.secret_changes.subscribe()
     }
 
     /// Applies a write's change and answers its result: when it returns, the next decision
@@ -544,7 +554,10 @@ impl Engine {
 
     /// Drops a cached secret value, or the read in progress (its result will not be cached).
     pub fn invalidate_secret(&self, tenant_id: &str, name: &str) {
-        self.secrets.remove(secret_key(tenant_id, name).as_ref());
+        let key = secret_key(tenant_id, name);
+        self.secrets.remove(key.as_ref());
+        // Nobody listening is fine.
+        let _ = self.secret_changes.send(Some(key));
     }
 
     /// Follows other replicas' announcements (PostgreSQL) until `shutdown`; after every
@@ -585,6 +598,7 @@ impl Engine {
     /// progress.
     pub fn invalidate_all_secrets(&self) {
         self.secrets.clear();
+        let _ = self.secret_changes.send(None);
     }
 
     /// How many decrypted values are in memory now.
@@ -603,19 +617,33 @@ impl Engine {
         tenant_id: &str,
         name: &str,
     ) -> Result<Arc<SecretString>, SecretError> {
+        self.secret_and_caching(key, tenant_id, name)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// The same, and whether the value may be kept (`cache_ttl_secs` > 0): a value that may
+    /// not be kept in runta's memory may not be pushed into a sidecar's either.
+    pub async fn secret_and_caching(
+        &self,
+        key: &Arc<str>,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<(Arc<SecretString>, bool), SecretError> {
         // The hot path: a shared lock on one shard.
         if let Some(slot) = self.secrets.get(key.as_ref())
             && let Slot::Ready { value, expires } = slot.value()
             && *expires > tokio::time::Instant::now()
         {
             self.metrics.hot.cache_hits.inc();
-            return Ok(value.clone());
+            // Only values with a TTL are cached.
+            return Ok((value.clone(), true));
         }
         let flight = match self.secrets.entry(key.clone()) {
             Entry::Occupied(mut slot) => match slot.get() {
                 Slot::Ready { value, expires } if *expires > tokio::time::Instant::now() => {
                     self.metrics.hot.cache_hits.inc();
-                    return Ok(value.clone());
+                    return Ok((value.clone(), true));
                 }
                 Slot::Loading(flight) => {
                     self.metrics.hot.cache_coalesced.inc();
@@ -668,7 +696,7 @@ impl Engine {
                 }
             }
         }
-        result.map(|(value, _)| value)
+        result.map(|(value, ttl)| (value, !ttl.is_zero()))
     }
 
     /// Reads and decrypts one secret: the store read that a flight shares.

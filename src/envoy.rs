@@ -35,10 +35,21 @@ pub enum Mode {
     Sidecar {
         runtime: String,
         runtime_token: String,
+        injection: Injection,
     },
     /// One Envoy for many runtimes: a gateway token; identity from the runtime tokens the
     /// runtimes send as proxy credentials.
     Gateway,
+}
+
+/// How a sidecar injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injection {
+    /// runta compiles the runtime's rules into routes that inject in Envoy (pushed over
+    /// ADS); what it cannot compile, and HTTPS tunnels' inner requests, go through ext_proc.
+    Native,
+    /// Every request through ext_proc.
+    ExtProc,
 }
 
 /// An upstream address the guard lets through although its range is refused: a CIDR block
@@ -297,58 +308,7 @@ static_resources:
           normalize_path: true
           merge_slashes: true
           path_with_escaped_slashes_action: REJECT_REQUEST
-{access_log_outer}          route_config:
-            name: egress
-            virtual_hosts:
-            - name: egress
-              domains: [\"*\"]
-              routes:
-              # A CONNECT names host:port, nothing else.
-              - match:
-                  connect_matcher: {{}}
-                  headers:
-                  - name: \":authority\"
-                    invert_match: true
-                    string_match:
-                      safe_regex:
-                        regex: \"{connect_regex}\"
-                direct_response:
-                  status: 400
-                  body: {{ inline_string: \"runta egress: the CONNECT target must be host:port\\n\" }}
-              # runta's answer to the CONNECT set {route_header} (overwriting any the client sent)
-              # and cleared the route cache: `intercept` goes to the interception listener.
-              - match:
-                  connect_matcher: {{}}
-                  headers:
-                  - name: {route_header}
-                    string_match: {{ exact: intercept }}
-                route:
-                  cluster: intercept
-                  timeout: 0s
-                  upgrade_configs:
-                  - upgrade_type: CONNECT
-                    connect_config: {{}}
-                typed_per_filter_config:
-                  envoy.filters.http.set_filter_state: &keep_tunnel_identity
-                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig
-                    config: {{}}
-                  # No upstream address on this route (the interception listener is inside
-                  # Envoy; it guards what its requests reach). An empty RBACPerRoute, unlike a
-                  # disabled filter, is read from the route chosen after runta's answer.
-                  envoy.filters.http.rbac:
-                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute
-              # Every other tunnel runta let on: a TCP tunnel to the target, untouched.
-              - match:
-                  connect_matcher: {{}}
-                route:
-                  cluster: upstream_tunnel
-                  timeout: 0s
-                  upgrade_configs:
-                  - upgrade_type: CONNECT
-                    connect_config: {{}}
-                typed_per_filter_config:
-                  envoy.filters.http.set_filter_state: *keep_tunnel_identity
-{plain_routes}          http_filters:
+{access_log_outer}{egress_routes}          http_filters:
           # CONNECT only (enabled on the CONNECT routes): the tunnel's target and credentials,
           # as filter state the interception listener's connection inherits. Hashable: the
           # internal connection pool is keyed by it, so tunnels never share an identity.
@@ -540,15 +500,13 @@ static_resources:
             node = yaml_str(&node),
             listen_host = self.listen_host,
             listen_port = self.listen_port,
-            connect_regex = CONNECT_TARGET_REGEX,
-            route_header = crate::extproc::CONNECT_ROUTE_HEADER,
+            egress_routes = self.egress_routes(),
             credentials_state = crate::extproc::TUNNEL_CREDENTIALS_STATE,
             target_state = crate::extproc::TUNNEL_TARGET_STATE,
-            access_log_outer = access_log("egress", false),
-            access_log_inner = access_log("intercept", true),
-            plain_routes = routes,
+            access_log_outer = access_log("egress", false, self.native_runtime().is_some()),
+            access_log_inner = access_log("intercept", true, false),
             plain_routes_inner = routes,
-            extproc_outer = self.extproc_filter(false),
+            extproc_outer = self.native_filter() + &self.extproc_filter(false),
             extproc_inner = self.extproc_filter(true),
             guard = self.guard_yaml(),
             resolver = self.resolver_yaml(),
@@ -568,7 +526,126 @@ static_resources:
                 ),
             },
         );
+        if self.native_runtime().is_some() {
+            y.push_str(
+                "# Native injection: the egress routes and the secrets they inject come from runta over one
+# Delta ADS stream, authenticated like ext_proc (the runtime token).
+dynamic_resources:
+  ads_config:
+    api_type: DELTA_GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+    - envoy_grpc: { cluster_name: runta_extproc }
+      initial_metadata: *runta_credentials
+",
+            );
+        }
         y
+    }
+
+    /// The egress listener's routes: static (every request through ext_proc), or, for a
+    /// sidecar with native injection, runta's compilation of its runtime's rules over ADS.
+    fn egress_routes(&self) -> String {
+        if let Some(runtime) = self.native_runtime() {
+            return format!(
+                "          # The routes are runta's: this runtime's rules compiled into routes that inject
+          # natively, pushed over ADS with the secrets they use. The listener stays closed
+          # until they are in.
+          rds:
+            route_config_name: {name}
+            config_source:
+              resource_api_version: V3
+              ads: {{}}
+              initial_fetch_timeout: 0s
+",
+                name = yaml_str(&crate::xds::compile::route_table_name(runtime)),
+            );
+        }
+        format!(
+            "          route_config:
+            name: egress
+            virtual_hosts:
+            - name: egress
+              domains: [\"*\"]
+              routes:
+              # A CONNECT names host:port, nothing else.
+              - match:
+                  connect_matcher: {{}}
+                  headers:
+                  - name: \":authority\"
+                    invert_match: true
+                    string_match:
+                      safe_regex:
+                        regex: \"{connect_regex}\"
+                direct_response:
+                  status: 400
+                  body: {{ inline_string: {bad_connect} }}
+              # runta's answer to the CONNECT set {route_header} (overwriting any the client sent)
+              # and cleared the route cache: `intercept` goes to the interception listener.
+              - match:
+                  connect_matcher: {{}}
+                  headers:
+                  - name: {route_header}
+                    string_match: {{ exact: intercept }}
+                route:
+                  cluster: intercept
+                  timeout: 0s
+                  upgrade_configs:
+                  - upgrade_type: CONNECT
+                    connect_config: {{}}
+                typed_per_filter_config:
+                  envoy.filters.http.set_filter_state: &keep_tunnel_identity
+                    \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig
+                    config: {{}}
+                  # No upstream address on this route (the interception listener is inside
+                  # Envoy; it guards what its requests reach). An empty RBACPerRoute, unlike a
+                  # disabled filter, is read from the route chosen after runta's answer.
+                  envoy.filters.http.rbac:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute
+              # Every other tunnel runta let on: a TCP tunnel to the target, untouched.
+              - match:
+                  connect_matcher: {{}}
+                route:
+                  cluster: upstream_tunnel
+                  timeout: 0s
+                  upgrade_configs:
+                  - upgrade_type: CONNECT
+                    connect_config: {{}}
+                typed_per_filter_config:
+                  envoy.filters.http.set_filter_state: *keep_tunnel_identity
+{plain_routes}",
+            connect_regex = CONNECT_TARGET_REGEX,
+            bad_connect = yaml_str(BAD_CONNECT_TARGET_BODY),
+            route_header = CONNECT_ROUTE_HEADER,
+            plain_routes = plain_routes("              "),
+        )
+    }
+
+    /// The filter that applies the compiled routes' header mutations (native injection only).
+    fn native_filter(&self) -> String {
+        if self.native_runtime().is_none() {
+            return String::new();
+        }
+        "          # Native injection: the header mutations of runta's compiled routes (the value of a
+          # `%SECRET(name)%` comes from SDS). Routes without any leave it idle.
+          - name: envoy.filters.http.header_mutation
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+"
+        .to_owned()
+    }
+
+    /// The runtime of a sidecar with native injection.
+    fn native_runtime(&self) -> Option<&str> {
+        match &self.mode {
+            Mode::Sidecar {
+                runtime,
+                injection: Injection::Native,
+                ..
+            } => Some(runtime),
+            _ => None,
+        }
     }
 
     /// The gRPC metadata every call to runta carries (ext_proc and SDS): the sidecar's runtime
@@ -674,6 +751,22 @@ pub const AUTHORITY_REGEX: &str = "^([[][0-9A-Fa-f:.]+[]]|[A-Za-z0-9._-]+)(:[0-9
 /// A well-formed CONNECT target: the same, with the port required.
 pub const CONNECT_TARGET_REGEX: &str = "^([[][0-9A-Fa-f:.]+[]]|[A-Za-z0-9._-]+):[0-9]{1,5}$";
 
+/// Envoy's answer to a CONNECT whose target is not `host:port`.
+pub const BAD_CONNECT_TARGET_BODY: &str = "runta egress: the CONNECT target must be host:port\n";
+
+/// Envoy's answer to a request whose destination is not `host[:port]`.
+pub const BAD_AUTHORITY_BODY: &str = "runta egress: the destination must be host[:port]\n";
+
+/// Headers that never go upstream: the runtime's proxy credentials and the proxy's own.
+pub const FORWARDED_HEADERS_REMOVED: &[&str] = &[
+    "proxy-authorization",
+    "x-forwarded-proto",
+    "x-envoy-internal",
+];
+
+/// The header runta's answer to a CONNECT routes it by (`intercept` or `tunnel`).
+pub use crate::extproc::CONNECT_ROUTE_HEADER;
+
 impl Bootstrap {
     /// The RBAC permission that refuses an upstream address: in a refused range and not an
     /// exception.
@@ -751,7 +844,7 @@ fn plain_routes(indent: &str) -> String {
           regex: \"{AUTHORITY_REGEX}\"
   direct_response:
     status: 400
-    body: {{ inline_string: \"runta egress: the destination must be host[:port]\\n\" }}
+    body: {{ inline_string: {bad_authority} }}
 - match: {{ prefix: \"/\" }}
   route:
     cluster: upstream
@@ -760,22 +853,28 @@ fn plain_routes(indent: &str) -> String {
     timeout: 0s
   # The runtime's proxy credentials and the proxy's own headers stay here.
   request_headers_to_remove:
-  - proxy-authorization
-  - x-forwarded-proto
-  - x-envoy-internal
-"
+{removed}",
+        bad_authority = yaml_str(BAD_AUTHORITY_BODY),
+        removed = FORWARDED_HEADERS_REMOVED
+            .iter()
+            .map(|h| format!("  - {h}\n"))
+            .collect::<String>(),
     );
     indent_lines(&routes, indent)
 }
 
 /// The access log of a listener: no query strings (an injected parameter must never reach a
 /// log), and never a header value.
-fn access_log(name: &str, in_tunnel: bool) -> String {
-    let extra = if in_tunnel {
-        " sni=%REQUESTED_SERVER_NAME%"
-    } else {
-        ""
-    };
+/// With `route_names`, also the route's name: a compiled route is named for its rules
+/// (`rule:<ids>`), so the log tells which rules Envoy injected for.
+fn access_log(name: &str, in_tunnel: bool, route_names: bool) -> String {
+    let mut extra = String::new();
+    if in_tunnel {
+        extra.push_str(" sni=%REQUESTED_SERVER_NAME%");
+    }
+    if route_names {
+        extra.push_str(" route=%ROUTE_NAME%");
+    }
     format!(
         "          access_log:
           - name: envoy.access_loggers.stdout
@@ -815,6 +914,7 @@ fn yaml_str(text: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
             c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
@@ -859,6 +959,7 @@ mod tests {
         let sidecar = Bootstrap::defaults(Mode::Sidecar {
             runtime: "worker".into(),
             runtime_token: "runta_rt_abc".into(),
+            injection: Injection::Native,
         })
         .render();
         assert!(sidecar.contains("key: x-runta-runtime-token, value: \"runta_rt_abc\""));
@@ -869,16 +970,16 @@ mod tests {
         assert!(!sidecar.contains("x-runta-tenant"));
         let gateway = Bootstrap::defaults(Mode::Gateway).render();
         assert!(!gateway.contains("x-runta-runtime-token") && !gateway.contains("x-runta-tenant"));
-        // Written once; the proxy listener's ext_proc, the interception listener's and SDS
-        // all send it.
-        for text in [&gateway, &sidecar] {
+        // Written once; the proxy listener's ext_proc, the interception listener's, SDS and
+        // (a native sidecar's) ADS all send it.
+        for (text, uses) in [(&gateway, 2), (&sidecar, 3)] {
             assert_eq!(
                 text.matches("initial_metadata: &runta_credentials").count(),
                 1
             );
             assert_eq!(
                 text.matches("initial_metadata: *runta_credentials").count(),
-                2
+                uses
             );
         }
         assert_eq!(gateway.matches("runta_gw_CHANGE_ME").count(), 1);
@@ -893,6 +994,7 @@ mod tests {
         let sidecar = Bootstrap::defaults(Mode::Sidecar {
             runtime: "worker".into(),
             runtime_token: "t".into(),
+            injection: Injection::Native,
         })
         .render();
         assert!(sidecar.contains(loopback) && !sidecar.contains(private));

@@ -40,3 +40,4 @@ pub mod store;
 /// (feature `test-support`; not part of the service).
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub(crate) mod xds;

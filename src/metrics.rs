@@ -55,6 +55,15 @@ pub struct Metrics {
     pub leaves_minted: IntCounter,
     /// SDS updates Envoy rejected.
     pub sds_nacks: IntCounter,
+    /// Sidecar xDS (ADS) streams open now.
+    pub xds_streams: IntGauge,
+    /// Resources pushed to sidecars over ADS, by type (routes, secret, removed).
+    pub xds_pushes: IntCounterVec,
+    /// ADS updates a sidecar's Envoy rejected, by type (routes, secret).
+    pub xds_nacks: IntCounterVec,
+    /// Rules of the sidecars' runtimes as last compiled, by path: native (Envoy injects) or
+    /// extproc (left to ext_proc: query parameters, uncached secrets, too many routes).
+    pub xds_rules: IntCounterVec,
     /// The per-request counters, resolved once: a labelled lookup hashes the label values and
     /// takes a lock, which showed in the hot path's profile.
     pub hot: HotCounters,
@@ -190,9 +199,28 @@ impl Metrics {
             .expect("valid metric"),
             sds_nacks: IntCounter::new("runta_sds_nacks_total", "SDS updates Envoy rejected.")
                 .expect("valid metric"),
+            xds_streams: gauge(
+                "runta_xds_streams",
+                "Sidecar xDS (ADS) streams open now.",
+            ),
+            xds_pushes: counter_vec(
+                "runta_xds_pushes_total",
+                "Resources pushed to sidecars over ADS, by type: routes, secret, removed.",
+                &["type"],
+            ),
+            xds_nacks: counter_vec(
+                "runta_xds_nacks_total",
+                "ADS updates a sidecar's Envoy rejected, by type: routes, secret.",
+                &["type"],
+            ),
+            xds_rules: counter_vec(
+                "runta_xds_compiled_rules_total",
+                "Rules compiled for sidecars (counted at every compilation), by path: native (Envoy injects) or extproc (left to ext_proc).",
+                &["path"],
+            ),
             hot,
         };
-        let collectors: [Box<dyn Collector>; 18] = [
+        let collectors: [Box<dyn Collector>; 22] = [
             Box::new(metrics.admin_requests.clone()),
             Box::new(metrics.admin_request_seconds.clone()),
             Box::new(metrics.decisions.clone()),
@@ -211,6 +239,10 @@ impl Metrics {
             Box::new(metrics.sds_answers.clone()),
             Box::new(metrics.leaves_minted.clone()),
             Box::new(metrics.sds_nacks.clone()),
+            Box::new(metrics.xds_streams.clone()),
+            Box::new(metrics.xds_pushes.clone()),
+            Box::new(metrics.xds_nacks.clone()),
+            Box::new(metrics.xds_rules.clone()),
         ];
         // Every fixed label value exists from the start, so a first error is a change a rate()
         // sees rather than a series appearing out of nowhere.
@@ -219,6 +251,15 @@ impl Metrics {
         }
         for result in ["leaf", "refused"] {
             metrics.sds_answers.with_label_values(&[result]);
+        }
+        for kind in ["routes", "secret", "removed"] {
+            metrics.xds_pushes.with_label_values(&[kind]);
+        }
+        for kind in ["routes", "secret"] {
+            metrics.xds_nacks.with_label_values(&[kind]);
+        }
+        for path in ["native", "extproc"] {
+            metrics.xds_rules.with_label_values(&[path]);
         }
         for operation in STORE_OPERATIONS {
             metrics.store_errors.with_label_values(&[operation]);

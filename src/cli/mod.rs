@@ -261,6 +261,16 @@ pub enum EnvoyMode {
     Gateway,
 }
 
+/// How a sidecar injects credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvoyInjection {
+    /// runta compiles the runtime's rules into Envoy routes (pushed over ADS): Envoy injects
+    /// itself; what runta cannot compile goes through ext_proc.
+    Native,
+    /// Every request through runta's ext_proc service.
+    Extproc,
+}
+
 /// Whether private address ranges are acceptable upstreams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrivateUpstreams {
@@ -310,6 +320,9 @@ pub struct EnvoyBootstrapArgs {
     /// token or a new runtime token.
     #[arg(long)]
     pub example: bool,
+    /// How a sidecar injects [default: native]; the gateway always uses ext_proc.
+    #[arg(long, value_enum)]
+    pub injection: Option<EnvoyInjection>,
     /// Write the configuration to this file (mode 0600: it holds a token).
     #[arg(long)]
     pub out: Option<PathBuf>,

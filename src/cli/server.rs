@@ -8,7 +8,8 @@ use std::path::Path;
 use super::client::{CliError, Client};
 use super::output;
 use super::{
-    ApiArgs, EnvoyBootstrapArgs, EnvoyMode, KeysCommand, PrivateUpstreams, ServeArgs, StoreArgs,
+    ApiArgs, EnvoyBootstrapArgs, EnvoyInjection, EnvoyMode, KeysCommand, PrivateUpstreams,
+    ServeArgs, StoreArgs,
 };
 use crate::bootstrap;
 use crate::config::{Config, Overrides};
@@ -114,7 +115,7 @@ pub async fn envoy_bootstrap(
     api: &ApiArgs,
     client: impl FnOnce() -> Result<Client, CliError>,
 ) -> Result<(), CliError> {
-    use crate::envoy::{AllowedUpstream, Bootstrap, ExtprocAddress, Mode};
+    use crate::envoy::{AllowedUpstream, Bootstrap, ExtprocAddress, Injection, Mode};
     use secrecy::ExposeSecret;
     let allowed = args
         .allow_upstream_address
@@ -123,6 +124,13 @@ pub async fn envoy_bootstrap(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| CliError::Usage(format!("--allow-upstream-address: {m}")))?;
     let mode = match args.mode {
+        EnvoyMode::Gateway if args.injection == Some(EnvoyInjection::Native) => {
+            return Err(CliError::Usage(
+                "--injection native: only a sidecar injects natively (the gateway identifies \
+                 runtimes per request, through ext_proc)"
+                    .into(),
+            ));
+        }
         EnvoyMode::Gateway => Mode::Gateway,
         EnvoyMode::Sidecar => {
             let runtime = args.runtime.clone().unwrap_or_default();
@@ -146,6 +154,10 @@ pub async fn envoy_bootstrap(
             Mode::Sidecar {
                 runtime,
                 runtime_token,
+                injection: match args.injection {
+                    Some(EnvoyInjection::Extproc) => Injection::ExtProc,
+                    Some(EnvoyInjection::Native) | None => Injection::Native,
+                },
             }
         }
     };

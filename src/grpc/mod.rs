@@ -1,5 +1,5 @@
-//! The gRPC port: every service runta serves to Envoy (ext_proc today; SDS and ADS join it
-//! here), behind one authentication layer, plus the open health service.
+//! The gRPC port: every service runta serves to Envoy (ext_proc, SDS and ADS), behind one
+//! authentication layer, plus the open health service.
 //!
 //! Invariant: a service reaches the port only through [`GrpcPort::add`], which records its
 //! name; every recorded service but health sits behind [`auth::AuthLayer`]. Tests walk
@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tonic::body::Body;
@@ -24,6 +25,7 @@ use crate::engine::Engine;
 use crate::extproc::ExtProc;
 use crate::interception::sds::Sds;
 use crate::metrics::Metrics;
+use crate::xds::ads::Ads;
 
 /// The gRPC router with its services, and their names.
 pub struct GrpcPort {
@@ -36,6 +38,8 @@ pub struct GrpcServices {
     pub extproc: ExtProc,
     /// Leaf certificates for intercepted tunnels (Delta SDS).
     pub sds: Sds,
+    /// Sidecars' native routes and the secrets they inject (Delta ADS).
+    pub ads: Ads,
 }
 
 impl GrpcPort {
@@ -63,7 +67,11 @@ impl GrpcPort {
         health_reporter
             .set_serving::<SecretDiscoveryServiceServer<Sds>>()
             .await;
-        port.add(extproc).add(sds)
+        let ads = AggregatedDiscoveryServiceServer::new(services.ads);
+        health_reporter
+            .set_serving::<AggregatedDiscoveryServiceServer<Ads>>()
+            .await;
+        port.add(extproc).add(sds).add(ads)
     }
 
     fn add<S>(mut self, service: S) -> Self

@@ -41,6 +41,11 @@ impl PathGlob {
         }
     }
 
+    /// The literal pieces between the stars: the pattern is these joined by `*`.
+    pub fn pieces(&self) -> &[String] {
+        &self.pieces
+    }
+
     /// Length of the literal text before the first `*`: the specificity of a path pattern.
     pub fn literal_prefix_len(&self) -> usize {
         self.pieces[0].len()
@@ -84,6 +89,11 @@ impl Template {
                 .map(str::to_owned)
                 .collect(),
         }
+    }
+
+    /// The literal pieces; the secret goes between each two.
+    pub fn pieces(&self) -> &[String] {
+        &self.pieces
     }
 
     /// The template with the secret in place of every placeholder, zeroized when dropped.
@@ -217,6 +227,21 @@ impl CompiledRule {
             target: interner.target(&spec.target),
             template: interner.template(&spec.template),
         }
+    }
+
+    /// The host name (exact) or the suffix after `*.` (wildcard), and whether it is exact.
+    pub fn host(&self) -> (&str, bool) {
+        (&self.host, self.exact_host)
+    }
+
+    /// The port the rule is for; `None`: every port.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The path glob; `None`: every path.
+    pub fn path(&self) -> Option<&PathGlob> {
+        self.path.as_deref()
     }
 
     /// Orders rules of the same target: the greatest wins.
@@ -463,13 +488,8 @@ impl RuntimeRules {
         let host: &str = &dest.host;
         let mut consider = |bucket: &'s Bucket| {
             for rule in bucket.rules() {
-                if !rule.matches_port_and_path(dest) {
-                    continue;
-                }
-                match out.iter_mut().find(|r| r.target == rule.target) {
-                    Some(best) if best.specificity() >= rule.specificity() => {}
-                    Some(best) => *best = rule,
-                    None => out.push(rule),
+                if rule.matches_port_and_path(dest) {
+                    keep_best(out, rule);
                 }
             }
         };
@@ -483,6 +503,30 @@ impl RuntimeRules {
                 }
             }
         }
+    }
+}
+
+impl RuntimeRules {
+    /// The rules that apply when exactly these rules match a request: one per target, the
+    /// most specific (what `matching` answers; the xDS rule compiler uses it for each set of
+    /// rules that can match together).
+    pub fn winners<'s>(
+        matched: impl IntoIterator<Item = &'s CompiledRule>,
+    ) -> Vec<&'s CompiledRule> {
+        let mut out = Vec::new();
+        for rule in matched {
+            keep_best(&mut out, rule);
+        }
+        out
+    }
+}
+
+/// Keeps `rule` in `out` unless a rule for its target is at least as specific.
+fn keep_best<'s>(out: &mut Vec<&'s CompiledRule>, rule: &'s CompiledRule) {
+    match out.iter_mut().find(|r| r.target == rule.target) {
+        Some(best) if best.specificity() >= rule.specificity() => {}
+        Some(best) => *best = rule,
+        None => out.push(rule),
     }
 }
 
@@ -663,6 +707,16 @@ impl Snapshot {
 
     pub fn runtime_rules(&self, tenant_id: &str, runtime: &str) -> Option<&RuntimeRules> {
         self.index.runtime(tenant_id, runtime).map(Arc::as_ref)
+    }
+
+    /// The same, shared: an edit that does not touch this runtime keeps the very same `Arc`,
+    /// so `Arc::ptr_eq` tells a consumer (the xDS stream of its sidecar) that nothing changed.
+    pub fn runtime_rules_shared(
+        &self,
+        tenant_id: &str,
+        runtime: &str,
+    ) -> Option<Arc<RuntimeRules>> {
+        self.index.runtime(tenant_id, runtime).cloned()
     }
 
     /// Whether any rule of any tenant is for this TLS server name.

@@ -112,7 +112,13 @@ pub(super) async fn wire(
         metrics.clone(),
         GrpcServices {
             extproc: ExtProc::new(engine.clone(), policy, metrics.clone()),
-            sds: Sds::new(authority.clone(), engine.clone(), metrics.clone(), shutdown),
+            sds: Sds::new(
+                authority.clone(),
+                engine.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ),
+            ads: crate::xds::ads::Ads::new(engine.clone(), metrics.clone(), shutdown),
         },
     )
     .await;

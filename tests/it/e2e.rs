@@ -188,6 +188,8 @@ impl World {
 pub struct Envoy {
     pub port: u16,
     pub access_log: PathBuf,
+    /// Envoy's admin interface (a Unix socket).
+    pub admin: PathBuf,
     _child: Guard,
 }
 
@@ -246,6 +248,7 @@ impl Envoy {
         Self {
             port,
             access_log,
+            admin,
             _child: guard,
         }
     }
@@ -255,6 +258,31 @@ impl Envoy {
             Some(token) => format!("http://{token}@127.0.0.1:{}", self.port),
             None => format!("http://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// A counter or gauge of Envoy's admin `/stats` (0 when Envoy does not have it).
+    pub fn stat(&self, name: &str) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sS", "--unix-socket"])
+            .arg(&self.admin)
+            .arg(format!("http://envoy/stats?filter={name}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// What Envoy's admin interface answers at `path`.
+    pub fn admin_get(&self, path: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--unix-socket"])
+            .arg(&self.admin)
+            .arg(format!("http://envoy{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn access_log(&self) -> String {
@@ -352,15 +380,15 @@ pub fn curl(proxy: &str, url: &str, extra: &[&str]) -> Reply {
     }
 }
 
-fn json_of(out: &std::process::Output) -> Value {
+pub fn json_of(out: &std::process::Output) -> Value {
     serde_json::from_str(&ok(out)).unwrap()
 }
 
-const OPENAI: &str = "sk-e2e-OPENAI-3f9a";
-const MAPS: &str = "maps e2e/&=KEY-77";
-const WILD: &str = "wild-e2e-WILD-51c0";
+pub const OPENAI: &str = "sk-e2e-OPENAI-3f9a";
+pub const MAPS: &str = "maps e2e/&=KEY-77";
+pub const WILD: &str = "wild-e2e-WILD-51c0";
 const UMBRELLA: &str = "sk-e2e-UMBRELLA-aa02";
-const MARKERS: &[&str] = &[
+pub const MARKERS: &[&str] = &[
     "OPENAI-3f9a",
     "KEY-77",
     "KEY%2D77",
@@ -370,12 +398,12 @@ const MARKERS: &[&str] = &[
 ];
 
 #[track_caller]
-fn assert_no_value(what: &str, text: &str) {
+pub fn assert_no_value(what: &str, text: &str) {
     assert_no_marker(MARKERS, what, text);
 }
 
 /// The default tenant's rules for runtime `worker`: the seed's, a parameter, a wildcard.
-fn set_up_rules(server: &Server) {
+pub fn set_up_rules(server: &Server) {
     ok(&server.shell(&format!(
         "V='{OPENAI}' runta secret add openai-api-key --value-env V"
     )));
@@ -392,7 +420,7 @@ fn set_up_rules(server: &Server) {
     ok(&server.shell("runta secret rule add worker --host '*.example.com' --credential wild-key --inject-header x-api-key"));
 }
 
-fn token(server: &Server, runtime: &str, api_key: Option<&str>) -> (String, String) {
+pub fn token(server: &Server, runtime: &str, api_key: Option<&str>) -> (String, String) {
     let mut args = vec!["runtime", "token", "create", runtime, "-o", "json"];
     if let Some(key) = api_key {
         args.extend(["--api-key", key]);

@@ -9,6 +9,7 @@ mod e2e;
 mod e2e_faults;
 mod e2e_hardening;
 mod e2e_https;
+mod e2e_native;
 mod extproc;
 mod identity;
 mod openapi;

@@ -1,0 +1,537 @@
+//! Delta ADS for sidecars: each sidecar's Envoy subscribes to its runtime's route table (RDS)
+//! and to the generic secrets the table's routes inject (SDS), over one aggregated stream on
+//! runta's gRPC port, behind the same authentication as ext_proc.
+//!
+//! Invariants:
+//! - A stream is a sidecar's: its runtime token fixes tenant and runtime. It is answered only
+//!   its own runtime's table, and only the secrets that table injects; every other name is
+//!   answered as removed (and logged).
+//! - Never an empty or stale credential: a secret Envoy holds is replaced (rotation) before
+//!   anything else is pushed, and a secret leaves a route by a new route table (Envoy keeps
+//!   injecting the last value of a secret that merely disappears from SDS). A route table
+//!   that references a new secret is pushed with its value already read, so Envoy's request
+//!   for it is answered at once (Envoy holds the new routes until it has the secret).
+//! - Revocation goes through the routes: when the runtime token is revoked (or the tenant
+//!   deleted) the stream pushes the table without compiled routes (everything to ext_proc,
+//!   which refuses), removes the secrets, and ends with `UNAUTHENTICATED`.
+//! - Delta, not state of the world: a rotation sends one secret, a rule change one table.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    GenericSecret, Secret, secret,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use futures_util::Stream;
+use prost::Message as _;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::compile::{self, ROUTE_TYPE_URL, RouteTable, SecretUse};
+use crate::crypto::{self, TokenHash};
+use crate::engine::{Engine, SecretError};
+use crate::grpc::auth::{Caller, RUNTIME_TOKEN_METADATA};
+use crate::interception::sds::SECRET_TYPE_URL;
+use crate::metrics::Metrics;
+use crate::rules::snapshot::{RuntimeRules, SecretRef, Snapshot};
+
+/// How soon a table compiled while the store could not answer for a secret is compiled again.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// The ADS service.
+#[derive(Clone)]
+pub struct Ads {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    /// True once the server shuts down: streams end (Envoy keeps what it has and reconnects).
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Ads {
+    /// The service; serve it only behind `crate::grpc::auth::AuthLayer`.
+    pub fn new(
+        engine: Arc<Engine>,
+        metrics: Arc<Metrics>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine,
+                metrics,
+                stopping,
+            }),
+        }
+    }
+}
+
+type Answers<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = Answers<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Answers<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "runta serves ADS as Delta xDS only: set ads_config.api_type: DELTA_GRPC (state of \
+             the world re-sends every secret on every change)",
+        ))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let Some(Caller::Runtime { tenant_id, runtime }) = request.extensions().get::<Caller>()
+        else {
+            return Err(Status::permission_denied(
+                "runta: xDS is served to sidecars only; authenticate the stream with the \
+                 runtime's token (x-runta-runtime-token)",
+            ));
+        };
+        let token = request
+            .metadata()
+            .get(RUNTIME_TOKEN_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(|token| crypto::hash_token(token.trim()))
+            .ok_or_else(|| Status::unauthenticated("runta: no runtime token"))?;
+        let (tx, rx) = mpsc::channel(16);
+        let stream = SidecarStream {
+            inner: self.inner.clone(),
+            tenant_id: tenant_id.clone(),
+            runtime: runtime.clone(),
+            token,
+            table_name: compile::route_table_name(runtime),
+            table_subscribed: false,
+            table_sent: None,
+            rules_seen: None,
+            values: HashMap::new(),
+            subscribed: HashSet::new(),
+            sent: HashMap::new(),
+            retry: None,
+            version: 0,
+            nonce: 0,
+            tx,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// One sidecar's stream.
+struct SidecarStream {
+    inner: Arc<Inner>,
+    tenant_id: String,
+    runtime: String,
+    token: TokenHash,
+    /// The one route table this stream may have.
+    table_name: String,
+    table_subscribed: bool,
+    /// The table last pushed (encoded), to push only changes.
+    table_sent: Option<Vec<u8>>,
+    /// The rules the current table was compiled from: a snapshot that keeps the same `Arc`
+    /// changed nothing of this runtime.
+    rules_seen: Option<Option<Arc<RuntimeRules>>>,
+    /// SDS name → value, for every secret the current table injects.
+    values: HashMap<String, Arc<SecretString>>,
+    /// Secret names Envoy subscribed to.
+    subscribed: HashSet<String>,
+    /// SDS name → the value Envoy was last sent.
+    sent: HashMap<String, Arc<SecretString>>,
+    /// Compile again at this time (a secret the store could not answer for).
+    retry: Option<tokio::time::Instant>,
+    version: u64,
+    nonce: u64,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+/// Why a stream ends.
+enum End {
+    /// Envoy went away, or the server stops.
+    Gone,
+    /// The sidecar lost its standing: tell Envoy.
+    Refused(Status),
+}
+
+impl SidecarStream {
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
+        self.inner.metrics.xds_streams.inc();
+        let mut generation = self.inner.engine.watch_snapshots();
+        generation.mark_unchanged();
+        let mut secrets = self.inner.engine.watch_secrets();
+        let stop = crate::serve::shutdown_future(&self.inner.stopping);
+        tokio::pin!(stop);
+        tracing::info!(runtime = %self.runtime, "sidecar xDS stream opened");
+        let end = loop {
+            let retry = self.retry;
+            let step = tokio::select! {
+                () = &mut stop => Err(End::Gone),
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.on_request(request).await,
+                    Ok(None) | Err(_) => Err(End::Gone),
+                },
+                changed = generation.changed() => match changed {
+                    Ok(()) => self.refresh(false).await,
+                    Err(_) => Err(End::Gone),
+                },
+                key = secrets.recv() => {
+                    let ours = match &key {
+                        Ok(Some(key)) => self.references(key),
+                        // One secret or all: lagging behind means any may have changed.
+                        Ok(None) | Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    };
+                    if ours { self.refresh(true).await } else { Ok(()) }
+                }
+                () = async {
+                    match retry {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.refresh(true).await,
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        if let End::Refused(status) = end {
+            let _ = self.tx.send(Err(status)).await;
+        }
+        tracing::info!(runtime = %self.runtime, "sidecar xDS stream closed");
+        self.inner.metrics.xds_streams.dec();
+    }
+
+    /// Whether the current table injects the secret with this cache key.
+    fn references(&self, key: &str) -> bool {
+        let Some(name) = key
+            .strip_prefix(self.tenant_id.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+        else {
+            return false;
+        };
+        self.values
+            .contains_key(&compile::secret_resource_name(name))
+    }
+
+    async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), End> {
+        let kind = match request.type_url.as_str() {
+            ROUTE_TYPE_URL => "routes",
+            SECRET_TYPE_URL => "secret",
+            other => {
+                tracing::warn!(runtime = %self.runtime, type_url = %other, "a sidecar asked runta's ADS for a type it does not serve (only routes and secrets); ignored");
+                return Ok(());
+            }
+        };
+        if let Some(error) = &request.error_detail {
+            self.inner
+                .metrics
+                .xds_nacks
+                .with_label_values(&[kind])
+                .inc();
+            tracing::error!(
+                runtime = %self.runtime,
+                kind,
+                nonce = %request.response_nonce,
+                message = %error.message,
+                "a sidecar's Envoy rejected what runta pushed (xDS NACK): its native routes stay as they were"
+            );
+        }
+        if kind == "routes" {
+            let mut refused = Vec::new();
+            for name in request.resource_names_subscribe {
+                if name == self.table_name {
+                    self.table_subscribed = true;
+                    // Answer it even if sent before: Envoy may have lost it.
+                    self.table_sent = None;
+                } else {
+                    refused.push(name);
+                }
+            }
+            for name in &request.resource_names_unsubscribe {
+                if *name == self.table_name {
+                    self.table_subscribed = false;
+                }
+            }
+            self.refuse(ROUTE_TYPE_URL, refused).await?;
+            return self.refresh(false).await;
+        }
+        for name in &request.resource_names_unsubscribe {
+            self.subscribed.remove(name);
+            self.sent.remove(name);
+        }
+        let mut answer = Vec::new();
+        let mut refused = Vec::new();
+        for name in request.resource_names_subscribe {
+            // Asked (again): sent now, whatever was sent before.
+            self.sent.remove(&name);
+            match self.values.get(&name) {
+                Some(value) => answer.push((name.clone(), value.clone())),
+                None => refused.push(name.clone()),
+            }
+            self.subscribed.insert(name);
+        }
+        self.push_secrets(answer).await?;
+        self.refuse(SECRET_TYPE_URL, refused).await
+    }
+
+    /// Compiles the table again if the rules (or, with `secrets_changed`, the values) may
+    /// have changed, and pushes what changed: secrets first, then the table.
+    async fn refresh(&mut self, secrets_changed: bool) -> Result<(), End> {
+        let snapshot = self.inner.engine.snapshot();
+        if !self.still_valid(&snapshot) {
+            return Err(self.revoke().await);
+        }
+        let rules = snapshot.runtime_rules_shared(&self.tenant_id, &self.runtime);
+        let same_rules = self
+            .rules_seen
+            .as_ref()
+            .is_some_and(|seen| match (seen, &rules) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            });
+        if same_rules && !secrets_changed && self.table_sent.is_some() {
+            return Ok(());
+        }
+        if !self.table_subscribed {
+            // Nothing asked for yet; compiled when Envoy subscribes.
+            return Ok(());
+        }
+        self.rules_seen = Some(rules.clone());
+        let uses = self.read_secrets(rules.as_deref()).await;
+        let table = compile::compile(&self.table_name, rules.as_deref(), |secret| {
+            uses.get(&*secret.key)
+                .map_or(SecretUse::ExtProc, |(use_, _)| *use_)
+        });
+        // Rotation first: a subscribed secret whose value changed.
+        self.values = table
+            .secrets
+            .iter()
+            .filter_map(|(name, secret)| {
+                uses.get(&*secret.key)
+                    .and_then(|(_, value)| value.clone())
+                    .map(|value| (name.clone(), value))
+            })
+            .collect();
+        let changed: Vec<(String, Arc<SecretString>)> = self
+            .values
+            .iter()
+            .filter(|(name, value)| {
+                self.subscribed.contains(*name)
+                    && self
+                        .sent
+                        .get(*name)
+                        .is_none_or(|sent| sent.expose_secret() != value.expose_secret())
+            })
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        self.push_secrets(changed).await?;
+        self.push_table(&table).await
+    }
+
+    /// Reads every secret the rules name: how the compiler may use it, and the value where
+    /// Envoy may hold it. Schedules a retry when the store could not answer.
+    async fn read_secrets(
+        &mut self,
+        rules: Option<&RuntimeRules>,
+    ) -> HashMap<Arc<str>, (SecretUse, Option<Arc<SecretString>>)> {
+        let mut uses = HashMap::new();
+        self.retry = None;
+        let Some(rules) = rules else {
+            return uses;
+        };
+        let mut refs: Vec<&Arc<SecretRef>> = Vec::new();
+        let mut seen = HashSet::new();
+        for rule in rules.rules() {
+            if seen.insert(rule.secret.key.clone()) {
+                refs.push(&rule.secret);
+            }
+        }
+        for secret in refs {
+            let read = self
+                .inner
+                .engine
+                .secret_and_caching(&secret.key, &secret.tenant_id, &secret.credential)
+                .await;
+            let answer = match read {
+                Ok((value, true)) => (SecretUse::Native, Some(value)),
+                // cache_ttl_secs = 0: never held, here or in Envoy.
+                Ok((_, false)) => (SecretUse::ExtProc, None),
+                Err(SecretError::Missing | SecretError::Decrypt(_)) => {
+                    (SecretUse::Unavailable, None)
+                }
+                Err(SecretError::Store(err)) => {
+                    tracing::warn!(runtime = %self.runtime, credential = %secret.credential, error = %err, "a secret could not be read for a sidecar's native routes; ext_proc serves its rules until it can");
+                    self.retry = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                    (SecretUse::ExtProc, None)
+                }
+            };
+            uses.insert(secret.key.clone(), answer);
+        }
+        uses
+    }
+
+    /// Pushes the table if it differs from the one Envoy has.
+    async fn push_table(&mut self, table: &RouteTable) -> Result<(), End> {
+        let encoded = table.config.encode_to_vec();
+        if self.table_sent.as_deref() == Some(encoded.as_slice()) {
+            return Ok(());
+        }
+        let metrics = self.inner.metrics.clone();
+        metrics
+            .xds_rules
+            .with_label_values(&["native"])
+            .inc_by(table.native_rules as u64);
+        metrics
+            .xds_rules
+            .with_label_values(&["extproc"])
+            .inc_by(table.extproc_rules as u64);
+        self.version += 1;
+        tracing::info!(
+            runtime = %self.runtime,
+            version = self.version,
+            virtual_hosts = table.config.virtual_hosts.len(),
+            native_rules = table.native_rules,
+            extproc_rules = table.extproc_rules,
+            "pushing a sidecar's route table"
+        );
+        let resource = Resource {
+            name: self.table_name.clone(),
+            version: self.version.to_string(),
+            resource: Some(Any {
+                type_url: ROUTE_TYPE_URL.to_owned(),
+                value: encoded.clone(),
+            }),
+            ..Default::default()
+        };
+        self.send(ROUTE_TYPE_URL, vec![resource], Vec::new())
+            .await?;
+        metrics.xds_pushes.with_label_values(&["routes"]).inc();
+        self.table_sent = Some(encoded);
+        Ok(())
+    }
+
+    /// Pushes these secrets' values (names Envoy subscribed to).
+    async fn push_secrets(&mut self, secrets: Vec<(String, Arc<SecretString>)>) -> Result<(), End> {
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let mut resources = Vec::with_capacity(secrets.len());
+        for (name, value) in &secrets {
+            self.version += 1;
+            let secret = Secret {
+                name: name.clone(),
+                r#type: Some(secret::Type::GenericSecret(GenericSecret {
+                    secret: Some(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(
+                            value.expose_secret().to_owned(),
+                        )),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+            };
+            resources.push(Resource {
+                name: name.clone(),
+                version: self.version.to_string(),
+                resource: Some(Any {
+                    type_url: SECRET_TYPE_URL.to_owned(),
+                    value: secret.encode_to_vec(),
+                }),
+                ..Default::default()
+            });
+        }
+        let count = resources.len() as u64;
+        self.send(SECRET_TYPE_URL, resources, Vec::new()).await?;
+        self.inner
+            .metrics
+            .xds_pushes
+            .with_label_values(&["secret"])
+            .inc_by(count);
+        for (name, value) in secrets {
+            self.sent.insert(name, value);
+        }
+        Ok(())
+    }
+
+    /// Answers names this stream may not have (or that do not exist) as removed.
+    async fn refuse(&mut self, type_url: &str, names: Vec<String>) -> Result<(), End> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(runtime = %self.runtime, type_url, names = ?names, "a sidecar asked for resources that are not its runtime's; answered as removed");
+        let count = names.len() as u64;
+        self.send(type_url, Vec::new(), names).await?;
+        self.inner
+            .metrics
+            .xds_pushes
+            .with_label_values(&["removed"])
+            .inc_by(count);
+        Ok(())
+    }
+
+    /// The runtime token was revoked or the tenant deleted: the table without compiled
+    /// routes first (ext_proc refuses everything then), then the secrets go.
+    async fn revoke(&mut self) -> End {
+        tracing::info!(runtime = %self.runtime, "a sidecar's runtime token was revoked (or its tenant deleted): its native routes are withdrawn");
+        if self.table_subscribed {
+            let table = compile::compile(&self.table_name, None, |_| SecretUse::ExtProc);
+            if self.push_table(&table).await.is_err() {
+                return End::Gone;
+            }
+        }
+        let names: Vec<String> = self.subscribed.drain().collect();
+        self.values.clear();
+        self.sent.clear();
+        if !names.is_empty() && self.send(SECRET_TYPE_URL, Vec::new(), names).await.is_err() {
+            return End::Gone;
+        }
+        End::Refused(Status::unauthenticated(
+            "runta: the runtime token was revoked",
+        ))
+    }
+
+    /// Whether the sidecar's token still stands and its tenant exists.
+    fn still_valid(&self, snapshot: &Snapshot) -> bool {
+        snapshot
+            .token(&self.token)
+            .is_some_and(|entry| !entry.revoked)
+            && snapshot.tenant_name(&self.tenant_id).is_some()
+    }
+
+    async fn send(
+        &mut self,
+        type_url: &str,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+    ) -> Result<(), End> {
+        self.nonce += 1;
+        let response = DeltaDiscoveryResponse {
+            type_url: type_url.to_owned(),
+            resources,
+            removed_resources: removed,
+            nonce: self.nonce.to_string(),
+            system_version_info: self.version.to_string(),
+            ..Default::default()
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| End::Gone)
+    }
+}

@@ -1,0 +1,826 @@
+//! The rule compiler: one runtime's rules as the route table of its sidecar's egress listener,
+//! so that Envoy injects the common case itself (`header_mutation` with `%SECRET(name)%`, the
+//! secret pushed over SDS) and never calls ext_proc for it.
+//!
+//! The invariant: for every request, what a compiled route does equals what `decide()` and the
+//! ext_proc path do. Everything the compiler cannot express exactly is left to ext_proc, route
+//! by route, never dropped:
+//! - every virtual host starts with the static configuration's guard and CONNECT routes, then
+//!   sends requests whose matching runta does differently from Envoy (a `%`, `\` or `#` in the
+//!   path, a method that echoes the request back, a scheme other than plain HTTP) to ext_proc;
+//! - a set of rules whose winners include a query parameter target (Envoy moves the parameter
+//!   to the end of the query; runta leaves the rest of the query byte for byte), a secret with
+//!   `cache_ttl_secs = 0` (it must not sit in Envoy's memory) or a secret the store could not
+//!   answer for now stays on ext_proc;
+//! - a host whose rules would need more than [`MAX_ROUTES_PER_HOST`] routes, or that is no DNS
+//!   name, gets no virtual host of its own: the catch-all virtual host (ext_proc) serves it.
+//!
+//! Envoy picks exactly one virtual host per request (exact name, then longest `*.suffix`, then
+//! `*`) and never falls back to another, so every virtual host carries every rule that applies
+//! to its names: an exact host gets the wildcard rules covering it, a wildcard the wider
+//! wildcards. Within a host, the request's set of matching rules decides what is injected; the
+//! compiler emits one route per set of rules that can match together (their ports agree and
+//! their path globs intersect), larger sets first, so the first route that matches a request
+//! is the route of exactly its matching set. The winners of a set (one per target, the most
+//! specific) are chosen by the very function ext_proc uses ([`RuntimeRules::winners`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::common::mutation_rules::v3::{HeaderMutation, header_mutation};
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, HeaderValue, HeaderValueOption,
+    TypedExtensionConfig, config_source, data_source, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, FilterConfig, HeaderMatcher, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost, header_matcher, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
+    ExtProcPerRoute, ext_proc_per_route,
+};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
+use envoy_types::pb::envoy::extensions::formatter::generic_secret::v3::GenericSecret;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, Duration};
+use prost::{Message, Name};
+
+use crate::envoy::{
+    AUTHORITY_REGEX, BAD_AUTHORITY_BODY, BAD_CONNECT_TARGET_BODY, CONNECT_ROUTE_HEADER,
+    CONNECT_TARGET_REGEX, FORWARDED_HEADERS_REMOVED,
+};
+use crate::extproc::refusal::Refusal;
+use crate::rules::snapshot::{CompiledRule, PathGlob, RuntimeRules, SecretRef};
+use crate::rules::target::CompiledTarget;
+
+/// The type of the route tables served over ADS.
+pub const ROUTE_TYPE_URL: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// A host whose rules need more routes than this is left to ext_proc (the number of routes
+/// grows with the combinations of path patterns that can match together).
+pub const MAX_ROUTES_PER_HOST: usize = 128;
+
+/// The route table a sidecar of `runtime` asks for (`rds.route_config_name`).
+pub fn route_table_name(runtime: &str) -> String {
+    format!("runta/{runtime}")
+}
+
+/// The SDS name (and `%SECRET()%` key) of a tenant's secret in its sidecars.
+pub fn secret_resource_name(credential: &str) -> String {
+    format!("runta.secret.{credential}")
+}
+
+/// What the compiler may do with a secret a rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretUse {
+    /// Envoy may hold it: the value is pushed over SDS and injected natively.
+    Native,
+    /// ext_proc injects it: `cache_ttl_secs = 0`, or the store could not answer now.
+    ExtProc,
+    /// It cannot be had (deleted, does not decrypt): a matching request gets 503 naming the
+    /// rule, exactly as ext_proc answers.
+    Unavailable,
+}
+
+/// A compiled route table and the secrets its routes reference.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub config: RouteConfiguration,
+    /// SDS resource name → the secret, for every secret a native route injects.
+    pub secrets: BTreeMap<String, Arc<SecretRef>>,
+    /// Rules with at least one native route, and rules left to ext_proc entirely.
+    pub native_rules: usize,
+    pub extproc_rules: usize,
+}
+
+/// Compiles a runtime's rules (`None`: it has none) into the route table `name`.
+/// `secret_use` tells, for every secret the rules name, whether Envoy may hold it.
+pub fn compile(
+    name: &str,
+    rules: Option<&RuntimeRules>,
+    secret_use: impl Fn(&SecretRef) -> SecretUse,
+) -> RouteTable {
+    let mut table = RouteTable {
+        config: RouteConfiguration {
+            name: name.to_owned(),
+            // Ports are matched by the routes (`:authority`), names by the virtual hosts.
+            ignore_port_in_host_matching: true,
+            ..Default::default()
+        },
+        secrets: BTreeMap::new(),
+        native_rules: 0,
+        extproc_rules: 0,
+    };
+    let mut native_ids = HashSet::new();
+    let mut all_ids = HashSet::new();
+    if let Some(rules) = rules {
+        for (domain, host_rules) in hosts(rules) {
+            for rule in &host_rules {
+                all_ids.insert(rule.id.to_string());
+            }
+            if let Some(host) = compile_host(&domain, &host_rules, &secret_use) {
+                native_ids.extend(host.native_rule_ids);
+                table.secrets.extend(host.secrets);
+                table.config.virtual_hosts.push(host.virtual_host);
+            }
+        }
+    }
+    table.native_rules = native_ids.len();
+    table.extproc_rules = all_ids.len() - native_ids.len();
+    // The catch-all: every other host, exactly as the static configuration routes it.
+    let mut routes = guard_routes();
+    routes.push(forward_route("forward", RouteKind::ExtProc));
+    table.config.virtual_hosts.push(VirtualHost {
+        name: "egress".into(),
+        domains: vec!["*".into()],
+        routes,
+        ..Default::default()
+    });
+    table
+}
+
+/// Every virtual host the rules need: its domain and the rules that apply to its names,
+/// in a stable order.
+fn hosts(rules: &RuntimeRules) -> BTreeMap<String, Vec<&CompiledRule>> {
+    let mut exact: BTreeMap<&str, Vec<&CompiledRule>> = BTreeMap::new();
+    let mut wildcard: BTreeMap<&str, Vec<&CompiledRule>> = BTreeMap::new();
+    for rule in rules.rules() {
+        match rule.host() {
+            (host, true) => exact.entry(host).or_default().push(rule),
+            (suffix, false) => wildcard.entry(suffix).or_default().push(rule),
+        }
+    }
+    // The wildcard rules that cover a name below `host` (`*.b.c` covers names below `a.b.c`
+    // and `a.b.c` itself is below `b.c`).
+    let covering = |host: &str, include_self: bool| -> Vec<&CompiledRule> {
+        wildcard
+            .iter()
+            .filter(|(suffix, _)| {
+                (include_self && host == **suffix)
+                    || host
+                        .strip_suffix(**suffix)
+                        .is_some_and(|head| head.ends_with('.'))
+            })
+            .flat_map(|(_, rules)| rules.iter().copied())
+            .collect()
+    };
+    let mut out = BTreeMap::new();
+    for (host, rules) in &exact {
+        let mut all = rules.clone();
+        all.extend(covering(host, false));
+        out.insert((*host).to_owned(), all);
+    }
+    for suffix in wildcard.keys() {
+        out.insert(format!("*.{suffix}"), covering(suffix, true));
+    }
+    out
+}
+
+/// One compiled virtual host.
+struct CompiledHost {
+    virtual_host: VirtualHost,
+    secrets: BTreeMap<String, Arc<SecretRef>>,
+    native_rule_ids: Vec<String>,
+}
+
+/// How a route sends the request on.
+enum RouteKind {
+    /// Through ext_proc, as the static configuration does.
+    ExtProc,
+    /// Natively: ext_proc disabled, these header mutations (none: nothing to inject).
+    Native(Vec<HeaderMutation>, GenericSecret),
+}
+
+/// The virtual host of `domain` with these rules; `None` when the host is left to the
+/// catch-all (ext_proc).
+fn compile_host(
+    domain: &str,
+    rules: &[&CompiledRule],
+    secret_use: &impl Fn(&SecretRef) -> SecretUse,
+) -> Option<CompiledHost> {
+    let name = domain.strip_prefix("*.").unwrap_or(domain);
+    // Envoy's domain matching and runta's agree on DNS names; anything else (an IPv6
+    // literal) stays with ext_proc.
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        return None;
+    }
+    let sets = matching_sets(rules)?;
+    let mut routes = guard_routes();
+    routes.extend(diverted_routes());
+    let mut secrets = BTreeMap::new();
+    let mut native_rule_ids = Vec::new();
+    for set in &sets {
+        let members: Vec<&CompiledRule> = set.iter().map(|&i| rules[i]).collect();
+        let mut winners = RuntimeRules::winners(members.iter().copied());
+        winners.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids = winners
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut route = match native(&winners, secret_use) {
+            Plan::ExtProc => forward_route(&format!("extproc:{ids}"), RouteKind::ExtProc),
+            Plan::Unavailable(rule) => unavailable_route(&format!("rule:{ids}"), rule),
+            Plan::Native(mutations, formatter) => {
+                for rule in &winners {
+                    secrets.insert(
+                        secret_resource_name(&rule.secret.credential),
+                        rule.secret.clone(),
+                    );
+                    native_rule_ids.push(rule.id.to_string());
+                }
+                forward_route(
+                    &format!("rule:{ids}"),
+                    RouteKind::Native(mutations, formatter),
+                )
+            }
+        };
+        route.r#match = Some(set_match(&members));
+        routes.push(route);
+    }
+    // No rule matches: ext_proc decides, as everywhere else.
+    routes.push(forward_route("forward", RouteKind::ExtProc));
+    Some(CompiledHost {
+        virtual_host: VirtualHost {
+            name: domain.to_owned(),
+            domains: vec![domain.to_owned()],
+            routes,
+            ..Default::default()
+        },
+        secrets,
+        native_rule_ids,
+    })
+}
+
+/// What a set of winners compiles to.
+enum Plan<'r> {
+    ExtProc,
+    Unavailable(&'r CompiledRule),
+    Native(Vec<HeaderMutation>, GenericSecret),
+}
+
+fn native<'r>(
+    winners: &[&'r CompiledRule],
+    secret_use: &impl Fn(&SecretRef) -> SecretUse,
+) -> Plan<'r> {
+    let mut unavailable = None;
+    for rule in winners {
+        if matches!(*rule.target, CompiledTarget::Param(_)) {
+            return Plan::ExtProc;
+        }
+        match secret_use(&rule.secret) {
+            SecretUse::ExtProc => return Plan::ExtProc,
+            // ext_proc names the first rule (by id) whose secret it cannot have.
+            SecretUse::Unavailable if unavailable.is_none() => unavailable = Some(*rule),
+            SecretUse::Unavailable | SecretUse::Native => {}
+        }
+    }
+    if let Some(rule) = unavailable {
+        return Plan::Unavailable(rule);
+    }
+    let mut mutations = Vec::new();
+    let mut formatter = GenericSecret::default();
+    for rule in winners {
+        let CompiledTarget::Header(header) = &*rule.target else {
+            unreachable!("parameter targets return above");
+        };
+        let secret = secret_resource_name(&rule.secret.credential);
+        formatter.secret_configs.insert(
+            secret.clone(),
+            SdsSecretConfig {
+                name: secret.clone(),
+                sds_config: Some(ads_config_source()),
+            },
+        );
+        let value = rule
+            .template
+            .pieces()
+            .iter()
+            .map(|piece| piece.replace('%', "%%"))
+            .collect::<Vec<_>>()
+            .join(&format!("%SECRET({secret})%"));
+        // Overwrite: whatever the runtime sent in this header goes, then the value.
+        mutations.push(HeaderMutation {
+            action: Some(header_mutation::Action::Remove(header.to_string())),
+        });
+        mutations.push(HeaderMutation {
+            action: Some(header_mutation::Action::Append(HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: header.to_string(),
+                    value,
+                    ..Default::default()
+                }),
+                append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
+                ..Default::default()
+            })),
+        });
+    }
+    Plan::Native(mutations, formatter)
+}
+
+/// Every set of rules (indexes into `rules`) that can match one request together, largest
+/// first, the empty set left out; `None` when there are more than [`MAX_ROUTES_PER_HOST`].
+/// Rules without port and path are in every set.
+fn matching_sets(rules: &[&CompiledRule]) -> Option<Vec<Vec<usize>>> {
+    let (always, conditional): (Vec<usize>, Vec<usize>) =
+        (0..rules.len()).partition(|&i| rules[i].port().is_none() && rules[i].path().is_none());
+    let mut sets = Vec::new();
+    let mut chosen = Vec::new();
+    if !extend_sets(rules, &conditional, 0, &mut chosen, None, &mut sets) {
+        return None;
+    }
+    let mut sets: Vec<Vec<usize>> = sets
+        .into_iter()
+        .map(|mut set: Vec<usize>| {
+            set.extend(&always);
+            set.sort_unstable();
+            set
+        })
+        .filter(|set| !set.is_empty())
+        .collect();
+    sets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    Some(sets)
+}
+
+/// Depth-first over the conditional rules from `at`: each leaf is one feasible set. `false`
+/// when the sets exceed the bound.
+fn extend_sets(
+    rules: &[&CompiledRule],
+    conditional: &[usize],
+    at: usize,
+    chosen: &mut Vec<usize>,
+    port: Option<u16>,
+    out: &mut Vec<Vec<usize>>,
+) -> bool {
+    if at == conditional.len() {
+        out.push(chosen.clone());
+        return out.len() <= MAX_ROUTES_PER_HOST;
+    }
+    if !extend_sets(rules, conditional, at + 1, chosen, port, out) {
+        return false;
+    }
+    let rule = rules[conditional[at]];
+    let port = match (port, rule.port()) {
+        (Some(a), Some(b)) if a != b => return true,
+        (a, b) => a.or(b),
+    };
+    let mut globs: Vec<&PathGlob> = chosen.iter().filter_map(|&i| rules[i].path()).collect();
+    if let Some(glob) = rule.path() {
+        globs.push(glob);
+        if !globs_intersect(&globs) {
+            return true;
+        }
+    }
+    chosen.push(conditional[at]);
+    let within = extend_sets(rules, conditional, at + 1, chosen, port, out);
+    chosen.pop();
+    within
+}
+
+/// Whether some path matches every glob. Explores the product of the globs' automata over
+/// the bytes they name plus one byte none names; past a bound it answers `true` (a route for
+/// a set no request can match is never taken: harmless).
+fn globs_intersect(globs: &[&PathGlob]) -> bool {
+    const BOUND: usize = 4096;
+    if globs.len() < 2 {
+        return true;
+    }
+    // A glob as tokens: `None` is a star.
+    let tokens: Vec<Vec<Option<u8>>> = globs
+        .iter()
+        .map(|glob| {
+            let mut out = Vec::new();
+            for (i, piece) in glob.pieces().iter().enumerate() {
+                if i > 0 {
+                    out.push(None);
+                }
+                out.extend(piece.bytes().map(Some));
+            }
+            out
+        })
+        .collect();
+    let mut alphabet: BTreeSet<u8> = tokens.iter().flatten().flatten().copied().collect();
+    // A byte no glob names stands for every such byte.
+    if let Some(other) = (1u8..=255).find(|b| !alphabet.contains(b)) {
+        alphabet.insert(other);
+    }
+    // One glob's state: the set of token positions it may be at (positions past a star are
+    // reachable without input).
+    let close = |toks: &[Option<u8>], mut state: BTreeSet<usize>| {
+        let mut stack: Vec<usize> = state.iter().copied().collect();
+        while let Some(p) = stack.pop() {
+            if toks.get(p) == Some(&None) && state.insert(p + 1) {
+                stack.push(p + 1);
+            }
+        }
+        state
+    };
+    let start: Vec<BTreeSet<usize>> = tokens
+        .iter()
+        .map(|toks| close(toks, BTreeSet::from([0])))
+        .collect();
+    let mut seen = HashSet::from([start.clone()]);
+    let mut queue = vec![start];
+    while let Some(states) = queue.pop() {
+        if states
+            .iter()
+            .zip(&tokens)
+            .all(|(state, toks)| state.contains(&toks.len()))
+        {
+            return true;
+        }
+        for &byte in &alphabet {
+            let mut next = Vec::with_capacity(states.len());
+            for (state, toks) in states.iter().zip(&tokens) {
+                let mut moved = BTreeSet::new();
+                for &p in state {
+                    match toks.get(p) {
+                        Some(None) => {
+                            moved.insert(p);
+                        }
+                        Some(Some(b)) if *b == byte => {
+                            moved.insert(p + 1);
+                        }
+                        _ => {}
+                    }
+                }
+                if moved.is_empty() {
+                    break;
+                }
+                next.push(close(toks, moved));
+            }
+            if next.len() == states.len() && seen.insert(next.clone()) {
+                if seen.len() > BOUND {
+                    return true;
+                }
+                queue.push(next);
+            }
+        }
+    }
+    false
+}
+
+/// The match of a set's route: every member's port and path hold.
+fn set_match(members: &[&CompiledRule]) -> RouteMatch {
+    let mut headers = Vec::new();
+    let port = members.iter().find_map(|r| r.port());
+    if let Some(port) = port {
+        // Ports are digits; leading zeros read as the same port (runta parses them so).
+        let regex = if port == 80 {
+            // Plain HTTP (the diverted routes sent every other scheme to ext_proc): no port
+            // means 80.
+            "^[^:]*(:0*80)?$".to_owned()
+        } else {
+            format!("^[^:]*:0*{port}$")
+        };
+        headers.push(regex_header(":authority", &regex, false));
+    }
+    let globs: Vec<&PathGlob> = members.iter().filter_map(|r| r.path()).collect();
+    let path_specifier = match globs.split_first() {
+        None => route_match::PathSpecifier::Prefix("/".into()),
+        Some((first, rest)) => {
+            for glob in rest {
+                // `:path` holds the query: a star stops at `?`, and a query may follow.
+                let regex = format!("^{}(\\?.*)?$", glob_regex(glob, "[^?]*"));
+                headers.push(regex_header(":path", &regex, false));
+            }
+            match first.pieces() {
+                [exact] => route_match::PathSpecifier::Path(exact.clone()),
+                [prefix, rest] if rest.is_empty() => {
+                    route_match::PathSpecifier::Prefix(prefix.clone())
+                }
+                // Envoy matches these against the path without its query.
+                _ => route_match::PathSpecifier::SafeRegex(RegexMatcher {
+                    regex: format!("^{}$", glob_regex(first, ".*")),
+                    ..Default::default()
+                }),
+            }
+        }
+    };
+    RouteMatch {
+        headers,
+        path_specifier: Some(path_specifier),
+        ..Default::default()
+    }
+}
+
+/// A glob as an RE2 expression (unanchored), `star` standing for `*`.
+fn glob_regex(glob: &PathGlob, star: &str) -> String {
+    glob.pieces()
+        .iter()
+        .map(|piece| {
+            // RE2 reads a backslash before any punctuation as that character.
+            let mut out = String::with_capacity(piece.len());
+            for c in piece.chars() {
+                if c.is_ascii_punctuation() && c != '/' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join(star)
+}
+
+fn regex_header(name: &str, regex: &str, invert: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        invert_match: invert,
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: regex.to_owned(),
+                    ..Default::default()
+                })),
+                ignore_case: false,
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+fn exact_header(name: &str, value: &str, invert: bool) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        invert_match: invert,
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_owned())),
+                ignore_case: false,
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The routes every virtual host starts with, as the static configuration has them: a
+/// CONNECT must name `host:port`; runta's answer to a CONNECT routes it (interception or a
+/// plain tunnel); any other request must name `host[:port]`.
+fn guard_routes() -> Vec<Route> {
+    let connect = |headers: Vec<HeaderMatcher>| RouteMatch {
+        headers,
+        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+            route_match::ConnectMatcher {},
+        )),
+        ..Default::default()
+    };
+    let tunnel = |cluster: &str, rbac_off: bool| {
+        let mut filters = HashMap::from([(
+            "envoy.filters.http.set_filter_state".to_owned(),
+            any(&FilterConfig {
+                config: Some(Any::default()),
+                ..Default::default()
+            }),
+        )]);
+        if rbac_off {
+            filters.insert(
+                "envoy.filters.http.rbac".to_owned(),
+                any(&RbacPerRoute::default()),
+            );
+        }
+        (
+            Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.into())),
+                timeout: Some(Duration::default()),
+                upgrade_configs: vec![route_action::UpgradeConfig {
+                    upgrade_type: "CONNECT".into(),
+                    connect_config: Some(Default::default()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            filters,
+        )
+    };
+    let (intercept, intercept_filters) = tunnel("intercept", true);
+    let (through, through_filters) = tunnel("upstream_tunnel", false);
+    vec![
+        Route {
+            name: "connect-target".into(),
+            r#match: Some(connect(vec![regex_header(
+                ":authority",
+                CONNECT_TARGET_REGEX,
+                true,
+            )])),
+            action: Some(direct(400, BAD_CONNECT_TARGET_BODY)),
+            ..Default::default()
+        },
+        Route {
+            name: "connect-intercept".into(),
+            r#match: Some(connect(vec![exact_header(
+                CONNECT_ROUTE_HEADER,
+                "intercept",
+                false,
+            )])),
+            action: intercept,
+            typed_per_filter_config: intercept_filters,
+            ..Default::default()
+        },
+        Route {
+            name: "connect-tunnel".into(),
+            r#match: Some(connect(Vec::new())),
+            action: through,
+            typed_per_filter_config: through_filters,
+            ..Default::default()
+        },
+        Route {
+            name: "destination".into(),
+            r#match: Some(RouteMatch {
+                headers: vec![regex_header(":authority", AUTHORITY_REGEX, true)],
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(direct(400, BAD_AUTHORITY_BODY)),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Requests whose matching runta does differently from Envoy's routes: ext_proc decides.
+fn diverted_routes() -> Vec<Route> {
+    let divert = |name: &str, header: HeaderMatcher| {
+        let mut route = forward_route(name, RouteKind::ExtProc);
+        route.r#match = Some(RouteMatch {
+            headers: vec![header],
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        });
+        route
+    };
+    vec![
+        // runta decodes escapes and cuts at `#`; `\` is no separator to Envoy.
+        divert(
+            "extproc:path",
+            regex_header(":path", "^[^?]*[%\\\\#]", false),
+        ),
+        // Never a credential on a request that is echoed back.
+        divert(
+            "extproc:method",
+            regex_header(":method", "^(?i:trace|track)$", false),
+        ),
+        // Ports default by scheme: the compiled routes assume plain HTTP.
+        divert("extproc:scheme", exact_header(":scheme", "http", true)),
+    ]
+}
+
+/// A route to the upstream, unconditional (the caller sets the match).
+fn forward_route(name: &str, kind: RouteKind) -> Route {
+    let mut filters = HashMap::new();
+    if let RouteKind::Native(mutations, formatter) = kind {
+        filters.insert(EXTPROC_FILTER.to_owned(), extproc_disabled());
+        if !mutations.is_empty() {
+            let config = HeaderMutationPerRoute {
+                mutations: Some(Mutations {
+                    request_mutations: mutations,
+                    formatters: vec![TypedExtensionConfig {
+                        name: "envoy.formatter.generic_secret".into(),
+                        typed_config: Some(any(&formatter)),
+                    }],
+                }),
+            };
+            filters.insert(
+                HEADER_MUTATION_FILTER.to_owned(),
+                Any {
+                    type_url: HEADER_MUTATION_PER_ROUTE_TYPE_URL.into(),
+                    value: config.encode_to_vec(),
+                },
+            );
+        }
+    }
+    Route {
+        name: name.to_owned(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("upstream".into())),
+            timeout: Some(Duration::default()),
+            ..Default::default()
+        })),
+        request_headers_to_remove: FORWARDED_HEADERS_REMOVED
+            .iter()
+            .map(|h| (*h).to_owned())
+            .collect(),
+        typed_per_filter_config: filters,
+        ..Default::default()
+    }
+}
+
+/// A matching rule whose secret cannot be had: 503 naming the rule, as ext_proc answers.
+fn unavailable_route(name: &str, rule: &CompiledRule) -> Route {
+    Route {
+        name: name.to_owned(),
+        action: Some(direct(
+            503,
+            &Refusal::SecretUnavailable {
+                rule: Some(&rule.id),
+            }
+            .body(),
+        )),
+        typed_per_filter_config: HashMap::from([(EXTPROC_FILTER.to_owned(), extproc_disabled())]),
+        ..Default::default()
+    }
+}
+
+fn direct(status: u32, body: &str) -> route::Action {
+    route::Action::DirectResponse(DirectResponseAction {
+        status,
+        body: Some(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(body.to_owned())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+const EXTPROC_FILTER: &str = "envoy.filters.http.ext_proc";
+const HEADER_MUTATION_FILTER: &str = "envoy.filters.http.header_mutation";
+const HEADER_MUTATION_PER_ROUTE_TYPE_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute";
+
+fn extproc_disabled() -> Any {
+    any(&ExtProcPerRoute {
+        r#override: Some(ext_proc_per_route::Override::Disabled(true)),
+    })
+}
+
+fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn any<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// `HeaderMutationPerRoute` as Envoy 1.40 has it: its `Mutations` gained `formatters` (field
+/// 6), which the generated types predate. Only the fields runta sets.
+#[derive(Clone, PartialEq, Message)]
+struct HeaderMutationPerRoute {
+    #[prost(message, optional, tag = "1")]
+    mutations: Option<Mutations>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Mutations {
+    #[prost(message, repeated, tag = "1")]
+    request_mutations: Vec<HeaderMutation>,
+    #[prost(message, repeated, tag = "6")]
+    formatters: Vec<TypedExtensionConfig>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::pattern::PathPattern;
+
+    fn glob(text: &str) -> PathGlob {
+        PathGlob::new(&PathPattern::parse(text).unwrap())
+    }
+
+    #[test]
+    fn globs_intersect_exactly_when_a_path_matches_both() {
+        let cases = [
+            ("/v1/*", "/v1/chat", true),
+            ("/v1/*", "/v2/*", false),
+            ("/v1/*/x", "/*/y/*", true),
+            ("/a*b", "/*c", false),
+            ("/a*b", "/a*", true),
+            ("/a", "/a*", true),
+            ("/a", "/b*", false),
+            ("/*.json", "/*/x", false),
+            ("/*.json", "/x/*", true),
+            ("/a*a", "/aa", true),
+            ("/a*a", "/a", false),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(globs_intersect(&[&glob(a), &glob(b)]), want, "{a} ∩ {b}");
+            // A witness agrees where one exists among a few candidates.
+        }
+        assert!(!globs_intersect(&[
+            &glob("/v1/*"),
+            &glob("/*/x"),
+            &glob("/*/y")
+        ]));
+    }
+
+    #[test]
+    fn glob_regexes_escape_literals() {
+        assert_eq!(glob_regex(&glob("/v1.0/*+x"), "[^?]*"), "/v1\\.0/[^?]*\\+x");
+    }
+}
