@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     GenericSecret, Secret, secret,
 };
@@ -145,8 +146,9 @@ struct SidecarStream {
     /// The one route table this stream may have.
     table_name: String,
     table_subscribed: bool,
-    /// The table last pushed (encoded), to push only changes.
-    table_sent: Option<Vec<u8>>,
+    /// The table last pushed, to push only changes (compared as messages: the encoding of its
+    /// maps is in no fixed order).
+    table_sent: Option<RouteConfiguration>,
     /// The rules the current table was compiled from: a snapshot that keeps the same `Arc`
     /// changed nothing of this runtime.
     rules_seen: Option<Option<Arc<RuntimeRules>>>,
@@ -391,8 +393,7 @@ impl SidecarStream {
 
     /// Pushes the table if it differs from the one Envoy has.
     async fn push_table(&mut self, table: &RouteTable) -> Result<(), End> {
-        let encoded = table.config.encode_to_vec();
-        if self.table_sent.as_deref() == Some(encoded.as_slice()) {
+        if self.table_sent.as_ref() == Some(&table.config) {
             return Ok(());
         }
         let metrics = self.inner.metrics.clone();
@@ -418,14 +419,14 @@ impl SidecarStream {
             version: self.version.to_string(),
             resource: Some(Any {
                 type_url: ROUTE_TYPE_URL.to_owned(),
-                value: encoded.clone(),
+                value: table.config.encode_to_vec(),
             }),
             ..Default::default()
         };
         self.send(ROUTE_TYPE_URL, vec![resource], Vec::new())
             .await?;
         metrics.xds_pushes.with_label_values(&["routes"]).inc();
-        self.table_sent = Some(encoded);
+        self.table_sent = Some(table.config.clone());
         Ok(())
     }
 
@@ -498,9 +499,11 @@ impl SidecarStream {
                 return End::Gone;
             }
         }
-        let names: Vec<String> = self.subscribed.drain().collect();
+        // The secrets Envoy holds (names it asked for but never got are nothing to remove).
+        let mut names: Vec<String> = self.sent.drain().map(|(name, _)| name).collect();
+        names.sort();
+        self.subscribed.clear();
         self.values.clear();
-        self.sent.clear();
         if !names.is_empty() && self.send(SECRET_TYPE_URL, Vec::new(), names).await.is_err() {
             return End::Gone;
         }

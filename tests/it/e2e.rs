@@ -190,6 +190,7 @@ pub struct Envoy {
     pub access_log: PathBuf,
     /// Envoy's admin interface (a Unix socket).
     pub admin: PathBuf,
+    debug_log: PathBuf,
     _child: Guard,
 }
 
@@ -201,6 +202,19 @@ impl Envoy {
         world: &World,
         mode_args: &[&str],
         name: &str,
+    ) -> Self {
+        Self::spawn(envoy, server, world, mode_args, name, true)
+    }
+
+    /// The same; with `wait` false it returns as soon as Envoy runs, its listener open or
+    /// not (a native sidecar keeps it closed until runta's routes arrive).
+    pub fn spawn(
+        envoy: &Path,
+        server: &Server,
+        world: &World,
+        mode_args: &[&str],
+        name: &str,
+        wait: bool,
     ) -> Self {
         let port = free_port();
         let config = world.dir.path().join(format!("{name}.yaml"));
@@ -243,14 +257,22 @@ impl Envoy {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let guard = Guard(child);
-        wait_for_port(port, "envoy", &debug_log);
-        Self {
+        let envoy = Self {
             port,
             access_log,
             admin,
-            _child: guard,
+            debug_log,
+            _child: Guard(child),
+        };
+        if wait {
+            wait_for_port(port, "envoy", &envoy.debug_log);
         }
+        envoy
+    }
+
+    /// Waits until Envoy's proxy listener accepts connections.
+    pub fn wait_until_open(&self) {
+        wait_for_port(self.port, "envoy", &self.debug_log);
     }
 
     pub fn proxy(&self, credentials: Option<&str>) -> String {

@@ -2,10 +2,12 @@
 //! routes and pushes them (and the secrets they inject) over Delta ADS; Envoy injects without
 //! calling ext_proc. The same TLS upstream, DNS stub and curl as `e2e`.
 
-use crate::cli::Server;
+use crate::cli::{Server, ok};
 use crate::e2e::{
-    Envoy, MAPS, OPENAI, WILD, World, assert_no_value, curl, envoy_binary, set_up_rules,
+    Envoy, MAPS, OPENAI, WILD, World, assert_no_value, curl, envoy_binary, json_of, set_up_rules,
+    token,
 };
+use crate::support::free_port;
 
 /// ext_proc streams the sidecar's egress listener opened.
 const EXTPROC_STREAMS: &str = "http.egress.ext_proc.streams_started";
@@ -74,4 +76,143 @@ fn runta_percent(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Polls `check` every 50 ms for up to 10 s; fails naming `what`.
+#[track_caller]
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn changes_restarts_and_runta_down_through_a_native_sidecar() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let world = World::new();
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(world.dir.path(), &["--grpc-listen", &grpc]);
+    set_up_rules(&server);
+    let (token_id, token) = token(&server, "worker", None);
+    let sidecar = [
+        "--mode",
+        "sidecar",
+        "--runtime",
+        "worker",
+        "--runtime-token",
+        &token,
+    ];
+    let envoy = Envoy::start(&envoy_bin, &server, &world, &sidecar, "native");
+    let proxy = envoy.proxy(None);
+    let openai = world.url("api.openai.com", "/v1/models");
+    let other = world.url("api.other.com", "/");
+    let header = |url: &str, name: &str| curl(&proxy, url, &[]).header(name);
+    assert_eq!(
+        header(&openai, "authorization"),
+        [format!("Bearer {OPENAI}")]
+    );
+
+    // Rotation: the next requests carry the new value, from Envoy itself.
+    ok(&server.shell("V='sk-e2e-ROTATED-9d1' runta secret update openai-api-key --value-env V"));
+    eventually("the rotated value is injected", || {
+        header(&openai, "authorization") == ["Bearer sk-e2e-ROTATED-9d1"]
+    });
+    // A rule added is injected; deleted, it is not.
+    let added = json_of(&server.runta(&[
+        "secret",
+        "rule",
+        "add",
+        "worker",
+        "--host",
+        "api.other.com",
+        "--credential",
+        "wild-key",
+        "--inject-header",
+        "x-other",
+        "-o",
+        "json",
+    ]));
+    eventually("the added rule is injected", || {
+        header(&other, "x-other") == [WILD]
+    });
+    assert_eq!(envoy.stat(EXTPROC_STREAMS), 0, "all of it without ext_proc");
+    ok(&server.runta(&["secret", "rule", "delete", added["id"].as_str().unwrap()]));
+    eventually("the deleted rule is no longer injected", || {
+        header(&other, "x-other").is_empty()
+    });
+
+    // runta stops answering: Envoy keeps its routes and secrets; what needs ext_proc fails
+    // closed; a sidecar started now stays closed.
+    server.signal("STOP");
+    assert_eq!(
+        header(&openai, "authorization"),
+        ["Bearer sk-e2e-ROTATED-9d1"]
+    );
+    let before = world.upstream_requests();
+    let reply = curl(&proxy, &world.url("maps.example.com", "/geo"), &[]);
+    assert!(
+        reply.status >= 500,
+        "forwarded while runta is down: {reply:?}"
+    );
+    assert_eq!(world.upstream_requests(), before);
+    let late = Envoy::spawn(&envoy_bin, &server, &world, &sidecar, "late", false);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", late.port)).is_err(),
+        "a new sidecar opened without its routes"
+    );
+    server.signal("CONT");
+    late.wait_until_open();
+    assert_eq!(
+        curl(&late.proxy(None), &openai, &[]).header("authorization"),
+        ["Bearer sk-e2e-ROTATED-9d1"]
+    );
+
+    // Restarted with a secret gone from the store (no announcement): the sidecar reconnects
+    // and its rule answers 503 naming the rule, as ext_proc would, never uninjected.
+    server.stop();
+    let db = world.dir.path().join("runta-data/runta.db");
+    let deleted = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"DELETE FROM secrets WHERE name='wild-key'\"); c.commit()"])
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let server = Server::start(world.dir.path(), &["--grpc-listen", &grpc]);
+    let wildcard_rule = json_of(&server.runta(&["secret", "rule", "list", "worker", "-o", "json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host_pattern"] == "*.example.com")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually("the rule whose secret is gone answers 503", || {
+        let reply = curl(&proxy, &world.url("x.example.com", "/"), &[]);
+        reply.status == 503 && reply.body.contains(&wildcard_rule)
+    });
+    assert_eq!(
+        header(&openai, "authorization"),
+        ["Bearer sk-e2e-ROTATED-9d1"]
+    );
+
+    // Revoked: the native routes are withdrawn, and ext_proc refuses the token.
+    ok(&server.runta(&["runtime", "token", "revoke", &token_id]));
+    eventually("the revoked sidecar injects no more", || {
+        curl(&proxy, &openai, &[]).status >= 500
+    });
+    let before = world.upstream_requests();
+    let reply = curl(&proxy, &openai, &[]);
+    assert!(reply.status >= 500, "{reply:?}");
+    assert_eq!(world.upstream_requests(), before);
+    assert_no_value("Envoy's access log", &envoy.access_log());
+    assert_no_value("runta's log", &server.stop());
 }

@@ -3,6 +3,7 @@
 //! through its real admin API over HTTP. This module is the harness (`Gateway`, the calls and
 //! their outcomes); the tests are in its submodules.
 
+mod ads;
 mod changes;
 mod identity;
 mod injection;
