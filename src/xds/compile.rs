@@ -15,6 +15,9 @@
 //! - a host whose rules would need more than [`MAX_ROUTES_PER_HOST`] routes, or that is no DNS
 //!   name, gets no virtual host of its own: the catch-all virtual host (ext_proc) serves it.
 //!
+//! A request that reaches the end of a compiled virtual host matches none of its rules: it
+//! goes on unchanged without ext_proc (route `pass`).
+//!
 //! Envoy picks exactly one virtual host per request (exact name, then longest `*.suffix`, then
 //! `*`) and never falls back to another, so every virtual host carries every rule that applies
 //! to its names: an exact host gets the wildcard rules covering it, a wildcard the wider
@@ -243,8 +246,14 @@ fn compile_host(
         route.r#match = Some(set_match(&members));
         routes.push(route);
     }
-    // No rule matches: ext_proc decides, as everywhere else.
-    routes.push(forward_route("forward", RouteKind::ExtProc));
+    // No rule matches, and the diverted routes took every request whose matching runta does
+    // differently: ext_proc would let it pass unchanged, so Envoy does. (The catch-all keeps
+    // ext_proc: hosts Envoy matches to no virtual host, such as a trailing dot, may still be
+    // a rule's to runta.)
+    routes.push(forward_route(
+        "pass",
+        RouteKind::Native(Vec::new(), GenericSecret::default()),
+    ));
     Some(CompiledHost {
         virtual_host: VirtualHost {
             name: domain.to_owned(),
