@@ -797,6 +797,135 @@ struct Mutations {
 mod tests {
     use super::*;
     use crate::rules::pattern::PathPattern;
+    use crate::rules::snapshot::Snapshot;
+    use crate::rules::{DraftFields, Rule, RuleDraft, RuleSpec, TargetFields};
+
+    /// Compiles rules `(host, path, header, template)` of runtime `w`, every secret native.
+    fn compiled(rules: &[(&str, Option<&str>, &str, &str)]) -> RouteTable {
+        let rules: Vec<Rule> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, (host, path, header, template))| {
+                let draft = RuleDraft {
+                    runtime: "w",
+                    host,
+                    path: *path,
+                    credential: "key",
+                    target: TargetFields {
+                        header: Some((*header).to_owned()),
+                        param: None,
+                    },
+                    value: Some(template),
+                };
+                Rule {
+                    id: format!("rule_{i:02}"),
+                    tenant_id: "ten_a".into(),
+                    spec: RuleSpec::from_draft(&draft, &DraftFields::BATCH).unwrap(),
+                }
+            })
+            .collect();
+        let snapshot = Snapshot::build([("ten_a".into(), "acme".into())], &rules, []);
+        compile("runta/w", snapshot.runtime_rules("ten_a", "w"), |_| {
+            SecretUse::Native
+        })
+    }
+
+    fn host<'t>(table: &'t RouteTable, domain: &str) -> Option<&'t VirtualHost> {
+        table
+            .config
+            .virtual_hosts
+            .iter()
+            .find(|vh| vh.domains == [domain])
+    }
+
+    fn rule_routes(vh: &VirtualHost) -> Vec<&str> {
+        vh.routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .filter(|n| n.starts_with("rule:"))
+            .collect()
+    }
+
+    #[test]
+    fn an_exact_host_carries_the_wildcards_that_cover_it_and_larger_sets_come_first() {
+        let table = compiled(&[
+            ("api.example.com", Some("/v1/*"), "x-a", "${credential}"),
+            ("*.example.com", None, "x-b", "${credential}"),
+            ("*.api.example.com", None, "x-c", "${credential}"),
+        ]);
+        let exact = host(&table, "api.example.com").unwrap();
+        // Both sets of the exact host: with its path rule, and the wildcard alone.
+        assert_eq!(rule_routes(exact), ["rule:rule_00,rule_01", "rule:rule_01"]);
+        // A narrower wildcard carries the wider one; the wider one only itself.
+        let narrow = host(&table, "*.api.example.com").unwrap();
+        assert_eq!(rule_routes(narrow), ["rule:rule_01,rule_02"]);
+        let wide = host(&table, "*.example.com").unwrap();
+        assert_eq!(rule_routes(wide), ["rule:rule_01"]);
+        assert_eq!(table.native_rules, 3);
+        assert_eq!(
+            table.config.virtual_hosts.last().unwrap().domains,
+            ["*"],
+            "the catch-all comes last"
+        );
+    }
+
+    #[test]
+    fn a_literal_percent_is_escaped_and_the_header_is_replaced() {
+        let table = compiled(&[(
+            "api.example.com",
+            None,
+            "Authorization",
+            "100% ${credential}",
+        )]);
+        let route = host(&table, "api.example.com")
+            .unwrap()
+            .routes
+            .iter()
+            .find(|r| r.name.starts_with("rule:"))
+            .unwrap();
+        let config = &route.typed_per_filter_config[HEADER_MUTATION_FILTER];
+        let mutations = HeaderMutationPerRoute::decode(config.value.as_slice())
+            .unwrap()
+            .mutations
+            .unwrap();
+        let actions: Vec<_> = mutations
+            .request_mutations
+            .iter()
+            .map(|m| m.action.clone().unwrap())
+            .collect();
+        assert_eq!(
+            actions[0],
+            header_mutation::Action::Remove("authorization".into())
+        );
+        let header_mutation::Action::Append(option) = &actions[1] else {
+            panic!("append second");
+        };
+        assert_eq!(
+            option.header.as_ref().unwrap().value,
+            "100%% %SECRET(runta.secret.key)%"
+        );
+        assert!(route.typed_per_filter_config.contains_key(EXTPROC_FILTER));
+    }
+
+    #[test]
+    fn a_host_needing_too_many_routes_is_left_to_extproc() {
+        // Every pair of these globs intersects: 2^8 sets.
+        let rules: Vec<(String, &str)> = (0..8).map(|i| (format!("/*{i}*"), "x-a")).collect();
+        let rules: Vec<(&str, Option<&str>, &str, &str)> = rules
+            .iter()
+            .map(|(path, header)| {
+                (
+                    "api.example.com",
+                    Some(path.as_str()),
+                    *header,
+                    "${credential}",
+                )
+            })
+            .collect();
+        let table = compiled(&rules);
+        assert!(host(&table, "api.example.com").is_none());
+        assert_eq!((table.native_rules, table.extproc_rules), (0, 8));
+    }
 
     fn glob(text: &str) -> PathGlob {
         PathGlob::new(&PathPattern::parse(text).unwrap())
@@ -826,6 +955,34 @@ mod tests {
             &glob("/*/x"),
             &glob("/*/y")
         ]));
+    }
+
+    /// Every string `/` + up to `len` of `a`, `b`, `c`.
+    fn paths(len: usize) -> Vec<String> {
+        let mut all = vec!["/".to_owned()];
+        let mut frontier = all.clone();
+        for _ in 0..len {
+            frontier = frontier
+                .iter()
+                .flat_map(|p| ["a", "b", "c"].map(|c| format!("{p}{c}")))
+                .collect();
+            all.extend(frontier.iter().cloned());
+        }
+        all
+    }
+
+    proptest::proptest! {
+        /// Small globs (at most three tokens each, so a shortest common path has at most six
+        /// characters after `/`): the automaton agrees with trying every such path.
+        #[test]
+        fn glob_intersection_agrees_with_brute_force(
+            a in "/[ab*]{0,3}",
+            b in "/[ab*]{0,3}",
+        ) {
+            let (ga, gb) = (glob(&a), glob(&b));
+            let witness = paths(6).into_iter().any(|p| ga.matches(&p) && gb.matches(&p));
+            proptest::prop_assert_eq!(globs_intersect(&[&ga, &gb]), witness, "{} and {}", a, b);
+        }
     }
 
     #[test]

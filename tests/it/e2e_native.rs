@@ -390,8 +390,8 @@ fn native_routes_forward_exactly_what_extproc_does() {
                 );
             }
         }
-        native_routes += native.stat("http.egress.downstream_rq_completed")
-            - native.stat(EXTPROC_STREAMS);
+        native_routes +=
+            native.stat("http.egress.downstream_rq_completed") - native.stat(EXTPROC_STREAMS);
         native_streams += native.stat(EXTPROC_STREAMS);
         extproc_streams += extproc.stat(EXTPROC_STREAMS);
     }
