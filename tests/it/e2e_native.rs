@@ -375,6 +375,30 @@ fn native_routes_forward_exactly_what_extproc_does() {
             ],
             &format!("extproc{set}"),
         );
+        if set == 0 {
+            // The routes every request takes when no rule is for its host are exactly the
+            // static configuration's.
+            let catch_all = |envoy: &Envoy, name: &str| {
+                let dump: serde_json::Value =
+                    serde_json::from_str(&envoy.admin_get("/config_dump")).unwrap();
+                let table = find_route_config(&dump, name).expect("the route table is loaded");
+                let mut routes = table["virtual_hosts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|vh| vh["domains"] == serde_json::json!(["*"]))
+                    .unwrap()["routes"]
+                    .clone();
+                for route in routes.as_array_mut().unwrap() {
+                    route.as_object_mut().unwrap().remove("name");
+                }
+                routes
+            };
+            assert_eq!(
+                catch_all(&native, &format!("runta/{runtime}")),
+                catch_all(&extproc, "egress")
+            );
+        }
         for host in hosts {
             for (path, extra) in requests {
                 let mut args = vec!["--path-as-is"];
@@ -405,4 +429,23 @@ fn native_routes_forward_exactly_what_extproc_does() {
         "ext_proc streams: native sidecars {native_streams}, ext_proc sidecars {extproc_streams}"
     );
     assert_no_value("runta's log", &server.stop());
+}
+
+/// The route table `name` anywhere in an Envoy config dump.
+fn find_route_config<'v>(
+    value: &'v serde_json::Value,
+    name: &str,
+) -> Option<&'v serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("name").and_then(|n| n.as_str()) == Some(name)
+                && map.contains_key("virtual_hosts")
+            {
+                return Some(value);
+            }
+            map.values().find_map(|v| find_route_config(v, name))
+        }
+        serde_json::Value::Array(items) => items.iter().find_map(|v| find_route_config(v, name)),
+        _ => None,
+    }
 }
