@@ -692,6 +692,8 @@ fn sidecar_end_to_end() {
     assert_no_value("runta's log", &server.stop());
 }
 
+/// The ext_proc path (a native sidecar keeps injecting from its last routes and secrets:
+/// `e2e_native`).
 #[test]
 fn envoy_fails_closed_while_runta_is_down() {
     let Some(envoy_bin) = envoy_binary() else {
@@ -705,7 +707,14 @@ fn envoy_fails_closed_while_runta_is_down() {
         &envoy_bin,
         &server,
         &world,
-        &["--mode", "sidecar", "--runtime", "worker"],
+        &[
+            "--mode",
+            "sidecar",
+            "--runtime",
+            "worker",
+            "--injection",
+            "extproc",
+        ],
         "failclosed",
     );
     let url = world.url("api.openai.com", "/v1/models");
