@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     GenericSecret, Secret, secret,
 };
@@ -37,7 +36,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::compile::{self, ROUTE_TYPE_URL, RouteTable, SecretUse};
+use super::compile::{self, Compiler, ROUTE_TYPE_URL, RouteTable, SecretUse};
 use crate::crypto::{self, TokenHash};
 use crate::engine::{Engine, SecretError};
 use crate::grpc::auth::{Caller, RUNTIME_TOKEN_METADATA};
@@ -119,10 +118,12 @@ impl AggregatedDiscoveryService for Ads {
             runtime: runtime.clone(),
             token,
             table_name: compile::route_table_name(runtime),
+            compiler: Compiler::new(&compile::route_table_name(runtime)),
             table_subscribed: false,
             table_sent: None,
             rules_seen: None,
             values: HashMap::new(),
+            uses: HashMap::new(),
             subscribed: HashSet::new(),
             sent: HashMap::new(),
             retry: None,
@@ -146,14 +147,18 @@ struct SidecarStream {
     /// The one route table this stream may have.
     table_name: String,
     table_subscribed: bool,
-    /// The table last pushed, to push only changes (compared as messages: the encoding of its
-    /// maps is in no fixed order).
-    table_sent: Option<RouteConfiguration>,
+    /// Compiles the table, reusing the hosts that did not change.
+    compiler: Compiler,
+    /// The table last pushed, to push only changes.
+    table_sent: Option<RouteTable>,
     /// The rules the current table was compiled from: a snapshot that keeps the same `Arc`
     /// changed nothing of this runtime.
     rules_seen: Option<Option<Arc<RuntimeRules>>>,
     /// SDS name → value, for every secret the current table injects.
     values: HashMap<String, Arc<SecretString>>,
+    /// Cache key → the secret and how the current table uses it, for every secret the
+    /// runtime's rules name.
+    uses: HashMap<Arc<str>, (Arc<SecretRef>, SecretUse)>,
     /// Secret names Envoy subscribed to.
     subscribed: HashSet<String>,
     /// SDS name → the value Envoy was last sent.
@@ -194,15 +199,14 @@ impl SidecarStream {
                     Ok(()) => self.refresh(false).await,
                     Err(_) => Err(End::Gone),
                 },
-                key = secrets.recv() => {
-                    let ours = match &key {
-                        Ok(Some(key)) => self.references(key),
-                        // One secret or all: lagging behind means any may have changed.
-                        Ok(None) | Err(broadcast::error::RecvError::Lagged(_)) => true,
-                        Err(broadcast::error::RecvError::Closed) => false,
-                    };
-                    if ours { self.refresh(true).await } else { Ok(()) }
-                }
+                key = secrets.recv() => match key {
+                    Ok(Some(key)) => self.secret_changed(&key).await,
+                    // Every secret, or lagging behind: any may have changed.
+                    Ok(None) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.refresh(true).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Ok(()),
+                },
                 () = async {
                     match retry {
                         Some(at) => tokio::time::sleep_until(at).await,
@@ -221,16 +225,49 @@ impl SidecarStream {
         self.inner.metrics.xds_streams.dec();
     }
 
-    /// Whether the current table injects the secret with this cache key.
-    fn references(&self, key: &str) -> bool {
-        let Some(name) = key
-            .strip_prefix(self.tenant_id.as_str())
-            .and_then(|rest| rest.strip_prefix('/'))
-        else {
-            return false;
+    /// One secret changed (its cache key): a value Envoy holds is replaced at once, without
+    /// compiling anything; a change of how the rules may use it (uncached now, gone, back)
+    /// compiles the table again.
+    async fn secret_changed(&mut self, key: &str) -> Result<(), End> {
+        let Some((secret, before)) = self.uses.get(key).cloned() else {
+            return Ok(()); // not a secret of this runtime's rules
         };
-        self.values
-            .contains_key(&compile::secret_resource_name(name))
+        let read = self
+            .inner
+            .engine
+            .secret_and_caching(&secret.key, &secret.tenant_id, &secret.credential)
+            .await;
+        match (before, self.classify(&secret, read)) {
+            (SecretUse::Native, (SecretUse::Native, Some(value))) => {
+                let name = compile::secret_resource_name(&secret.credential);
+                self.values.insert(name.clone(), value.clone());
+                if self.subscribed.contains(&name) {
+                    self.push_secrets(vec![(name, value)]).await?;
+                }
+                Ok(())
+            }
+            _ => self.refresh(true).await,
+        }
+    }
+
+    /// How the compiler may use a secret, given what reading it answered (and its value
+    /// where Envoy may hold it). Schedules a retry when the store could not answer.
+    fn classify(
+        &mut self,
+        secret: &SecretRef,
+        read: Result<(Arc<SecretString>, bool), SecretError>,
+    ) -> (SecretUse, Option<Arc<SecretString>>) {
+        match read {
+            Ok((value, true)) => (SecretUse::Native, Some(value)),
+            // cache_ttl_secs = 0: never held, here or in Envoy.
+            Ok((_, false)) => (SecretUse::ExtProc, None),
+            Err(SecretError::Missing | SecretError::Decrypt(_)) => (SecretUse::Unavailable, None),
+            Err(SecretError::Store(err)) => {
+                tracing::warn!(runtime = %self.runtime, credential = %secret.credential, error = %err, "a secret could not be read for a sidecar's native routes; ext_proc serves its rules until it can");
+                self.retry = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                (SecretUse::ExtProc, None)
+            }
+        }
     }
 
     async fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), End> {
@@ -318,21 +355,29 @@ impl SidecarStream {
             return Ok(());
         }
         self.rules_seen = Some(rules.clone());
-        let uses = self.read_secrets(rules.as_deref()).await;
-        let table = compile::compile(&self.table_name, rules.as_deref(), |secret| {
-            uses.get(&*secret.key)
+        let read = self.read_secrets(rules.as_deref()).await;
+        let table = self.compiler.compile(rules.as_deref(), |secret| {
+            read.get(&*secret.key)
                 .map_or(SecretUse::ExtProc, |(use_, _)| *use_)
         });
-        // Rotation first: a subscribed secret whose value changed.
+        self.uses = rules
+            .iter()
+            .flat_map(|rules| rules.rules())
+            .filter_map(|rule| {
+                read.get(&*rule.secret.key)
+                    .map(|(use_, _)| (rule.secret.key.clone(), (rule.secret.clone(), *use_)))
+            })
+            .collect();
         self.values = table
             .secrets
             .iter()
             .filter_map(|(name, secret)| {
-                uses.get(&*secret.key)
+                read.get(&*secret.key)
                     .and_then(|(_, value)| value.clone())
                     .map(|value| (name.clone(), value))
             })
             .collect();
+        // Rotation first: a subscribed secret whose value changed.
         let changed: Vec<(String, Arc<SecretString>)> = self
             .values
             .iter()
@@ -346,7 +391,7 @@ impl SidecarStream {
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         self.push_secrets(changed).await?;
-        self.push_table(&table).await
+        self.push_table(table).await
     }
 
     /// Reads every secret the rules name: how the compiler may use it, and the value where
@@ -373,27 +418,19 @@ impl SidecarStream {
                 .engine
                 .secret_and_caching(&secret.key, &secret.tenant_id, &secret.credential)
                 .await;
-            let answer = match read {
-                Ok((value, true)) => (SecretUse::Native, Some(value)),
-                // cache_ttl_secs = 0: never held, here or in Envoy.
-                Ok((_, false)) => (SecretUse::ExtProc, None),
-                Err(SecretError::Missing | SecretError::Decrypt(_)) => {
-                    (SecretUse::Unavailable, None)
-                }
-                Err(SecretError::Store(err)) => {
-                    tracing::warn!(runtime = %self.runtime, credential = %secret.credential, error = %err, "a secret could not be read for a sidecar's native routes; ext_proc serves its rules until it can");
-                    self.retry = Some(tokio::time::Instant::now() + RETRY_AFTER);
-                    (SecretUse::ExtProc, None)
-                }
-            };
+            let answer = self.classify(secret, read);
             uses.insert(secret.key.clone(), answer);
         }
         uses
     }
 
     /// Pushes the table if it differs from the one Envoy has.
-    async fn push_table(&mut self, table: &RouteTable) -> Result<(), End> {
-        if self.table_sent.as_ref() == Some(&table.config) {
+    async fn push_table(&mut self, table: RouteTable) -> Result<(), End> {
+        if self
+            .table_sent
+            .as_ref()
+            .is_some_and(|sent| sent.same_as(&table))
+        {
             return Ok(());
         }
         let metrics = self.inner.metrics.clone();
@@ -406,10 +443,11 @@ impl SidecarStream {
             .with_label_values(&["extproc"])
             .inc_by(table.extproc_rules as u64);
         self.version += 1;
+        let config = table.config();
         tracing::info!(
             runtime = %self.runtime,
             version = self.version,
-            virtual_hosts = table.config.virtual_hosts.len(),
+            virtual_hosts = config.virtual_hosts.len(),
             native_rules = table.native_rules,
             extproc_rules = table.extproc_rules,
             "pushing a sidecar's route table"
@@ -419,14 +457,14 @@ impl SidecarStream {
             version: self.version.to_string(),
             resource: Some(Any {
                 type_url: ROUTE_TYPE_URL.to_owned(),
-                value: table.config.encode_to_vec(),
+                value: config.encode_to_vec(),
             }),
             ..Default::default()
         };
         self.send(ROUTE_TYPE_URL, vec![resource], Vec::new())
             .await?;
         metrics.xds_pushes.with_label_values(&["routes"]).inc();
-        self.table_sent = Some(table.config.clone());
+        self.table_sent = Some(table);
         Ok(())
     }
 
@@ -495,7 +533,7 @@ impl SidecarStream {
         tracing::info!(runtime = %self.runtime, "a sidecar's runtime token was revoked (or its tenant deleted): its native routes are withdrawn");
         if self.table_subscribed {
             let table = compile::compile(&self.table_name, None, |_| SecretUse::ExtProc);
-            if self.push_table(&table).await.is_err() {
+            if self.push_table(table).await.is_err() {
                 return End::Gone;
             }
         }
@@ -504,6 +542,7 @@ impl SidecarStream {
         names.sort();
         self.subscribed.clear();
         self.values.clear();
+        self.uses.clear();
         if !names.is_empty() && self.send(SECRET_TYPE_URL, Vec::new(), names).await.is_err() {
             return End::Gone;
         }

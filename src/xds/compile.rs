@@ -86,10 +86,13 @@ pub enum SecretUse {
     Unavailable,
 }
 
-/// A compiled route table and the secrets its routes reference.
+/// A compiled route table: its virtual hosts, shared with the compilation before it where
+/// their rules and secrets did not change.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    pub config: RouteConfiguration,
+    name: String,
+    /// The compiled hosts, by domain; the catch-all comes after them.
+    hosts: Vec<Arc<CompiledHost>>,
     /// SDS resource name → the secret, for every secret a native route injects.
     pub secrets: BTreeMap<String, Arc<SecretRef>>,
     /// Rules with at least one native route, and rules left to ext_proc entirely.
@@ -97,94 +100,187 @@ pub struct RouteTable {
     pub extproc_rules: usize,
 }
 
-/// Compiles a runtime's rules (`None`: it has none) into the route table `name`.
-/// `secret_use` tells, for every secret the rules name, whether Envoy may hold it.
+impl RouteTable {
+    /// The table as Envoy takes it.
+    pub fn config(&self) -> RouteConfiguration {
+        let mut virtual_hosts: Vec<VirtualHost> = self
+            .hosts
+            .iter()
+            .map(|host| host.virtual_host.clone())
+            .collect();
+        // The catch-all: every other host, exactly as the static configuration routes it.
+        let mut routes = guard_routes();
+        routes.push(forward_route("forward", RouteKind::ExtProc));
+        virtual_hosts.push(VirtualHost {
+            name: "egress".into(),
+            domains: vec!["*".into()],
+            routes,
+            ..Default::default()
+        });
+        RouteConfiguration {
+            name: self.name.clone(),
+            virtual_hosts,
+            // Ports are matched by the routes (`:authority`), names by the virtual hosts.
+            ignore_port_in_host_matching: true,
+            ..Default::default()
+        }
+    }
+
+    /// Whether the two tables are the same (compiled from the same rules and secrets).
+    pub fn same_as(&self, other: &RouteTable) -> bool {
+        self.name == other.name
+            && self.hosts.len() == other.hosts.len()
+            && self
+                .hosts
+                .iter()
+                .zip(&other.hosts)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// Compiles one runtime's rules again and again, recompiling only the hosts whose rules or
+/// secrets changed: a rule added or a secret rotated costs its host, not the runtime.
+#[derive(Debug)]
+pub struct Compiler {
+    name: String,
+    /// Domain → what its host was compiled from, and the result (`None`: left to ext_proc).
+    cache: HashMap<String, Cached>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    rules: Vec<Arc<CompiledRule>>,
+    uses: Vec<SecretUse>,
+    host: Option<Arc<CompiledHost>>,
+}
+
+impl Compiler {
+    /// A compiler of the route table `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Compiles the runtime's rules (`None`: it has none). `secret_use` tells, for every
+    /// secret the rules name, whether Envoy may hold it.
+    pub fn compile(
+        &mut self,
+        rules: Option<&RuntimeRules>,
+        secret_use: impl Fn(&SecretRef) -> SecretUse,
+    ) -> RouteTable {
+        let mut table = RouteTable {
+            name: self.name.clone(),
+            hosts: Vec::new(),
+            secrets: BTreeMap::new(),
+            native_rules: 0,
+            extproc_rules: 0,
+        };
+        let mut native_ids = HashSet::new();
+        let mut all_ids = HashSet::new();
+        let mut cache = HashMap::with_capacity(self.cache.len());
+        for (domain, host_rules) in rules.map(hosts).unwrap_or_default() {
+            let uses: Vec<SecretUse> = host_rules.iter().map(|r| secret_use(&r.secret)).collect();
+            let cached = match self.cache.remove(&domain) {
+                Some(cached)
+                    if cached.uses == uses
+                        && cached.rules.len() == host_rules.len()
+                        && cached
+                            .rules
+                            .iter()
+                            .zip(&host_rules)
+                            .all(|(a, b)| Arc::ptr_eq(a, b)) =>
+                {
+                    cached
+                }
+                _ => {
+                    let host = compile_host(&domain, &host_rules, &secret_use).map(Arc::new);
+                    Cached {
+                        rules: host_rules.into_iter().cloned().collect(),
+                        uses,
+                        host,
+                    }
+                }
+            };
+            for rule in &cached.rules {
+                all_ids.insert(&rule.id as *const _ as usize);
+            }
+            if let Some(host) = &cached.host {
+                native_ids.extend(host.native_rules.iter().map(|r| Arc::as_ptr(r) as usize));
+                for secret in &host.secrets {
+                    table
+                        .secrets
+                        .insert(secret_resource_name(&secret.credential), secret.clone());
+                }
+                table.hosts.push(host.clone());
+            }
+            cache.insert(domain, cached);
+        }
+        self.cache = cache;
+        table.native_rules = native_ids.len();
+        table.extproc_rules = all_ids.len() - native_ids.len();
+        table
+    }
+}
+
+/// Compiles a runtime's rules once (see [`Compiler`]).
 pub fn compile(
     name: &str,
     rules: Option<&RuntimeRules>,
     secret_use: impl Fn(&SecretRef) -> SecretUse,
 ) -> RouteTable {
-    let mut table = RouteTable {
-        config: RouteConfiguration {
-            name: name.to_owned(),
-            // Ports are matched by the routes (`:authority`), names by the virtual hosts.
-            ignore_port_in_host_matching: true,
-            ..Default::default()
-        },
-        secrets: BTreeMap::new(),
-        native_rules: 0,
-        extproc_rules: 0,
-    };
-    let mut native_ids = HashSet::new();
-    let mut all_ids = HashSet::new();
-    if let Some(rules) = rules {
-        for (domain, host_rules) in hosts(rules) {
-            for rule in &host_rules {
-                all_ids.insert(rule.id.to_string());
-            }
-            if let Some(host) = compile_host(&domain, &host_rules, &secret_use) {
-                native_ids.extend(host.native_rule_ids);
-                table.secrets.extend(host.secrets);
-                table.config.virtual_hosts.push(host.virtual_host);
-            }
-        }
-    }
-    table.native_rules = native_ids.len();
-    table.extproc_rules = all_ids.len() - native_ids.len();
-    // The catch-all: every other host, exactly as the static configuration routes it.
-    let mut routes = guard_routes();
-    routes.push(forward_route("forward", RouteKind::ExtProc));
-    table.config.virtual_hosts.push(VirtualHost {
-        name: "egress".into(),
-        domains: vec!["*".into()],
-        routes,
-        ..Default::default()
-    });
-    table
+    Compiler::new(name).compile(rules, secret_use)
 }
 
 /// Every virtual host the rules need: its domain and the rules that apply to its names,
-/// in a stable order.
-fn hosts(rules: &RuntimeRules) -> BTreeMap<String, Vec<&CompiledRule>> {
-    let mut exact: BTreeMap<&str, Vec<&CompiledRule>> = BTreeMap::new();
-    let mut wildcard: BTreeMap<&str, Vec<&CompiledRule>> = BTreeMap::new();
+/// in a stable order. An exact host gets the wildcards above it; a wildcard the wider ones.
+fn hosts(rules: &RuntimeRules) -> BTreeMap<String, Vec<&Arc<CompiledRule>>> {
+    let mut exact: BTreeMap<&str, Vec<&Arc<CompiledRule>>> = BTreeMap::new();
+    let mut wildcard: HashMap<&str, Vec<&Arc<CompiledRule>>> = HashMap::new();
     for rule in rules.rules() {
         match rule.host() {
             (host, true) => exact.entry(host).or_default().push(rule),
             (suffix, false) => wildcard.entry(suffix).or_default().push(rule),
         }
     }
-    // The wildcard rules that cover a name below `host` (`*.b.c` covers names below `a.b.c`
-    // and `a.b.c` itself is below `b.c`).
-    let covering = |host: &str, include_self: bool| -> Vec<&CompiledRule> {
-        wildcard
-            .iter()
-            .filter(|(suffix, _)| {
-                (include_self && host == **suffix)
-                    || host
-                        .strip_suffix(**suffix)
-                        .is_some_and(|head| head.ends_with('.'))
-            })
-            .flat_map(|(_, rules)| rules.iter().copied())
-            .collect()
-    };
+    // The wildcard rules whose suffix is one of the name's proper suffixes (`*.b.c` covers
+    // `a.b.c`, whose suffixes are `b.c` and `c`).
+    fn covering<'r>(
+        wildcard: &HashMap<&str, Vec<&'r Arc<CompiledRule>>>,
+        name: &str,
+        out: &mut Vec<&'r Arc<CompiledRule>>,
+    ) {
+        let mut rest = name;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(rules) = wildcard.get(rest) {
+                out.extend(rules.iter().copied());
+            }
+        }
+    }
     let mut out = BTreeMap::new();
     for (host, rules) in &exact {
         let mut all = rules.clone();
-        all.extend(covering(host, false));
+        covering(&wildcard, host, &mut all);
         out.insert((*host).to_owned(), all);
     }
-    for suffix in wildcard.keys() {
-        out.insert(format!("*.{suffix}"), covering(suffix, true));
+    for (suffix, rules) in &wildcard {
+        let mut all = rules.clone();
+        covering(&wildcard, suffix, &mut all);
+        out.insert(format!("*.{suffix}"), all);
     }
     out
 }
 
 /// One compiled virtual host.
+#[derive(Debug)]
 struct CompiledHost {
     virtual_host: VirtualHost,
-    secrets: BTreeMap<String, Arc<SecretRef>>,
-    native_rule_ids: Vec<String>,
+    /// The secrets its native routes inject.
+    secrets: Vec<Arc<SecretRef>>,
+    /// The rules with a native route here.
+    native_rules: Vec<Arc<CompiledRule>>,
 }
 
 /// How a route sends the request on.
@@ -199,7 +295,7 @@ enum RouteKind {
 /// catch-all (ext_proc).
 fn compile_host(
     domain: &str,
-    rules: &[&CompiledRule],
+    rules: &[&Arc<CompiledRule>],
     secret_use: &impl Fn(&SecretRef) -> SecretUse,
 ) -> Option<CompiledHost> {
     let name = domain.strip_prefix("*.").unwrap_or(domain);
@@ -212,13 +308,14 @@ fn compile_host(
     {
         return None;
     }
-    let sets = matching_sets(rules)?;
+    let plain: Vec<&CompiledRule> = rules.iter().map(|r| &***r).collect();
+    let sets = matching_sets(&plain)?;
     let mut routes = guard_routes();
     routes.extend(diverted_routes());
-    let mut secrets = BTreeMap::new();
-    let mut native_rule_ids = Vec::new();
+    let mut secrets: Vec<Arc<SecretRef>> = Vec::new();
+    let mut native_rules: Vec<Arc<CompiledRule>> = Vec::new();
     for set in &sets {
-        let members: Vec<&CompiledRule> = set.iter().map(|&i| rules[i]).collect();
+        let members: Vec<&CompiledRule> = set.iter().map(|&i| plain[i]).collect();
         let mut winners = RuntimeRules::winners(members.iter().copied());
         winners.sort_by(|a, b| a.id.cmp(&b.id));
         let ids = winners
@@ -231,11 +328,15 @@ fn compile_host(
             Plan::Unavailable(rule) => unavailable_route(&format!("rule:{ids}"), rule),
             Plan::Native(mutations, formatter) => {
                 for rule in &winners {
-                    secrets.insert(
-                        secret_resource_name(&rule.secret.credential),
-                        rule.secret.clone(),
-                    );
-                    native_rule_ids.push(rule.id.to_string());
+                    if !secrets.iter().any(|s| Arc::ptr_eq(s, &rule.secret)) {
+                        secrets.push(rule.secret.clone());
+                    }
+                    if let Some(shared) = rules.iter().find(|r| std::ptr::eq(Arc::as_ptr(r), *rule))
+                    {
+                        if !native_rules.iter().any(|r| Arc::ptr_eq(r, shared)) {
+                            native_rules.push((*shared).clone());
+                        }
+                    }
                 }
                 forward_route(
                     &format!("rule:{ids}"),
@@ -262,7 +363,7 @@ fn compile_host(
             ..Default::default()
         },
         secrets,
-        native_rule_ids,
+        native_rules,
     })
 }
 
@@ -555,12 +656,20 @@ fn regex_header(name: &str, regex: &str, invert: bool) -> HeaderMatcher {
 }
 
 fn exact_header(name: &str, value: &str, invert: bool) -> HeaderMatcher {
+    string_header(
+        name,
+        string_matcher::MatchPattern::Exact(value.to_owned()),
+        invert,
+    )
+}
+
+fn string_header(name: &str, pattern: string_matcher::MatchPattern, invert: bool) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_owned(),
         invert_match: invert,
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
             StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_owned())),
+                match_pattern: Some(pattern),
                 ignore_case: false,
             },
         )),
@@ -652,30 +761,57 @@ fn guard_routes() -> Vec<Route> {
 }
 
 /// Requests whose matching runta does differently from Envoy's routes: ext_proc decides.
+/// Cheap matchers first: these routes are tried by every request of a compiled host.
 fn diverted_routes() -> Vec<Route> {
-    let divert = |name: &str, header: HeaderMatcher| {
+    let divert = |name: &str, headers: Vec<HeaderMatcher>| {
         let mut route = forward_route(name, RouteKind::ExtProc);
         route.r#match = Some(RouteMatch {
-            headers: vec![header],
+            headers,
             path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
             ..Default::default()
         });
         route
     };
-    vec![
-        // runta decodes escapes and cuts at `#`; `\` is no separator to Envoy.
-        divert(
-            "extproc:path",
-            regex_header(":path", "^[^?]*[%\\\\#]", false),
-        ),
-        // Never a credential on a request that is echoed back.
-        divert(
-            "extproc:method",
-            regex_header(":method", "^(?i:trace|track)$", false),
-        ),
-        // Ports default by scheme: the compiled routes assume plain HTTP.
-        divert("extproc:scheme", exact_header(":scheme", "http", true)),
-    ]
+    let mut routes = Vec::new();
+    // runta decodes escapes and cuts the path at `#`; `\` is no separator to Envoy. Only
+    // the path counts, not the query (the regex runs only when the character is there).
+    for (name, c, class) in [
+        ("percent", "%", "%"),
+        ("backslash", "\\", "\\\\"),
+        ("hash", "#", "#"),
+    ] {
+        routes.push(divert(
+            &format!("extproc:path-{name}"),
+            vec![
+                string_header(
+                    ":path",
+                    string_matcher::MatchPattern::Contains(c.into()),
+                    false,
+                ),
+                regex_header(":path", &format!("^[^?]*[{class}]"), false),
+            ],
+        ));
+    }
+    // Never a credential on a request that is echoed back (any case, as runta compares).
+    for method in ["TRACE", "TRACK"] {
+        let mut matcher = string_header(
+            ":method",
+            string_matcher::MatchPattern::Exact(method.into()),
+            false,
+        );
+        if let Some(header_matcher::HeaderMatchSpecifier::StringMatch(m)) =
+            &mut matcher.header_match_specifier
+        {
+            m.ignore_case = true;
+        }
+        routes.push(divert("extproc:method", vec![matcher]));
+    }
+    // Ports default by scheme: the compiled routes assume plain HTTP.
+    routes.push(divert(
+        "extproc:scheme",
+        vec![exact_header(":scheme", "http", true)],
+    ));
+    routes
 }
 
 /// A route to the upstream, unconditional (the caller sets the match).
@@ -802,7 +938,14 @@ mod tests {
 
     /// Compiles rules `(host, path, header, template)` of runtime `w`, every secret native.
     fn compiled(rules: &[(&str, Option<&str>, &str, &str)]) -> RouteTable {
-        let rules: Vec<Rule> = rules
+        let snapshot = Snapshot::build([("ten_a".into(), "acme".into())], &drafts(rules), []);
+        compile("runta/w", snapshot.runtime_rules("ten_a", "w"), |_| {
+            SecretUse::Native
+        })
+    }
+
+    fn drafts(rules: &[(&str, Option<&str>, &str, &str)]) -> Vec<Rule> {
+        rules
             .iter()
             .enumerate()
             .map(|(i, (host, path, header, template))| {
@@ -823,18 +966,42 @@ mod tests {
                     spec: RuleSpec::from_draft(&draft, &DraftFields::BATCH).unwrap(),
                 }
             })
-            .collect();
-        let snapshot = Snapshot::build([("ten_a".into(), "acme".into())], &rules, []);
-        compile("runta/w", snapshot.runtime_rules("ten_a", "w"), |_| {
-            SecretUse::Native
-        })
+            .collect()
     }
 
-    fn host<'t>(table: &'t RouteTable, domain: &str) -> Option<&'t VirtualHost> {
+    #[test]
+    fn a_recompilation_reuses_every_host_whose_rules_and_secrets_did_not_change() {
+        let rules = drafts(&[
+            ("a.example.com", None, "x-a", "${credential}"),
+            ("b.example.com", Some("/v1/*"), "x-b", "${credential}"),
+            ("c.example.com", None, "x-c", "${credential}"),
+        ]);
+        let snapshot = Snapshot::build([("ten_a".into(), "acme".into())], &rules[..2], []);
+        let mut compiler = Compiler::new("runta/w");
+        let native = |_: &SecretRef| SecretUse::Native;
+        let first = compiler.compile(snapshot.runtime_rules("ten_a", "w"), native);
+        let mut edit = snapshot.edit();
+        edit.add_rules(&rules[2..]);
+        let added = edit.finish();
+        let second = compiler.compile(added.runtime_rules("ten_a", "w"), native);
+        assert_eq!(second.hosts.len(), 3);
+        assert!(Arc::ptr_eq(&first.hosts[0], &second.hosts[0]));
+        assert!(Arc::ptr_eq(&first.hosts[1], &second.hosts[1]));
+        assert!(!first.same_as(&second));
+        // Nothing changed: the same table.
+        let again = compiler.compile(added.runtime_rules("ten_a", "w"), native);
+        assert!(again.same_as(&second));
+        // A secret that may no longer be held recompiles the hosts that use it.
+        let uncached = compiler.compile(added.runtime_rules("ten_a", "w"), |_| SecretUse::ExtProc);
+        assert!(!Arc::ptr_eq(&uncached.hosts[0], &second.hosts[0]));
+        assert_eq!((uncached.native_rules, uncached.extproc_rules), (0, 3));
+    }
+
+    fn host(table: &RouteTable, domain: &str) -> Option<VirtualHost> {
         table
-            .config
+            .config()
             .virtual_hosts
-            .iter()
+            .into_iter()
             .find(|vh| vh.domains == [domain])
     }
 
@@ -855,15 +1022,18 @@ mod tests {
         ]);
         let exact = host(&table, "api.example.com").unwrap();
         // Both sets of the exact host: with its path rule, and the wildcard alone.
-        assert_eq!(rule_routes(exact), ["rule:rule_00,rule_01", "rule:rule_01"]);
+        assert_eq!(
+            rule_routes(&exact),
+            ["rule:rule_00,rule_01", "rule:rule_01"]
+        );
         // A narrower wildcard carries the wider one; the wider one only itself.
         let narrow = host(&table, "*.api.example.com").unwrap();
-        assert_eq!(rule_routes(narrow), ["rule:rule_01,rule_02"]);
+        assert_eq!(rule_routes(&narrow), ["rule:rule_01,rule_02"]);
         let wide = host(&table, "*.example.com").unwrap();
-        assert_eq!(rule_routes(wide), ["rule:rule_01"]);
+        assert_eq!(rule_routes(&wide), ["rule:rule_01"]);
         assert_eq!(table.native_rules, 3);
         assert_eq!(
-            table.config.virtual_hosts.last().unwrap().domains,
+            table.config().virtual_hosts.last().unwrap().domains,
             ["*"],
             "the catch-all comes last"
         );
@@ -877,8 +1047,8 @@ mod tests {
             "Authorization",
             "100% ${credential}",
         )]);
-        let route = host(&table, "api.example.com")
-            .unwrap()
+        let vh = host(&table, "api.example.com").unwrap();
+        let route = vh
             .routes
             .iter()
             .find(|r| r.name.starts_with("rule:"))
