@@ -332,10 +332,9 @@ fn compile_host(
                         secrets.push(rule.secret.clone());
                     }
                     if let Some(shared) = rules.iter().find(|r| std::ptr::eq(Arc::as_ptr(r), *rule))
+                        && !native_rules.iter().any(|r| Arc::ptr_eq(r, shared))
                     {
-                        if !native_rules.iter().any(|r| Arc::ptr_eq(r, shared)) {
-                            native_rules.push((*shared).clone());
-                        }
+                        native_rules.push((*shared).clone());
                     }
                 }
                 forward_route(
