@@ -576,7 +576,8 @@ def main():
         # runta, the secrets and the rules.
         data = os.path.join(work, "data")
         grpc, admin_port = free_port(), free_port()
-        env = dict(os.environ, RUNTA_LOG__LEVEL="warn", RUNTA_API_URL=f"http://127.0.0.1:{admin_port}")
+        env = dict(os.environ, RUNTA_LOG__LEVEL=os.environ.get("BENCH_RUNTA_LOG", "warn"),
+                   RUNTA_API_URL=f"http://127.0.0.1:{admin_port}")
         env.pop("RUNTA_API_KEY", None)
         runta_log = open(os.path.join(work, "runta.log"), "w")
         runta = start("runta", [RUNTA, "serve", "--data-dir", data, "--grpc-listen",
@@ -827,7 +828,10 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        shutil.rmtree(work, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept the working directory (BENCH_KEEP): {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report(results, args)

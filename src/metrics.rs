@@ -61,6 +61,8 @@ pub struct Metrics {
     pub xds_pushes: IntCounterVec,
     /// ADS updates a sidecar's Envoy rejected, by type (routes, secret).
     pub xds_nacks: IntCounterVec,
+    /// From a route table pushed to the sidecar's answer (applied or rejected).
+    pub xds_apply_seconds: Histogram,
     /// Rules of the sidecars' runtimes as last compiled, by path: native (Envoy injects) or
     /// extproc (left to ext_proc: query parameters, uncached secrets, too many routes).
     pub xds_rules: IntCounterVec,
@@ -213,6 +215,14 @@ impl Metrics {
                 "ADS updates a sidecar's Envoy rejected, by type: routes, secret.",
                 &["type"],
             ),
+            xds_apply_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "runta_xds_route_apply_duration_seconds",
+                    "From a route table pushed to a sidecar to its Envoy's answer (applied or rejected).",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            )
+            .expect("valid metric"),
             xds_rules: counter_vec(
                 "runta_xds_compiled_rules_total",
                 "Rules compiled for sidecars (counted at every compilation), by path: native (Envoy injects) or extproc (left to ext_proc).",
@@ -220,7 +230,7 @@ impl Metrics {
             ),
             hot,
         };
-        let collectors: [Box<dyn Collector>; 22] = [
+        let collectors: [Box<dyn Collector>; 23] = [
             Box::new(metrics.admin_requests.clone()),
             Box::new(metrics.admin_request_seconds.clone()),
             Box::new(metrics.decisions.clone()),
@@ -242,6 +252,7 @@ impl Metrics {
             Box::new(metrics.xds_streams.clone()),
             Box::new(metrics.xds_pushes.clone()),
             Box::new(metrics.xds_nacks.clone()),
+            Box::new(metrics.xds_apply_seconds.clone()),
             Box::new(metrics.xds_rules.clone()),
         ];
         // Every fixed label value exists from the start, so a first error is a change a rate()

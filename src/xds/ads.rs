@@ -129,6 +129,7 @@ impl AggregatedDiscoveryService for Ads {
             retry: None,
             version: 0,
             nonce: 0,
+            table_pending: None,
             tx,
         };
         tokio::spawn(stream.run(request.into_inner()));
@@ -167,6 +168,8 @@ struct SidecarStream {
     retry: Option<tokio::time::Instant>,
     version: u64,
     nonce: u64,
+    /// The last route table pushed and not yet answered: its nonce, version and when.
+    table_pending: Option<(String, u64, tokio::time::Instant)>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
@@ -279,6 +282,20 @@ impl SidecarStream {
                 return Ok(());
             }
         };
+        if let Some((nonce, version, pushed)) = &self.table_pending
+            && kind == "routes"
+            && request.response_nonce == *nonce
+        {
+            let took = pushed.elapsed();
+            self.inner
+                .metrics
+                .xds_apply_seconds
+                .observe(took.as_secs_f64());
+            if request.error_detail.is_none() {
+                tracing::info!(runtime = %self.runtime, version, ms = took.as_millis() as u64, "a sidecar applied its route table");
+            }
+            self.table_pending = None;
+        }
         if let Some(error) = &request.error_detail {
             self.inner
                 .metrics
@@ -355,6 +372,7 @@ impl SidecarStream {
             return Ok(());
         }
         self.rules_seen = Some(rules.clone());
+        let started = std::time::Instant::now();
         let read = self.read_secrets(rules.as_deref()).await;
         let table = self.compiler.compile(rules.as_deref(), |secret| {
             read.get(&*secret.key)
@@ -391,6 +409,7 @@ impl SidecarStream {
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
         self.push_secrets(changed).await?;
+        tracing::debug!(runtime = %self.runtime, ms = started.elapsed().as_millis() as u64, "a sidecar's route table compiled");
         self.push_table(table).await
     }
 
@@ -443,11 +462,10 @@ impl SidecarStream {
             .with_label_values(&["extproc"])
             .inc_by(table.extproc_rules as u64);
         self.version += 1;
-        let config = table.config();
         tracing::info!(
             runtime = %self.runtime,
             version = self.version,
-            virtual_hosts = config.virtual_hosts.len(),
+            virtual_hosts = table.virtual_hosts(),
             native_rules = table.native_rules,
             extproc_rules = table.extproc_rules,
             "pushing a sidecar's route table"
@@ -457,12 +475,17 @@ impl SidecarStream {
             version: self.version.to_string(),
             resource: Some(Any {
                 type_url: ROUTE_TYPE_URL.to_owned(),
-                value: config.encode_to_vec(),
+                value: table.encode(),
             }),
             ..Default::default()
         };
         self.send(ROUTE_TYPE_URL, vec![resource], Vec::new())
             .await?;
+        self.table_pending = Some((
+            self.nonce.to_string(),
+            self.version,
+            tokio::time::Instant::now(),
+        ));
         metrics.xds_pushes.with_label_values(&["routes"]).inc();
         self.table_sent = Some(table);
         Ok(())

@@ -7,7 +7,8 @@
 //! by route, never dropped:
 //! - every virtual host starts with the static configuration's guard and CONNECT routes, then
 //!   sends requests whose matching runta does differently from Envoy (a `%`, `\` or `#` in the
-//!   path, a method that echoes the request back, a scheme other than plain HTTP) to ext_proc;
+//!   request target, a method that echoes the request back, a scheme other than plain HTTP)
+//!   to ext_proc;
 //! - a set of rules whose winners include a query parameter target (Envoy moves the parameter
 //!   to the end of the query; runta leaves the rest of the query byte for byte), a secret with
 //!   `cache_ttl_secs = 0` (it must not sit in Envoy's memory) or a secret the store could not
@@ -101,25 +102,57 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The table as Envoy takes it.
+    /// The table as Envoy takes it (for tests: runta sends [`RouteTable::encode`]).
+    #[cfg(test)]
     pub fn config(&self) -> RouteConfiguration {
-        let mut virtual_hosts: Vec<VirtualHost> = self
+        let mut config = self.base();
+        let catch_all = config.virtual_hosts.pop();
+        config.virtual_hosts = self
             .hosts
             .iter()
-            .map(|host| host.virtual_host.clone())
+            .map(|host| VirtualHost::decode(host.encoded.as_slice()).expect("encoded here"))
+            .chain(catch_all)
             .collect();
-        // The catch-all: every other host, exactly as the static configuration routes it.
+        config
+    }
+
+    /// The table encoded: each host's virtual host was encoded when it was compiled, so a
+    /// table of thousands of hosts costs a copy, not an encoding (protobuf concatenates the
+    /// items of a repeated field; Envoy picks virtual hosts by domain, not by order).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.base().encode_to_vec();
+        let size: usize = self.hosts.iter().map(|h| h.encoded.len() + 16).sum();
+        out.reserve(size);
+        for host in &self.hosts {
+            prost::encoding::encode_key(
+                VIRTUAL_HOSTS_FIELD,
+                prost::encoding::WireType::LengthDelimited,
+                &mut out,
+            );
+            prost::encoding::encode_varint(host.encoded.len() as u64, &mut out);
+            out.extend_from_slice(&host.encoded);
+        }
+        out
+    }
+
+    /// Virtual hosts in the table, the catch-all included.
+    pub fn virtual_hosts(&self) -> usize {
+        self.hosts.len() + 1
+    }
+
+    /// The table without its compiled hosts: name, port handling and the catch-all (every
+    /// other host, exactly as the static configuration routes it).
+    fn base(&self) -> RouteConfiguration {
         let mut routes = guard_routes();
         routes.push(forward_route("forward", RouteKind::ExtProc));
-        virtual_hosts.push(VirtualHost {
-            name: "egress".into(),
-            domains: vec!["*".into()],
-            routes,
-            ..Default::default()
-        });
         RouteConfiguration {
             name: self.name.clone(),
-            virtual_hosts,
+            virtual_hosts: vec![VirtualHost {
+                name: "egress".into(),
+                domains: vec!["*".into()],
+                routes,
+                ..Default::default()
+            }],
             // Ports are matched by the routes (`:authority`), names by the virtual hosts.
             ignore_port_in_host_matching: true,
             ..Default::default()
@@ -273,10 +306,14 @@ fn hosts(rules: &RuntimeRules) -> BTreeMap<String, Vec<&Arc<CompiledRule>>> {
     out
 }
 
+/// `RouteConfiguration.virtual_hosts`.
+const VIRTUAL_HOSTS_FIELD: u32 = 2;
+
 /// One compiled virtual host.
 #[derive(Debug)]
 struct CompiledHost {
-    virtual_host: VirtualHost,
+    /// The virtual host, encoded (kept only so).
+    encoded: Vec<u8>,
     /// The secrets its native routes inject.
     secrets: Vec<Arc<SecretRef>>,
     /// The rules with a native route here.
@@ -354,13 +391,14 @@ fn compile_host(
         "pass",
         RouteKind::Native(Vec::new(), GenericSecret::default()),
     ));
+    let virtual_host = VirtualHost {
+        name: domain.to_owned(),
+        domains: vec![domain.to_owned()],
+        routes,
+        ..Default::default()
+    };
     Some(CompiledHost {
-        virtual_host: VirtualHost {
-            name: domain.to_owned(),
-            domains: vec![domain.to_owned()],
-            routes,
-            ..Default::default()
-        },
+        encoded: virtual_host.encode_to_vec(),
         secrets,
         native_rules,
     })
@@ -772,23 +810,17 @@ fn diverted_routes() -> Vec<Route> {
         route
     };
     let mut routes = Vec::new();
-    // runta decodes escapes and cuts the path at `#`; `\` is no separator to Envoy. Only
-    // the path counts, not the query (the regex runs only when the character is there).
-    for (name, c, class) in [
-        ("percent", "%", "%"),
-        ("backslash", "\\", "\\\\"),
-        ("hash", "#", "#"),
-    ] {
+    // runta decodes escapes and cuts the path at `#`; `\\` is no separator to Envoy. Anywhere
+    // in `:path`, query included: a regex to look at the path alone would cost Envoy a
+    // compilation per host on every update, and such requests are still served exactly.
+    for (name, c) in [("percent", "%"), ("backslash", "\\"), ("hash", "#")] {
         routes.push(divert(
             &format!("extproc:path-{name}"),
-            vec![
-                string_header(
-                    ":path",
-                    string_matcher::MatchPattern::Contains(c.into()),
-                    false,
-                ),
-                regex_header(":path", &format!("^[^?]*[{class}]"), false),
-            ],
+            vec![string_header(
+                ":path",
+                string_matcher::MatchPattern::Contains(c.into()),
+                false,
+            )],
         ));
     }
     // Never a credential on a request that is echoed back (any case, as runta compares).
@@ -1036,6 +1068,22 @@ mod tests {
             ["*"],
             "the catch-all comes last"
         );
+    }
+
+    #[test]
+    fn the_table_encoded_from_its_parts_decodes_to_the_table() {
+        let table = compiled(&[
+            ("api.example.com", Some("/v1/*"), "x-a", "${credential}"),
+            ("*.example.com", None, "x-b", "${credential}"),
+        ]);
+        let decoded = RouteConfiguration::decode(table.encode().as_slice()).unwrap();
+        let mut want = table.config();
+        let mut got = decoded;
+        let by_name = |a: &VirtualHost, b: &VirtualHost| a.name.cmp(&b.name);
+        want.virtual_hosts.sort_by(by_name);
+        got.virtual_hosts.sort_by(by_name);
+        assert_eq!(got, want);
+        assert_eq!(table.virtual_hosts(), 3);
     }
 
     #[test]
