@@ -682,9 +682,18 @@ dynamic_resources:
         } else {
             String::new()
         };
+        // In a native sidecar's proxy listener runta's routes turn ext_proc on where they need
+        // it: a filter that runs on every request costs Envoy even where a route disables it.
+        let disabled = if !in_tunnel && self.native_runtime().is_some() {
+            "            # On only where runta's routes turn it on (every route but the compiled ones).
+            disabled: true
+"
+        } else {
+            ""
+        };
         format!(
             "          - name: envoy.filters.http.ext_proc
-            typed_config:
+{disabled}            typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
               grpc_service:
                 envoy_grpc: {{ cluster_name: runta_extproc }}

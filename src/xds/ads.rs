@@ -261,6 +261,9 @@ impl SidecarStream {
         read: Result<(Arc<SecretString>, bool), SecretError>,
     ) -> (SecretUse, Option<Arc<SecretString>>) {
         match read {
+            // Never an empty value into Envoy (its formatter would then set no header); none
+            // is ever stored, but ext_proc is the judge if one were.
+            Ok((value, true)) if value.expose_secret().is_empty() => (SecretUse::ExtProc, None),
             Ok((value, true)) => (SecretUse::Native, Some(value)),
             // cache_ttl_secs = 0: never held, here or in Envoy.
             Ok((_, false)) => (SecretUse::ExtProc, None),

@@ -19,6 +19,10 @@
 //! A request that reaches the end of a compiled virtual host matches none of its rules: it
 //! goes on unchanged without ext_proc (route `pass`).
 //!
+//! The sidecar's ext_proc filter is off by default ([`extproc_enabled`]): every route that needs
+//! ext_proc turns it on, and native routes also say so explicitly (disabled), so they stay
+//! native with a configuration whose filter is on.
+//!
 //! Envoy picks exactly one virtual host per request (exact name, then longest `*.suffix`, then
 //! `*`) and never falls back to another, so every virtual host carries every rule that applies
 //! to its names: an exact host gets the wildcard rules covering it, a wildcard the wider
@@ -725,14 +729,19 @@ fn guard_routes() -> Vec<Route> {
         )),
         ..Default::default()
     };
+    // A CONNECT's route is chosen before ext_proc answers it, and again after: ext_proc must
+    // run on both.
     let tunnel = |cluster: &str, rbac_off: bool| {
-        let mut filters = HashMap::from([(
-            "envoy.filters.http.set_filter_state".to_owned(),
-            any(&FilterConfig {
-                config: Some(Any::default()),
-                ..Default::default()
-            }),
-        )]);
+        let mut filters = HashMap::from([
+            (
+                "envoy.filters.http.set_filter_state".to_owned(),
+                any(&FilterConfig {
+                    config: Some(Any::default()),
+                    ..Default::default()
+                }),
+            ),
+            (EXTPROC_FILTER.to_owned(), extproc_enabled()),
+        ]);
         if rbac_off {
             filters.insert(
                 "envoy.filters.http.rbac".to_owned(),
@@ -848,6 +857,9 @@ fn diverted_routes() -> Vec<Route> {
 /// A route to the upstream, unconditional (the caller sets the match).
 fn forward_route(name: &str, kind: RouteKind) -> Route {
     let mut filters = HashMap::new();
+    if let RouteKind::ExtProc = kind {
+        filters.insert(EXTPROC_FILTER.to_owned(), extproc_enabled());
+    }
     if let RouteKind::Native(mutations, formatter) = kind {
         filters.insert(EXTPROC_FILTER.to_owned(), extproc_disabled());
         if !mutations.is_empty() {
@@ -920,6 +932,17 @@ const EXTPROC_FILTER: &str = "envoy.filters.http.ext_proc";
 const HEADER_MUTATION_FILTER: &str = "envoy.filters.http.header_mutation";
 const HEADER_MUTATION_PER_ROUTE_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute";
+
+/// ext_proc on this route. In a native sidecar the filter is off unless a route turns it on:
+/// a filter that is on costs Envoy a few microseconds per request even where a route disables
+/// it (measured: 12 % of the throughput of a direct response), so native routes never create
+/// it.
+fn extproc_enabled() -> Any {
+    any(&FilterConfig {
+        config: Some(Any::default()),
+        ..Default::default()
+    })
+}
 
 fn extproc_disabled() -> Any {
     any(&ExtProcPerRoute {
@@ -1084,6 +1107,39 @@ mod tests {
         got.virtual_hosts.sort_by(by_name);
         assert_eq!(got, want);
         assert_eq!(table.virtual_hosts(), 3);
+    }
+
+    /// The sidecar's ext_proc filter is off by default: a forwarding route that does not turn
+    /// it on would forward without a decision. Every one either turns it on or is a native
+    /// route that says it is off.
+    #[test]
+    fn every_forwarding_route_says_whether_extproc_runs() {
+        let table = compiled(&[
+            ("api.example.com", Some("/v1/*"), "x-a", "${credential}"),
+            ("*.example.com", None, "x-b", "${credential}"),
+        ]);
+        let enabled = extproc_enabled();
+        let disabled = extproc_disabled();
+        let mut forwarding = 0;
+        for route in table
+            .config()
+            .virtual_hosts
+            .iter()
+            .flat_map(|vh| &vh.routes)
+        {
+            if !matches!(route.action, Some(route::Action::Route(_))) {
+                continue;
+            }
+            forwarding += 1;
+            let extproc = route.typed_per_filter_config.get(EXTPROC_FILTER);
+            let native = route.name.starts_with("rule:") || route.name == "pass";
+            match extproc {
+                Some(config) if *config == enabled => assert!(!native, "{}", route.name),
+                Some(config) if *config == disabled => assert!(native, "{}", route.name),
+                _ => panic!("route {} does not say whether ext_proc runs", route.name),
+            }
+        }
+        assert!(forwarding > 10);
     }
 
     #[test]

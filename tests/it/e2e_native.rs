@@ -377,7 +377,7 @@ fn native_routes_forward_exactly_what_extproc_does() {
         );
         if set == 0 {
             // The routes every request takes when no rule is for its host are exactly the
-            // static configuration's.
+            // static configuration's (with ext_proc turned on where it runs).
             let catch_all = |envoy: &Envoy, name: &str| {
                 let dump: serde_json::Value =
                     serde_json::from_str(&envoy.admin_get("/config_dump")).unwrap();
@@ -390,7 +390,18 @@ fn native_routes_forward_exactly_what_extproc_does() {
                     .unwrap()["routes"]
                     .clone();
                 for route in routes.as_array_mut().unwrap() {
-                    route.as_object_mut().unwrap().remove("name");
+                    let route = route.as_object_mut().unwrap();
+                    route.remove("name");
+                    // The native sidecar's ext_proc filter is off unless a route turns it on.
+                    if let Some(filters) = route
+                        .get_mut("typed_per_filter_config")
+                        .and_then(|f| f.as_object_mut())
+                    {
+                        filters.remove("envoy.filters.http.ext_proc");
+                        if filters.is_empty() {
+                            route.remove("typed_per_filter_config");
+                        }
+                    }
                 }
                 routes
             };
