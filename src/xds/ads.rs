@@ -47,6 +47,11 @@ use crate::rules::snapshot::{RuntimeRules, SecretRef, Snapshot};
 /// How soon a table compiled while the store could not answer for a secret is compiled again.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
+/// ADS streams open at once, over all sidecars; past it a new stream is refused
+/// (`RESOURCE_EXHAUSTED`: Envoy retries, and its sidecar keeps what it has). Each stream holds
+/// its runtime's compiled table; a runtime token could otherwise open streams without bound.
+pub const MAX_ADS_STREAMS: usize = 10_000;
+
 /// The ADS service.
 #[derive(Clone)]
 pub struct Ads {
@@ -56,6 +61,8 @@ pub struct Ads {
 struct Inner {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
+    /// Streams open now (bounded by [`MAX_ADS_STREAMS`]).
+    open: std::sync::atomic::AtomicUsize,
     /// True once the server shuts down: streams end (Envoy keeps what it has and reconnects).
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -71,6 +78,7 @@ impl Ads {
             inner: Arc::new(Inner {
                 engine,
                 metrics,
+                open: std::sync::atomic::AtomicUsize::new(0),
                 stopping,
             }),
         }
@@ -111,6 +119,16 @@ impl AggregatedDiscoveryService for Ads {
             .and_then(|v| v.to_str().ok())
             .map(|token| crypto::hash_token(token.trim()))
             .ok_or_else(|| Status::unauthenticated("runta: no runtime token"))?;
+        let Some(slot) = OpenStream::new(self.inner.clone()) else {
+            tracing::warn!(
+                runtime = %runtime,
+                limit = MAX_ADS_STREAMS,
+                "sidecar xDS stream refused: too many open"
+            );
+            return Err(Status::resource_exhausted(
+                "runta: too many sidecar xDS streams open",
+            ));
+        };
         let (tx, rx) = mpsc::channel(16);
         let stream = SidecarStream {
             inner: self.inner.clone(),
@@ -132,10 +150,35 @@ impl AggregatedDiscoveryService for Ads {
             table_pending: None,
             tx,
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(stream.run(request.into_inner(), slot));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// Counts a stream as open for as long as it lives (also if its task panics); `None` when
+/// [`MAX_ADS_STREAMS`] are open.
+struct OpenStream(Arc<Inner>);
+
+impl OpenStream {
+    fn new(inner: Arc<Inner>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        if inner.open.fetch_add(1, Ordering::AcqRel) >= MAX_ADS_STREAMS {
+            inner.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        inner.metrics.xds_streams.inc();
+        Some(Self(inner))
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.metrics.xds_streams.dec();
     }
 }
 
@@ -182,8 +225,7 @@ enum End {
 }
 
 impl SidecarStream {
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        self.inner.metrics.xds_streams.inc();
+    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>, _slot: OpenStream) {
         let mut generation = self.inner.engine.watch_snapshots();
         generation.mark_unchanged();
         let mut secrets = self.inner.engine.watch_secrets();
@@ -225,7 +267,6 @@ impl SidecarStream {
             let _ = self.tx.send(Err(status)).await;
         }
         tracing::info!(runtime = %self.runtime, "sidecar xDS stream closed");
-        self.inner.metrics.xds_streams.dec();
     }
 
     /// One secret changed (its cache key): a value Envoy holds is replaced at once, without

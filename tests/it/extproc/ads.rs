@@ -242,3 +242,73 @@ async fn a_sidecar_gets_its_own_routes_and_only_the_secrets_they_inject() {
     assert_eq!(end.code(), tonic::Code::Unauthenticated);
     gw.stop().await;
 }
+
+/// A sidecar on one replica hears the changes made through another (PostgreSQL): a rotation
+/// pushes the new value, a rule added pushes a table with its host, a rule deleted one without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_through_another_replica_reach_the_sidecar() {
+    let Some(writer) = Gateway::start(Backend::Postgres).await else {
+        return;
+    };
+    writer.secret("openai-api-key", VALUE, 300).await;
+    writer.rule("worker", seed_rule()).await;
+    let (status, token) = writer
+        .api(reqwest::Method::POST, "/v1/runtimes/worker/tokens", None)
+        .await;
+    assert_eq!(status, 201);
+    let token = token["token"].as_str().unwrap().to_owned();
+    let follower = writer.replica().await;
+    let mut sidecar = Stream::open(&follower, "x-runta-runtime-token", &token)
+        .await
+        .unwrap();
+    sidecar.subscribe(ROUTES, &["runta/worker"]).await;
+    let first = table(&sidecar.next().await.unwrap());
+    assert!(injecting(&first).iter().any(|(h, _)| h == "api.openai.com"));
+    sidecar
+        .subscribe(SECRETS, &["runta.secret.openai-api-key"])
+        .await;
+    assert_eq!(
+        secrets(&sidecar.next().await.unwrap()),
+        [("runta.secret.openai-api-key".to_owned(), VALUE.to_owned())]
+    );
+
+    let (status, _) = writer
+        .api(
+            reqwest::Method::PUT,
+            "/v1/secrets/openai-api-key",
+            Some(json!({"value": "sk-ROTATED-ELSEWHERE"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        secrets(&sidecar.next().await.unwrap()),
+        [(
+            "runta.secret.openai-api-key".to_owned(),
+            "sk-ROTATED-ELSEWHERE".to_owned()
+        )]
+    );
+    let added = writer
+        .rule(
+            "worker",
+            json!({"host": "api.added.com", "injection": {"credential": "openai-api-key", "header": "x-key"}}),
+        )
+        .await;
+    let with = table(&sidecar.next().await.unwrap());
+    assert!(
+        injecting(&with).contains(&("api.added.com".to_owned(), vec![format!("rule:{added}")])),
+        "{:?}",
+        injecting(&with)
+    );
+    let (status, _) = writer
+        .api(reqwest::Method::DELETE, &format!("/v1/rules/{added}"), None)
+        .await;
+    assert_eq!(status, 204);
+    let without = table(&sidecar.next().await.unwrap());
+    assert!(
+        !injecting(&without)
+            .iter()
+            .any(|(h, _)| h == "api.added.com")
+    );
+    follower.stop().await;
+    writer.stop().await;
+}
