@@ -278,6 +278,35 @@ pub fn hash_token(token: &str) -> TokenHash {
 /// The SHA-256 of a token: what is stored and compared, never the token.
 pub type TokenHash = [u8; 32];
 
+/// Tells whether a secret value changed without keeping the value: SHA-256 over a random key
+/// and the value. The key belongs to this instance (one per sidecar stream), so a fingerprint
+/// means nothing anywhere else and cannot be tested against guesses without the key.
+pub struct Fingerprints {
+    key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl Fingerprints {
+    pub fn new() -> Self {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(key.as_mut());
+        Self { key }
+    }
+
+    /// The fingerprint of a value.
+    pub fn of(&self, value: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.key.as_ref());
+        hasher.update(value.as_bytes());
+        hasher.finalize().into()
+    }
+}
+
+impl Default for Fingerprints {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Constant-time equality of two tokens (compares their hashes, so lengths leak nothing).
 pub fn tokens_equal(a: &str, b: &SecretString) -> bool {
     use subtle::ConstantTimeEq;

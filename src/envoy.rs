@@ -1058,7 +1058,7 @@ mod tests {
 
     #[test]
     fn scalars_are_quoted() {
-        assert_eq!(yaml_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        assert_eq!(yaml_str("a\"b\\c\n\t"), "\"a\\\"b\\\\c\\n\\u0009\"");
         assert_eq!(format_seconds(500), "0.5");
         assert_eq!(format_seconds(2000), "2");
         assert_eq!(format_seconds(250), "0.25");

@@ -37,7 +37,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::compile::{self, Compiler, ROUTE_TYPE_URL, RouteTable, SecretUse};
-use crate::crypto::{self, TokenHash};
+use crate::crypto::{self, Fingerprints, TokenHash};
 use crate::engine::{Engine, SecretError};
 use crate::grpc::auth::{Caller, RUNTIME_TOKEN_METADATA};
 use crate::interception::sds::SECRET_TYPE_URL;
@@ -140,10 +140,11 @@ impl AggregatedDiscoveryService for Ads {
             table_subscribed: false,
             table_sent: None,
             rules_seen: None,
-            values: HashMap::new(),
+            native: HashMap::new(),
             uses: HashMap::new(),
             subscribed: HashSet::new(),
             sent: HashMap::new(),
+            fingerprints: Fingerprints::new(),
             retry: None,
             version: 0,
             nonce: 0,
@@ -198,15 +199,17 @@ struct SidecarStream {
     /// The rules the current table was compiled from: a snapshot that keeps the same `Arc`
     /// changed nothing of this runtime.
     rules_seen: Option<Option<Arc<RuntimeRules>>>,
-    /// SDS name → value, for every secret the current table injects.
-    values: HashMap<String, Arc<SecretString>>,
+    /// SDS name → the secret, for every secret the current table injects. No value is kept
+    /// here: the engine's cache holds values for their TTL only, and so must this stream.
+    native: HashMap<String, Arc<SecretRef>>,
     /// Cache key → the secret and how the current table uses it, for every secret the
     /// runtime's rules name.
     uses: HashMap<Arc<str>, (Arc<SecretRef>, SecretUse)>,
     /// Secret names Envoy subscribed to.
     subscribed: HashSet<String>,
-    /// SDS name → the value Envoy was last sent.
-    sent: HashMap<String, Arc<SecretString>>,
+    /// SDS name → the fingerprint of the value Envoy was last sent.
+    sent: HashMap<String, [u8; 32]>,
+    fingerprints: Fingerprints,
     /// Compile again at this time (a secret the store could not answer for).
     retry: Option<tokio::time::Instant>,
     version: u64,
@@ -284,11 +287,7 @@ impl SidecarStream {
         match (before, self.classify(&secret, read)) {
             (SecretUse::Native, (SecretUse::Native, Some(value))) => {
                 let name = compile::secret_resource_name(&secret.credential);
-                self.values.insert(name.clone(), value.clone());
-                if self.subscribed.contains(&name) {
-                    self.push_secrets(vec![(name, value)]).await?;
-                }
-                Ok(())
+                self.push_changed(vec![(name, value)]).await
             }
             _ => self.refresh(true).await,
         }
@@ -379,17 +378,33 @@ impl SidecarStream {
         }
         let mut answer = Vec::new();
         let mut refused = Vec::new();
+        let mut changed_use = false;
         for name in request.resource_names_subscribe {
             // Asked (again): sent now, whatever was sent before.
             self.sent.remove(&name);
-            match self.values.get(&name) {
-                Some(value) => answer.push((name.clone(), value.clone())),
+            match self.native.get(&name).cloned() {
+                Some(secret) => {
+                    let read = self
+                        .inner
+                        .engine
+                        .secret_and_caching(&secret.key, &secret.tenant_id, &secret.credential)
+                        .await;
+                    match self.classify(&secret, read) {
+                        (SecretUse::Native, Some(value)) => answer.push((name.clone(), value)),
+                        // No longer native: the table changes (and stops referencing it).
+                        _ => changed_use = true,
+                    }
+                }
                 None => refused.push(name.clone()),
             }
             self.subscribed.insert(name);
         }
         self.push_secrets(answer).await?;
-        self.refuse(SECRET_TYPE_URL, refused).await
+        self.refuse(SECRET_TYPE_URL, refused).await?;
+        if changed_use {
+            self.refresh(true).await?;
+        }
+        Ok(())
     }
 
     /// Compiles the table again if the rules (or, with `secrets_changed`, the values) may
@@ -430,7 +445,13 @@ impl SidecarStream {
                     .map(|(use_, _)| (rule.secret.key.clone(), (rule.secret.clone(), *use_)))
             })
             .collect();
-        self.values = table
+        self.native = table
+            .secrets
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        // Rotation first: a subscribed secret whose value changed.
+        let values: Vec<(String, Arc<SecretString>)> = table
             .secrets
             .iter()
             .filter_map(|(name, secret)| {
@@ -439,20 +460,8 @@ impl SidecarStream {
                     .map(|value| (name.clone(), value))
             })
             .collect();
-        // Rotation first: a subscribed secret whose value changed.
-        let changed: Vec<(String, Arc<SecretString>)> = self
-            .values
-            .iter()
-            .filter(|(name, value)| {
-                self.subscribed.contains(*name)
-                    && self
-                        .sent
-                        .get(*name)
-                        .is_none_or(|sent| sent.expose_secret() != value.expose_secret())
-            })
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        self.push_secrets(changed).await?;
+        drop(read);
+        self.push_changed(values).await?;
         tracing::debug!(runtime = %self.runtime, ms = started.elapsed().as_millis() as u64, "a sidecar's route table compiled");
         self.push_table(table).await
     }
@@ -535,6 +544,18 @@ impl SidecarStream {
         Ok(())
     }
 
+    /// Pushes the values among these that Envoy subscribed to and does not have.
+    async fn push_changed(&mut self, values: Vec<(String, Arc<SecretString>)>) -> Result<(), End> {
+        let changed = values
+            .into_iter()
+            .filter(|(name, value)| {
+                self.subscribed.contains(name)
+                    && self.sent.get(name) != Some(&self.fingerprints.of(value.expose_secret()))
+            })
+            .collect();
+        self.push_secrets(changed).await
+    }
+
     /// Pushes these secrets' values (names Envoy subscribed to).
     async fn push_secrets(&mut self, secrets: Vec<(String, Arc<SecretString>)>) -> Result<(), End> {
         if secrets.is_empty() {
@@ -573,7 +594,8 @@ impl SidecarStream {
             .with_label_values(&["secret"])
             .inc_by(count);
         for (name, value) in secrets {
-            self.sent.insert(name, value);
+            let fingerprint = self.fingerprints.of(value.expose_secret());
+            self.sent.insert(name, fingerprint);
         }
         Ok(())
     }
@@ -608,7 +630,7 @@ impl SidecarStream {
         let mut names: Vec<String> = self.sent.drain().map(|(name, _)| name).collect();
         names.sort();
         self.subscribed.clear();
-        self.values.clear();
+        self.native.clear();
         self.uses.clear();
         if !names.is_empty() && self.send(SECRET_TYPE_URL, Vec::new(), names).await.is_err() {
             return End::Gone;
