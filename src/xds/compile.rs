@@ -44,9 +44,6 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, FilterConfig, HeaderMatcher, Route, RouteAction, RouteConfiguration,
     RouteMatch, VirtualHost, header_matcher, route, route_action, route_match,
 };
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
-    ExtProcPerRoute, ext_proc_per_route,
-};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute;
 use envoy_types::pb::envoy::extensions::formatter::generic_secret::v3::GenericSecret;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig;
@@ -934,9 +931,8 @@ const HEADER_MUTATION_PER_ROUTE_TYPE_URL: &str =
     "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute";
 
 /// ext_proc on this route. In a native sidecar the filter is off unless a route turns it on:
-/// a filter that is on costs Envoy a few microseconds per request even where a route disables
-/// it (measured: 12 % of the throughput of a direct response), so native routes never create
-/// it.
+/// a filter that Envoy creates costs it CPU per request even where it then does nothing
+/// (measured: 12 % of the throughput of a direct response), so native routes never create it.
 fn extproc_enabled() -> Any {
     any(&FilterConfig {
         config: Some(Any::default()),
@@ -944,9 +940,14 @@ fn extproc_enabled() -> Any {
     })
 }
 
+/// ext_proc off on this route, by the generic `FilterConfig`: Envoy then does not create the
+/// filter at all. (`ExtProcPerRoute { disabled }` also turns it off, but Envoy creates the
+/// filter first to let it read that: measured, that alone was a fifth of a native route's
+/// Envoy CPU per request.)
 fn extproc_disabled() -> Any {
-    any(&ExtProcPerRoute {
-        r#override: Some(ext_proc_per_route::Override::Disabled(true)),
+    any(&FilterConfig {
+        disabled: true,
+        ..Default::default()
     })
 }
 
