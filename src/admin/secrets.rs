@@ -41,13 +41,19 @@ pub struct CreateSecret {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateSecret {
-    #[serde(default)]
+    /// Absent: unchanged; `null` is no value (400), not "unchanged".
+    #[serde(default, deserialize_with = "not_null")]
     value: Option<SecretString>,
     /// Absent: unchanged; `null`: cleared.
     #[serde(default, alias = "displayName", deserialize_with = "present")]
     display_name: Option<Option<String>>,
     #[serde(default, alias = "cacheTtlSecs", deserialize_with = "whole_number")]
     cache_ttl_secs: Option<i64>,
+}
+
+/// A field that may be absent (`None`, by `#[serde(default)]`) but never `null`.
+fn not_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// An integer as JSON Schema means it: any number without a fraction, `300.0` as well as

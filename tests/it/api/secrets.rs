@@ -96,6 +96,26 @@ async fn secret_lifecycle(app: TestApp) {
         )
         .await;
     assert_eq!(updated["display_name"], Value::Null);
+    // A null value is no value: refused, nothing changed (the value is a string, never null).
+    let answer = app
+        .call(
+            Method::PUT,
+            "/v1/secrets/openai-api-key",
+            key,
+            Some(json!({"value": null, "display_name": "kept out"})),
+        )
+        .await;
+    assert_error(&answer, StatusCode::BAD_REQUEST, &["value"]);
+    let unchanged = app
+        .ok(Method::GET, "/v1/secrets/openai-api-key", key, None)
+        .await;
+    assert_eq!(
+        (
+            unchanged["display_name"].clone(),
+            unchanged["version"].clone()
+        ),
+        (Value::Null, updated["version"].clone())
+    );
 
     let (status, list) = app.call(Method::GET, "/v1/secrets", key, None).await;
     assert_eq!(status, StatusCode::OK);
