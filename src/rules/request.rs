@@ -145,7 +145,8 @@ pub fn normalise_path(path: &str) -> (Cow<'_, str>, bool) {
 /// What to do with a `%` that is not followed by two hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadEscape {
-    /// Keep it as a literal `%` (a request path: Envoy forwards it as it is).
+    /// Read it as a literal `%`, which the normal form writes `%25` (a request path: Envoy
+    /// forwards it as it is).
     Keep,
     /// Refuse the text (a rule's pattern).
     Reject,
@@ -186,7 +187,14 @@ pub fn normalise_escapes(text: &str, bad: BadEscape) -> Result<(String, bool), I
                     continue;
                 }
                 None if bad == BadEscape::Reject => return Err(InvalidEscape),
-                None => {}
+                // A literal `%`, in its escaped form: kept bare, it could start an escape with
+                // what decoding brings next to it (`%%36A` would become `%6A`, then `j`), and
+                // the normal form would not be one.
+                None => {
+                    out.push_str("%25");
+                    i += 1;
+                    continue;
+                }
             }
         }
         // Everything else is kept as it is (the text is valid UTF-8).
@@ -225,6 +233,10 @@ mod tests {
             ("/a%2fb", "/a%2Fb", true),
             ("/a%5Cb", "/a%5Cb", true),
             ("/a%20b", "/a%20b", false),
+            // A `%` that starts no escape is a literal one, written as its escape.
+            ("/a%zz", "/a%25zz", false),
+            ("/%%36A", "/%256A", false),
+            ("/a%", "/a%25", false),
             ("", "/", false),
             ("/", "/", false),
         ] {
