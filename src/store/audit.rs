@@ -301,7 +301,9 @@ pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 ///
 /// On SQLite the transaction begins `IMMEDIATE`: the write lock is taken before the first read,
 /// so concurrent writers queue (busy timeout) instead of the later one finding its read stale
-/// at its first write, which SQLite answers with "database is locked" at once. On PostgreSQL the
+/// at its first write, which SQLite answers with "database is locked" at once; the whole
+/// transaction runs in one hop to a blocking thread (`in_one_hop`), not one per statement. On
+/// PostgreSQL the
 /// head's row lock serialises every audited write, so a body that reads, checks, then writes
 /// cannot interleave with another audited write. (The caller has diesel's prelude and
 /// diesel-async's `RunQueryDsl` in scope, as every store module does.)
@@ -314,14 +316,14 @@ macro_rules! audited_write {
             .select((chain::last_seq, chain::last_hash));
         let committed: Result<(_, $crate::store::AuditEventRow), $crate::store::StoreError> =
             $crate::store::with_conn!($store, conn => sqlite => {
-                conn.immediate_transaction::<_, $crate::store::StoreError, _>(async |$conn| {
+                $crate::store::in_one_hop($crate::store::immediate_transaction::<_, $crate::store::StoreError, _>(conn, async |$conn| {
                     let head: (i64, String) = head.first(&mut *$conn).await?;
                     let value: Result<_, $crate::store::StoreError> = async { $body }.await;
                     let value = value?;
                     let event = $crate::store::audit::append(entry, head);
                     $crate::store::audit::insert_event!($conn, event);
                     Ok((value, event))
-                })
+                }))
                 .await
             } postgres => {
                 ::diesel_async::AsyncConnection::transaction::<_, $crate::store::StoreError, _>(

@@ -25,6 +25,7 @@
 
 mod api_keys;
 pub mod audit;
+mod blocking;
 pub mod changes;
 pub mod models;
 mod rules;
@@ -53,13 +54,14 @@ pub use audit::{
     Actor, AuditAction, AuditEntry, AuditEventRow, AuditFilter, AuditPage, AuditSink, AuditTarget,
     ChainVerdict, Outcome, TargetKind,
 };
+pub(crate) use blocking::{immediate_transaction, in_one_hop};
 pub use changes::{CHANGES_CHANNEL, Change, ChangeFeed, Committed, Created, Followed};
 pub use models::*;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgresql");
 
-type SqliteConn = SyncConnectionWrapper<SqliteConnection>;
+type SqliteConn = SyncConnectionWrapper<SqliteConnection, blocking::Inline>;
 
 /// What a store error is about, so the caller's message can name it.
 #[derive(Debug, Clone, PartialEq, Eq)]

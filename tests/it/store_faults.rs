@@ -132,18 +132,22 @@ async fn secret_deleted_while_a_rule_is_created_is_409(app: TestApp) {
             tenant.id
         ))
         .await;
-    let (answer, ()) = tokio::join!(
-        app.call(
+    // The other writer is a task of its own, as another client is: the delete's transaction
+    // waits on this thread for the lock (SQLite's busy timeout), and would hold up anything
+    // sharing its task.
+    let committer = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        other.run("COMMIT").await;
+    });
+    let answer = app
+        .call(
             Method::DELETE,
             "/v1/secrets/contested",
             Some(&tenant.key),
-            None
-        ),
-        async {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            other.run("COMMIT").await;
-        }
-    );
+            None,
+        )
+        .await;
+    committer.await.expect("the other writer committed");
     assert_error(
         &answer,
         StatusCode::CONFLICT,
