@@ -570,6 +570,12 @@ pub fn main() -> ExitCode {
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A blocking thread that ran a full load of the rules (hundreds of MiB allocated and
+        // freed at a million rules) keeps what it freed in the allocator's heap of that thread
+        // until the thread ends: idle ones end after a second instead of tokio's ten, so the
+        // server is back at its steady memory soon after a load (measured: 428 MiB for ten
+        // seconds after a restart at a million rules, then 306 MiB).
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(runtime) => runtime,

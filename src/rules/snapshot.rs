@@ -23,54 +23,49 @@ use crate::crypto::TokenHash;
 /// be aimed at collisions): std's SipHash was a third of `decide`'s instructions in a profile.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// A path glob, split at its `*`s.
+/// A path glob: the pattern's text, read at its `*`s when matching. Kept as the text alone
+/// (one allocation): at a million rules, a list of pieces per glob was a fifth of the memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathGlob {
-    /// Literal pieces between stars; `first` must start the path, `last` end it (unless the
-    /// pattern ends with `*`).
-    pieces: Vec<String>,
-    ends_with_star: bool,
+    text: Box<str>,
 }
 
 impl PathGlob {
     pub fn new(pattern: &PathPattern) -> Self {
-        let text = pattern.as_str();
         Self {
-            pieces: text.split('*').map(str::to_owned).collect(),
-            ends_with_star: text.ends_with('*'),
+            text: pattern.as_str().into(),
         }
     }
 
     /// The literal pieces between the stars: the pattern is these joined by `*`.
-    pub fn pieces(&self) -> &[String] {
-        &self.pieces
+    pub fn pieces(&self) -> Vec<&str> {
+        self.text.split('*').collect()
     }
 
     /// Length of the literal text before the first `*`: the specificity of a path pattern.
     pub fn literal_prefix_len(&self) -> usize {
-        self.pieces[0].len()
+        self.text.find('*').unwrap_or(self.text.len())
     }
 
+    /// Whether the path matches: the piece before the first star starts it, the piece after
+    /// the last ends it, and the pieces between are found in order in what is left between.
     pub fn matches(&self, path: &str) -> bool {
-        let first = &self.pieces[0];
-        if self.pieces.len() == 1 {
-            return path == first;
-        }
-        let Some(mut rest) = path.strip_prefix(first.as_str()) else {
+        let text = &*self.text;
+        let (Some(first_star), Some(last_star)) = (text.find('*'), text.rfind('*')) else {
+            return path == text;
+        };
+        let Some(mut rest) = path.strip_prefix(&text[..first_star]) else {
             return false;
         };
-        let last_index = self.pieces.len() - 1;
-        for piece in &self.pieces[1..last_index] {
-            match rest.find(piece.as_str()) {
-                Some(at) => rest = &rest[at + piece.len()..],
-                None => return false,
+        if first_star < last_star {
+            for piece in text[first_star + 1..last_star].split('*') {
+                match rest.find(piece) {
+                    Some(at) => rest = &rest[at + piece.len()..],
+                    None => return false,
+                }
             }
         }
-        if self.ends_with_star {
-            true
-        } else {
-            rest.ends_with(self.pieces[last_index].as_str())
-        }
+        rest.ends_with(&text[last_star + 1..])
     }
 }
 
@@ -270,7 +265,7 @@ impl CompiledRule {
     }
 
     fn host_key(&self) -> HostKey<'_> {
-        (self.exact_host, &self.host)
+        (self.exact_host, &*self.host)
     }
 }
 
@@ -344,8 +339,10 @@ pub fn secret_key(tenant_id: &str, name: &str) -> Arc<str> {
     Arc::from(format!("{tenant_id}/{name}"))
 }
 
-/// A host's rules within a runtime, in no particular order (precedence decides). Shared, so
-/// copying a runtime's maps for a change copies pointers, not rules or lists.
+/// The rules of one runtime under one key of its `HostMap`: in no particular order (precedence
+/// decides). Shared, so copying a runtime's maps for a change copies pointers, not rules or
+/// lists. Never empty. Its rules have one host name, unless two names' hashes collide: readers
+/// take the rules of the name they look for (`HostMap::rules_for`).
 #[derive(Debug, Clone)]
 enum Bucket {
     /// The common case, without a list of its own.
@@ -382,14 +379,80 @@ impl Bucket {
     }
 }
 
+/// A runtime's rules by host name (or wildcard suffix), keyed by the name's keyed hash
+/// (`host_hash`) in a persistent B-tree.
+///
+/// Why not a hash map of names: imbl's hash trie (the persistent hash map) keeps fixed-size
+/// nodes of 32 slots, and at a runtime of about a thousand names (32 per second-level node, so
+/// many overflow into a node of nearly empty children) it held ~110 bytes per entry; the B-tree's
+/// leaves are at least half full, and an entry is the key's 8 bytes and the bucket's 16.
+#[derive(Debug, Default, Clone)]
+struct HostMap(Ordered<u64, Bucket>);
+
+impl HostMap {
+    /// The rules for this name (of its bucket: those whose name it is).
+    fn rules_for<'s, 'h>(
+        &'s self,
+        host: &'h str,
+    ) -> impl Iterator<Item = &'s Arc<CompiledRule>> + use<'s, 'h> {
+        self.0
+            .get(&host_hash(host))
+            .into_iter()
+            .flat_map(|bucket| bucket.rules())
+            .filter(move |rule| &*rule.host == host)
+    }
+
+    fn bucket(&self, host: &str) -> Option<&Bucket> {
+        self.0.get(&host_hash(host))
+    }
+
+    /// Puts the bucket for this name's key in place (`None`: removes it).
+    fn put(&mut self, host: &str, bucket: Option<Bucket>) {
+        match bucket {
+            Some(bucket) => {
+                self.0.insert(host_hash(host), bucket);
+            }
+            None => {
+                self.0.remove(&host_hash(host));
+            }
+        }
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = &Bucket> {
+        self.0.values()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A persistent B-tree map (imbl's `OrdMap`): copied in O(1), changed in O(log n).
+type Ordered<K, V> = imbl::GenericOrdMap<K, V, imbl::shared_ptr::DefaultSharedPtr>;
+
+/// The key of the snapshot's name hashes, random per process (so names cannot be chosen to
+/// collide).
+static HOST_NAME_KEY: std::sync::LazyLock<foldhash::quality::RandomState> =
+    std::sync::LazyLock::new(foldhash::quality::RandomState::default);
+
+/// A host name's (or wildcard suffix's) keyed 64-bit hash.
+fn host_hash(name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    #[cfg(test)]
+    if tests::COLLIDE.get() {
+        return 7;
+    }
+    HOST_NAME_KEY.hash_one(name)
+}
+
 /// The rules of one runtime, indexed by host. Its maps are persistent too: a runtime with
 /// thousands of hosts is copied in O(1) and changed in O(log n), so adding a rule (or a batch
 /// spread over every runtime) never copies what the runtime already has.
 #[derive(Debug, Default, Clone)]
 pub struct RuntimeRules {
-    exact: Shared<Arc<str>, Bucket>,
+    exact: HostMap,
     /// Keyed by the suffix after `*.` (`example.com` for `*.example.com`).
-    wildcard: Shared<Arc<str>, Bucket>,
+    wildcard: HostMap,
     count: usize,
 }
 
@@ -401,12 +464,12 @@ impl RuntimeRules {
         } else {
             &mut self.wildcard
         };
-        let bucket = match map.get(rule.host.as_ref()) {
+        let bucket = match map.bucket(&rule.host) {
             Some(bucket) if bucket.rules().iter().any(|r| r.id == rule.id) => return false,
             Some(bucket) => bucket.with(rule.clone()),
             None => Bucket::One(rule.clone()),
         };
-        map.insert(rule.host.clone(), bucket);
+        map.put(&rule.host, Some(bucket));
         self.count += 1;
         true
     }
@@ -414,24 +477,13 @@ impl RuntimeRules {
     /// Removes the rule with this id, answering it.
     fn remove(&mut self, id: &RuleId) -> Option<Arc<CompiledRule>> {
         for map in [&mut self.exact, &mut self.wildcard] {
-            let found = map.iter().find_map(|(host, bucket)| {
-                bucket
-                    .rules()
-                    .iter()
-                    .position(|r| r.id == *id)
-                    .map(|at| (host.clone(), at))
+            let found = map.buckets().find_map(|bucket| {
+                let at = bucket.rules().iter().position(|r| r.id == *id)?;
+                Some((bucket.clone(), at))
             });
-            if let Some((host, at)) = found {
-                let bucket = map.get(&host).expect("found above").clone();
+            if let Some((bucket, at)) = found {
                 let rule = bucket.rules()[at].clone();
-                match bucket.without(at) {
-                    None => {
-                        map.remove(&host);
-                    }
-                    Some(rest) => {
-                        map.insert(host, rest);
-                    }
-                }
+                map.put(&rule.host, bucket.without(at));
                 self.count -= 1;
                 return Some(rule);
             }
@@ -445,17 +497,15 @@ impl RuntimeRules {
             HostName::Exact(name) => (&self.exact, name.as_str()),
             HostName::Wildcard(suffix) => (&self.wildcard, suffix.as_str()),
         };
-        map.get(key).is_some_and(|bucket| {
-            let id = RuleId::from(rule.id.as_str());
-            bucket.rules().iter().any(|r| r.id == id)
-        })
+        let id = RuleId::from(rule.id.as_str());
+        map.rules_for(key).any(|r| r.id == id)
     }
 
     /// Every rule of this runtime, in no particular order.
     pub fn rules(&self) -> impl Iterator<Item = &Arc<CompiledRule>> {
         self.exact
-            .values()
-            .chain(self.wildcard.values())
+            .buckets()
+            .chain(self.wildcard.buckets())
             .flat_map(|bucket| bucket.rules().iter())
     }
 
@@ -470,37 +520,31 @@ impl RuntimeRules {
     /// Whether a rule of this runtime is for `host` (lowercase, no trailing dot) on `port`
     /// (`None`: any port will do, as for a TLS server name): a tunnel there is intercepted.
     pub fn covers(&self, host: &str, port: Option<u16>) -> bool {
-        let port_ok = |bucket: &Bucket| {
-            bucket.rules().iter().any(|r| match (r.port, port) {
-                (Some(want), Some(port)) => want == port,
-                _ => true,
-            })
+        let port_ok = |rule: &Arc<CompiledRule>| match (rule.port, port) {
+            (Some(want), Some(port)) => want == port,
+            _ => true,
         };
-        if self.exact.get(host).is_some_and(port_ok) {
+        if self.exact.rules_for(host).any(port_ok) {
             return true;
         }
-        suffixes(host).any(|suffix| self.wildcard.get(suffix).is_some_and(port_ok))
+        suffixes(host).any(|suffix| self.wildcard.rules_for(suffix).any(port_ok))
     }
 
     /// Every rule of this runtime matching the destination, best first per target; one rule
     /// per target (the most specific).
     pub fn matching<'s>(&'s self, dest: &Destination<'_>, out: &mut Vec<&'s CompiledRule>) {
         let host: &str = &dest.host;
-        let mut consider = |bucket: &'s Bucket| {
-            for rule in bucket.rules() {
+        let mut consider = |rules: &mut dyn Iterator<Item = &'s Arc<CompiledRule>>| {
+            for rule in rules {
                 if rule.matches_port_and_path(dest) {
                     keep_best(out, rule);
                 }
             }
         };
-        if let Some(bucket) = self.exact.get(host) {
-            consider(bucket);
-        }
+        consider(&mut self.exact.rules_for(host));
         if !self.wildcard.is_empty() {
             for suffix in suffixes(host) {
-                if let Some(bucket) = self.wildcard.get(suffix) {
-                    consider(bucket);
-                }
+                consider(&mut self.wildcard.rules_for(suffix));
             }
         }
     }
@@ -547,45 +591,49 @@ type Shared<K, V> =
     imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// (exact, name or wildcard suffix).
-type HostKey<'a> = (bool, &'a Arc<str>);
+type HostKey<'a> = (bool, &'a str);
 
 /// The host names of every rule of every tenant, each with the number of rules naming it: which
 /// TLS server names the shared gateway may be given a leaf certificate for.
+///
+/// Kept as keyed 64-bit hashes of (exact, name), not the names, in a persistent B-tree (see
+/// `HostMap`): an entry is 16 bytes and copies without touching a reference count. Two names whose hashes collide (about one chance in 2^64 per pair; the key is
+/// random per process, so names cannot be chosen to collide) would make one look covered when
+/// only the other is: the gateway would then hold a leaf certificate for a name no rule names,
+/// and every request in such a tunnel is still decided against the rules.
 #[derive(Debug, Default, Clone)]
-struct HostNames {
-    exact: Shared<Arc<str>, u32>,
-    wildcard: Shared<Arc<str>, u32>,
-}
+struct HostNames(Ordered<u64, u32>);
 
 impl HostNames {
+    fn key((exact, name): HostKey<'_>) -> u64 {
+        use std::hash::BuildHasher;
+        HOST_NAME_KEY.hash_one((exact, name))
+    }
+
     fn covers(&self, name: &str) -> bool {
-        self.exact.contains_key(name) || suffixes(name).any(|s| self.wildcard.contains_key(s))
+        self.0.contains_key(&Self::key((true, name)))
+            || suffixes(name).any(|s| self.0.contains_key(&Self::key((false, s))))
     }
 
-    fn side(&mut self, exact: bool) -> &mut Shared<Arc<str>, u32> {
-        if exact {
-            &mut self.exact
-        } else {
-            &mut self.wildcard
-        }
+    fn add(&mut self, host: HostKey<'_>) {
+        self.add_count(Self::key(host), 1);
     }
 
-    fn add(&mut self, (exact, name): HostKey<'_>) {
-        let map = self.side(exact);
-        match map.get_mut(name.as_ref()) {
-            Some(count) => *count += 1,
+    fn add_count(&mut self, key: u64, n: u32) {
+        match self.0.get_mut(&key) {
+            Some(count) => *count += n,
             None => {
-                map.insert(name.clone(), 1);
+                self.0.insert(key, n);
             }
         }
     }
 
-    fn remove(&mut self, (exact, name): HostKey<'_>) {
-        let map = self.side(exact);
-        if let Some(count) = map.get_mut(name.as_ref()) {
+    fn remove(&mut self, host: HostKey<'_>) {
+        let key = Self::key(host);
+        if let Some(count) = self.0.get_mut(&key) {
             *count -= 1;
             if *count == 0 {
-                map.remove(name.as_ref());
+                self.0.remove(&key);
             }
         }
     }
@@ -619,22 +667,30 @@ impl RuleIndex {
         self.tenants.get(tenant_id)?.get(runtime)
     }
 
-    /// Puts a runtime's new rules in place (none: the runtime has no rules left).
+    /// Puts a runtime's new rules in place (none: the runtime has no rules left). The tenant's
+    /// map is changed where it is (copied on its first change in an edit, then changed in
+    /// place), not copied out and put back for every runtime.
     fn put_runtime(&mut self, tenant_id: &Arc<str>, runtime: &Arc<str>, rules: RuntimeRules) {
-        let mut runtimes = self
-            .tenants
-            .get(tenant_id.as_ref())
-            .cloned()
-            .unwrap_or_default();
         if rules.is_empty() {
+            let Some(runtimes) = self.tenants.get_mut(tenant_id.as_ref()) else {
+                return;
+            };
             runtimes.remove(runtime.as_ref());
-        } else {
-            runtimes.insert(runtime.clone(), Arc::new(rules));
+            if runtimes.is_empty() {
+                self.tenants.remove(tenant_id.as_ref());
+            }
+            return;
         }
-        if runtimes.is_empty() {
-            self.tenants.remove(tenant_id.as_ref());
-        } else {
-            self.tenants.insert(tenant_id.clone(), runtimes);
+        let rules = Arc::new(rules);
+        match self.tenants.get_mut(tenant_id.as_ref()) {
+            Some(runtimes) => {
+                runtimes.insert(runtime.clone(), rules);
+            }
+            None => {
+                let mut runtimes = TenantRules::default();
+                runtimes.insert(runtime.clone(), rules);
+                self.tenants.insert(tenant_id.clone(), runtimes);
+            }
         }
     }
 }
@@ -789,7 +845,9 @@ impl SnapshotBuilder {
         }
         index.tenants = by_tenant.into_iter().collect();
         for ((exact, name), count) in self.host_names {
-            index.host_names.side(exact).insert(name, count);
+            index
+                .host_names
+                .add_count(HostNames::key((exact, &name)), count);
         }
         let mut identities = Identities::default();
         identities.set_tenants(tenants);
@@ -1010,6 +1068,94 @@ impl SnapshotEdit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Every name hashes alike (`host_hash`) on this thread while set.
+        pub(super) static COLLIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Names whose hashes collide share a bucket; every reader still takes only the rules of
+    /// the name it asks for: the same decisions, adds and removes as without collisions.
+    #[test]
+    fn colliding_host_hashes_keep_names_apart() {
+        let rules = crate::test_support::rules(300);
+        // Exact names with rules (i % 3 == 1, 2), names under wildcard rules, names without.
+        let hosts: Vec<String> = (0..300)
+            .flat_map(|i| {
+                [
+                    format!("api{i}.example.com"),
+                    format!("x.svc{i}.example.com"),
+                ]
+            })
+            .collect();
+        let decide = |snapshot: &Snapshot| -> Vec<Vec<String>> {
+            let runtimes: std::collections::BTreeSet<&str> =
+                rules.iter().map(|r| r.spec.runtime.as_str()).collect();
+            let mut out = Vec::new();
+            for runtime in runtimes {
+                let Some(rt) = snapshot.runtime_rules(crate::test_support::TENANT_ID, runtime)
+                else {
+                    out.push(vec![]);
+                    continue;
+                };
+                for host in &hosts {
+                    for path in ["/v1/x", "/p2/y", "/"] {
+                        let dest = Destination::parse(host, "http", path);
+                        let mut found = Vec::new();
+                        rt.matching(&dest, &mut found);
+                        let mut ids: Vec<String> = found.iter().map(|r| r.id.to_string()).collect();
+                        ids.sort();
+                        out.push(ids);
+                    }
+                    out.push(vec![rt.covers(host, Some(80)).to_string()]);
+                }
+            }
+            out
+        };
+        let same = |got: &[Vec<String>], want: &[Vec<String>], when: &str| {
+            let differ = got.iter().zip(want).filter(|(g, w)| g != w).count();
+            assert!(
+                got.len() == want.len() && differ == 0,
+                "{when}: {differ} of {} decisions differ",
+                want.len()
+            );
+        };
+        let build = |rules: &[Rule]| {
+            Snapshot::build(crate::test_support::tenant_names(), rules, Vec::new())
+        };
+        let apart = decide(&build(&rules));
+        let matched = apart
+            .iter()
+            .filter(|ids| ids.iter().any(|id| id.starts_with("rule_")))
+            .count();
+        assert!(
+            matched > 100,
+            "the decisions compared must match rules ({matched} did)"
+        );
+        COLLIDE.set(true);
+        let together = build(&rules);
+        same(&decide(&together), &apart, "built with colliding names");
+        // Removing and adding back rules one runtime at a time goes through the same buckets.
+        let mut edit = together.edit();
+        for rule in rules.iter().step_by(7) {
+            edit.remove_rules(&rule.tenant_id, &rule.spec.runtime, &[rule.id.as_str()]);
+        }
+        let removed = edit.finish();
+        let expected: Vec<Rule> = rules
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 7 != 0)
+            .map(|(_, r)| r.clone())
+            .collect();
+        COLLIDE.set(false);
+        let expected = decide(&build(&expected));
+        COLLIDE.set(true);
+        same(&decide(&removed), &expected, "rules removed");
+        let mut edit = removed.edit();
+        edit.add_rules(&rules);
+        same(&decide(&edit.finish()), &apart, "rules added back");
+        COLLIDE.set(false);
+    }
 
     fn glob(p: &str) -> PathGlob {
         PathGlob::new(&PathPattern::parse(p).unwrap())

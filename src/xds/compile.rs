@@ -637,11 +637,9 @@ fn set_match(members: &[&CompiledRule]) -> RouteMatch {
                 let regex = format!("^{}(\\?.*)?$", glob_regex(glob, "[^?]*"));
                 headers.push(regex_header(":path", &regex, false));
             }
-            match first.pieces() {
-                [exact] => route_match::PathSpecifier::Path(exact.clone()),
-                [prefix, rest] if rest.is_empty() => {
-                    route_match::PathSpecifier::Prefix(prefix.clone())
-                }
+            match first.pieces()[..] {
+                [exact] => route_match::PathSpecifier::Path(exact.to_owned()),
+                [prefix, ""] => route_match::PathSpecifier::Prefix(prefix.to_owned()),
                 // Envoy matches these against the path without its query.
                 _ => route_match::PathSpecifier::SafeRegex(RegexMatcher {
                     regex: format!("^{}$", glob_regex(first, ".*")),
