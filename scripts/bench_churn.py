@@ -22,8 +22,11 @@ Measured, in --rounds rounds, each round running, per binary:
           Reported: the writes completed per second (achieved rate), their p50/p99, errors.
 
 Printed: idle and churn throughput, p50 and p99 (medians over the rounds), the ratio churn p99 /
-idle p99 (and p50, throughput), the writes' figures, and a sanity check: injections counted by
-runta's metrics per answered request (should be 1.00). With --baseline, the two binaries' servers
+idle p99 (and p50, throughput), the writes' figures, where the CPU went (cores busy on average
+in each phase: runta from /proc, grpc_load from its rusage, the writer threads from this
+process's own CPU time; runta's CPU per decision when idle, and per write: its CPU during churn
+less the decisions it served at the idle cost per decision), and a sanity check: injections
+counted by runta's metrics per answered request (should be 1.00). With --baseline, the two binaries' servers
 run at the same time, the one not measured frozen (SIGSTOP), rounds interleaved (new idle, new
 churn, baseline idle, baseline churn, ...), with a column new / baseline.
 
@@ -40,6 +43,7 @@ import collections
 import itertools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,6 +63,36 @@ SECRET_NAME = "openai-api-key"
 SECRET_VALUE = "sk-bench-0123456789abcdefghijklmnopqrstuvwxyz"
 TEMPLATE = "Bearer ${credential}"
 HOST, PATH = "api.openai.com", "/v1/chat/completions"
+
+
+def process_cpu_s(pid):
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used during a phase by runta, by grpc_load (a child that has exited by the
+    end) and by this process (the writer threads, when there are any)."""
+
+    def __init__(self, server_pid):
+        self.pid = server_pid
+        self.runta = process_cpu_s(self.pid)
+        self.children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.own = time.process_time()
+        self.wall = time.perf_counter()
+
+    def done(self):
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        wall = time.perf_counter() - self.wall
+        share = lambda seconds: round(seconds / wall, 3)  # cores busy on average
+        return {
+            "runta": share(process_cpu_s(self.pid) - self.runta),
+            "grpc_load": share(children.ru_utime + children.ru_stime
+                               - self.children.ru_utime - self.children.ru_stime),
+            "writers": share(time.process_time() - self.own),
+        }
 
 
 def rule(runtime, host, path):
@@ -232,18 +266,22 @@ class Target:
         return result
 
     def idle(self, round_):
+        cpu = CpuMeter(self.server.proc.pid)
         result = self.grpc_load(self.args.seconds)
+        result["cpu"] = cpu.done()
         self.rounds["idle"].append(result)
         log(f"round {round_} {self.label:8} idle  {result}")
 
     def churn(self, round_):
         before = self.api.metric("runta_rules_loaded")
+        cpu = CpuMeter(self.server.proc.pid)
         churn = Churn(self.server.admin_port, self.key, self.args.writes_per_second,
                       self.args.writers, self.args.runtimes, self.pool, f"r{round_}").start()
         try:
             result = self.grpc_load(self.args.seconds)
         finally:
             writes = churn.stop()
+        result["cpu"] = cpu.done()
         result["writes"] = writes
         result["rules_loaded_before"] = before
         result["rules_loaded_after"] = self.api.metric("runta_rules_loaded")
@@ -261,6 +299,21 @@ class Target:
         out["churn"]["writes"] = {key: med("churn", key, "writes") for key in
                                   ("per_s", "p50_ms", "p99_ms", "errors")}
         out["churn"]["writes"]["target_per_s"] = self.args.writes_per_second
+        for kind in ("idle", "churn"):
+            out[kind]["cpu"] = {key: med(kind, key, "cpu") for key in
+                                ("runta", "grpc_load", "writers")}
+        # runta's CPU per decision when idle, and what each write added on top of the decisions
+        # it served meanwhile (CPU-seconds per second / per-second rates).
+        idle_cpu, churn_cpu = out["idle"]["cpu"], out["churn"]["cpu"]
+        per_decision = idle_cpu["runta"] / out["idle"]["rps"] if out["idle"]["rps"] else 0
+        writes_per_s = out["churn"]["writes"]["per_s"]
+        out["runta_cpu_us"] = {
+            "per_decision": round(per_decision * 1e6, 1),
+            "per_write": round((churn_cpu["runta"] - per_decision * out["churn"]["rps"])
+                               / writes_per_s * 1e6, 1) if writes_per_s else None,
+            "writers_per_write": round(churn_cpu["writers"] / writes_per_s * 1e6, 1)
+            if writes_per_s else None,
+        }
         idle, churn = out["idle"], out["churn"]
         ratio = lambda key: round(churn[key] / idle[key], 3) if idle[key] else None
         out["ratios"] = {"p99_churn_over_idle": ratio("p99_us"),
@@ -345,6 +398,15 @@ def main():
         ("write p50 (ms)", 2, v(lambda s: s["churn"]["writes"]["p50_ms"])),
         ("write p99 (ms)", 2, v(lambda s: s["churn"]["writes"]["p99_ms"])),
         ("write errors (median of rounds)", 0, v(lambda s: s["churn"]["writes"]["errors"])),
+        ("cores busy idle: runta / grpc_load", 2,
+         v(lambda s: f"{s['idle']['cpu']['runta']:.2f} / {s['idle']['cpu']['grpc_load']:.2f}")),
+        ("cores busy churn: runta / grpc_load / writers", 2,
+         v(lambda s: f"{s['churn']['cpu']['runta']:.2f} / {s['churn']['cpu']['grpc_load']:.2f}"
+                     f" / {s['churn']['cpu']['writers']:.2f}")),
+        ("runta CPU per decision, idle (µs)", 1, v(lambda s: s["runta_cpu_us"]["per_decision"])),
+        ("runta CPU per write, above decisions (µs)", 1,
+         v(lambda s: s["runta_cpu_us"]["per_write"])),
+        ("writer client CPU per write (µs)", 1, v(lambda s: s["runta_cpu_us"]["writers_per_write"])),
         ("decision errors idle / churn (median)", 0,
          v(lambda s: f"{s['idle']['errors']:.0f} / {s['churn']['errors']:.0f}")),
         ("injections per answered request (idle)", 2, v(lambda s: s["idle"]["injected_per_request"])),

@@ -303,12 +303,22 @@ pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 /// so concurrent writers queue (busy timeout) instead of the later one finding its read stale
 /// at its first write, which SQLite answers with "database is locked" at once; the whole
 /// transaction runs in one hop to a blocking thread (`in_one_hop`), not one per statement. On
-/// PostgreSQL the
-/// head's row lock serialises every audited write, so a body that reads, checks, then writes
-/// cannot interleave with another audited write. (The caller has diesel's prelude and
-/// diesel-async's `RunQueryDsl` in scope, as every store module does.)
+/// PostgreSQL the head's row lock serialises every audited write, so a body that reads, checks,
+/// then writes cannot interleave with another audited write; the event, the head's move and the
+/// change's announcements go in one statement (`finish_on_postgres`). (The caller has diesel's
+/// prelude and diesel-async's `RunQueryDsl` in scope, as every store module does.)
+///
+/// `audited_write!(@announcing ...)`: the body answers `(value, payloads)`, and the payloads
+/// are announced to the other replicas in the transaction (PostgreSQL's `pg_notify`; SQLite has
+/// nobody to tell); evaluates to `Result<value, StoreError>`.
 macro_rules! audited_write {
-    ($store:expr, $entry:expr, $conn:ident => $body:expr) => {{
+    ($store:expr, $entry:expr, $conn:ident => $body:expr) => {
+        $crate::store::audit::audited_write!(@announcing $store, $entry, $conn => {
+            let value: Result<_, $crate::store::StoreError> = async { $body }.await;
+            value.map(|value| (value, Vec::new()))
+        })
+    };
+    (@announcing $store:expr, $entry:expr, $conn:ident => $body:expr) => {{
         use $crate::store::schema::audit_chain as chain;
         let entry: &$crate::store::AuditEntry = $entry;
         let head = chain::table
@@ -318,10 +328,18 @@ macro_rules! audited_write {
             $crate::store::with_conn!($store, conn => sqlite => {
                 $crate::store::in_one_hop($crate::store::immediate_transaction::<_, $crate::store::StoreError, _>(conn, async |$conn| {
                     let head: (i64, String) = head.first(&mut *$conn).await?;
-                    let value: Result<_, $crate::store::StoreError> = async { $body }.await;
-                    let value = value?;
+                    let made: Result<(_, Vec<String>), $crate::store::StoreError> =
+                        async { $body }.await;
+                    let (value, _one_replica) = made?;
                     let event = $crate::store::audit::append(entry, head);
-                    $crate::store::audit::insert_event!($conn, event);
+                    ::diesel::insert_into($crate::store::schema::audit_events::table)
+                        .values(&event)
+                        .execute(&mut *$conn)
+                        .await?;
+                    ::diesel::update(chain::table.find(1))
+                        .set((chain::last_seq.eq(event.seq), chain::last_hash.eq(&event.hash)))
+                        .execute(&mut *$conn)
+                        .await?;
                     Ok((value, event))
                 }))
                 .await
@@ -330,10 +348,12 @@ macro_rules! audited_write {
                     conn,
                     async |$conn| {
                         let head: (i64, String) = head.for_update().first(&mut *$conn).await?;
-                        let value: Result<_, $crate::store::StoreError> = async { $body }.await;
-                        let value = value?;
+                        let made: Result<(_, Vec<String>), $crate::store::StoreError> =
+                            async { $body }.await;
+                        let (value, payloads) = made?;
                         let event = $crate::store::audit::append(entry, head);
-                        $crate::store::audit::insert_event!($conn, event);
+                        $crate::store::audit::finish_on_postgres(&mut *$conn, &event, &payloads)
+                            .await?;
                         Ok((value, event))
                     },
                 )
@@ -347,23 +367,42 @@ macro_rules! audited_write {
 }
 pub(crate) use audited_write;
 
-/// Inserts an event and moves the chain head to it.
-macro_rules! insert_event {
-    ($conn:ident, $event:ident) => {
-        ::diesel::insert_into($crate::store::schema::audit_events::table)
-            .values(&$event)
-            .execute(&mut *$conn)
-            .await?;
-        ::diesel::update($crate::store::schema::audit_chain::table.find(1))
-            .set((
-                $crate::store::schema::audit_chain::last_seq.eq($event.seq),
-                $crate::store::schema::audit_chain::last_hash.eq(&$event.hash),
-            ))
-            .execute(&mut *$conn)
-            .await?;
-    };
+/// PostgreSQL: inserts the event, moves the chain head to it and announces `payloads` on the
+/// changes channel, in one statement (one round trip where there were three or more: the
+/// data-modifying CTEs run whether or not the query reads them, and `pg_notify` delivers at
+/// commit). The head's row is locked by this transaction already.
+pub(crate) async fn finish_on_postgres(
+    conn: &mut diesel_async::AsyncPgConnection,
+    event: &AuditEventRow,
+    payloads: &[String],
+) -> Result<(), StoreError> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    diesel::sql_query(
+        "WITH event AS (INSERT INTO audit_events (id, seq, occurred_at, tenant_id, actor, \
+         action, target_kind, target_id, target_name, request_id, outcome, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)), \
+         head AS (UPDATE audit_chain SET last_seq = $2, last_hash = $13 WHERE id = 1) \
+         SELECT pg_notify($14, payload) FROM unnest($15::text[]) AS payload",
+    )
+    .bind::<Text, _>(&event.id)
+    .bind::<BigInt, _>(event.seq)
+    .bind::<BigInt, _>(event.occurred_at)
+    .bind::<Nullable<Text>, _>(&event.tenant_id)
+    .bind::<Text, _>(&event.actor)
+    .bind::<Text, _>(&event.action)
+    .bind::<Text, _>(&event.target_kind)
+    .bind::<Nullable<Text>, _>(&event.target_id)
+    .bind::<Nullable<Text>, _>(&event.target_name)
+    .bind::<Nullable<Text>, _>(&event.request_id)
+    .bind::<Text, _>(&event.outcome)
+    .bind::<Text, _>(&event.prev_hash)
+    .bind::<Text, _>(&event.hash)
+    .bind::<Text, _>(super::CHANGES_CHANNEL)
+    .bind::<Array<Text>, _>(payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
-pub(crate) use insert_event;
 
 /// The event after the chain head `(seq, hash)`.
 pub(crate) fn append(entry: &AuditEntry, (seq, hash): (i64, String)) -> AuditEventRow {

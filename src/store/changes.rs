@@ -26,7 +26,7 @@ use diesel_async::AsyncPgConnection;
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{RuleRow, SqliteConn, StoreError};
+use super::RuleRow;
 
 /// The PostgreSQL channel replicas announce changes on.
 pub const CHANGES_CHANNEL: &str = "runta_changes";
@@ -185,43 +185,17 @@ impl<T> Committed<T> {
     }
 }
 
-/// Announcing inside a write's transaction: `pg_notify`, delivered when (and only if) the
-/// transaction commits. SQLite has one replica and nobody to tell.
-pub(crate) trait Announce {
-    async fn announce(&mut self, payloads: &[String]) -> Result<(), StoreError>;
-}
-
-impl Announce for SqliteConn {
-    async fn announce(&mut self, _payloads: &[String]) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-impl Announce for AsyncPgConnection {
-    async fn announce(&mut self, payloads: &[String]) -> Result<(), StoreError> {
-        use diesel::sql_types::Text;
-        use diesel_async::RunQueryDsl;
-        for payload in payloads {
-            diesel::sql_query("SELECT pg_notify($1, $2)")
-                .bind::<Text, _>(CHANGES_CHANNEL)
-                .bind::<Text, _>(payload)
-                .execute(self)
-                .await?;
-        }
-        Ok(())
-    }
-}
-
 /// An audited write (`audited_write!`) whose body answers `(value, Change)`: the change is
-/// announced in the transaction, and the write answers `Committed<value>`.
+/// announced in the transaction (PostgreSQL `NOTIFY`, delivered when and only if it commits;
+/// SQLite has one replica and nobody to tell), and the write answers `Committed<value>`.
 macro_rules! changed_write {
     ($store:expr, $entry:expr, $conn:ident => $body:expr) => {{
         let replica = $store.replica.clone();
-        $crate::store::audit::audited_write!($store, $entry, $conn => {
+        $crate::store::audit::audited_write!(@announcing $store, $entry, $conn => {
             let made: Result<(_, $crate::store::Change), $crate::store::StoreError> = async { $body }.await;
             let (value, change) = made?;
-            $crate::store::changes::Announce::announce(&mut *$conn, &change.encode(&replica)).await?;
-            Ok((value, change))
+            let payloads = change.encode(&replica);
+            Ok(((value, change), payloads))
         })
         .map(|(value, change)| $crate::store::Committed::new(value, change))
     }};
