@@ -45,7 +45,9 @@ use diesel::connection::SimpleConnection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{Connection, SqliteConnection};
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -448,6 +450,10 @@ impl Store {
                     open
                 };
                 let mut config = ManagerConfig::<SqliteConn>::default();
+                // No test query per checkout (diesel-async's default runs `SELECT 1`, a hop to
+                // a blocking thread and a statement parsed anew, for every call): a file does
+                // not drop connections, and its loss is what `check_sqlite_file` catches.
+                config.recycling_method = RecyclingMethod::Fast;
                 config.custom_setup = Box::new(|path| {
                     let path = path.to_owned();
                     Box::pin(async move {
@@ -465,6 +471,10 @@ impl Store {
                 let connector = tls::PgConnector::from_url(url)
                     .map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
                 let mut config = ManagerConfig::<AsyncPgConnection>::default();
+                // No test query per checkout (a round trip before every call): a connection the
+                // server closed is known closed and replaced; one that fails in use answers
+                // `Unavailable` (503, retried by clients) and is dropped as broken.
+                config.recycling_method = RecyclingMethod::Fast;
                 config.custom_setup = Box::new(move |_url| {
                     let connector = connector.clone();
                     Box::pin(async move { connector.connect().await })
