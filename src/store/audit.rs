@@ -302,7 +302,8 @@ pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 /// On SQLite the transaction begins `IMMEDIATE`: the write lock is taken before the first read,
 /// so concurrent writers queue (busy timeout) instead of the later one finding its read stale
 /// at its first write, which SQLite answers with "database is locked" at once; the whole
-/// transaction runs in one hop to a blocking thread (`in_one_hop`), not one per statement. On
+/// transaction runs in one hop to a blocking thread (`in_one_hop`), not one per statement, on
+/// the store's one writer connection, for which this process's writers queue (`Store::sqlite_writer`). On
 /// PostgreSQL the head's row lock serialises every audited write, so a body that reads, checks,
 /// then writes cannot interleave with another audited write; the event, the head's move and the
 /// change's announcements go in one statement (`finish_on_postgres`). (The caller has diesel's
@@ -325,7 +326,7 @@ macro_rules! audited_write {
             .find(1)
             .select((chain::last_seq, chain::last_hash));
         let committed: Result<(_, $crate::store::AuditEventRow), $crate::store::StoreError> =
-            $crate::store::with_conn!($store, conn => sqlite => {
+            $crate::store::with_conn!(@write $store, conn => sqlite => {
                 $crate::store::in_one_hop($crate::store::immediate_transaction::<_, $crate::store::StoreError, _>(conn, async |$conn| {
                     let head: (i64, String) = head.first(&mut *$conn).await?;
                     let made: Result<(_, Vec<String>), $crate::store::StoreError> =

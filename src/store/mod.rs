@@ -295,6 +295,18 @@ pub fn sqlite_path(url: &str) -> &str {
 /// with_conn!(self, conn => sqlite => { .. } postgres => { .. })
 /// ```
 macro_rules! with_conn {
+    // A write: on SQLite, the writer connection (`Store::sqlite_writer`).
+    (@write $store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
+        match (&$store.backend, &$store.sqlite_writer) {
+            ($crate::store::Backend::Sqlite(_), Some(writer)) => {
+                $store.check_sqlite_file()?;
+                let mut pooled = writer.timeout_get(&$store.timeouts).await?;
+                let $conn = &mut *pooled;
+                $sqlite
+            }
+            _ => $crate::store::with_conn!($store, $conn => sqlite => $sqlite postgres => $postgres),
+        }
+    };
     ($store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite(pool) => {
@@ -366,6 +378,14 @@ pub struct Store {
     pub(crate) backend: Backend,
     /// SQLite opened by path: the file, to check it is still there before each call.
     sqlite_file: Option<Arc<SqliteFile>>,
+    /// SQLite: the one connection every write of this process runs on (a pool of one, so
+    /// writers queue for it in arrival order). SQLite lets one writer at a time in, and one that
+    /// finds the lock taken sleeps in its busy handler (1 ms, then longer) however soon the lock
+    /// is freed; and a connection's page cache is dropped whenever another connection wrote.
+    /// One writer connection never waits on this process's other writers inside SQLite, and
+    /// keeps the pages writes touch cached. (Other processes' writers still meet the busy
+    /// timeout.) Reads use the pool.
+    pub(crate) sqlite_writer: Option<Pool<SqliteConn>>,
     /// How long a call waits for a pooled connection (and for a new one to be made).
     pub(crate) timeouts: Timeouts,
     /// Where committed audit events go besides the table (`audit.stream`), if anywhere.
@@ -425,6 +445,7 @@ impl Store {
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let kind = BackendKind::from_url(url).map_err(StoreError::InvalidUrl)?;
         let mut sqlite_file = None;
+        let mut sqlite_writer = None;
         let backend = match kind {
             BackendKind::Sqlite => {
                 let path = sqlite_path(url);
@@ -449,21 +470,8 @@ impl Store {
                     }));
                     open
                 };
-                let mut config = ManagerConfig::<SqliteConn>::default();
-                // No test query per checkout (diesel-async's default runs `SELECT 1`, a hop to
-                // a blocking thread and a statement parsed anew, for every call): a file does
-                // not drop connections, and its loss is what `check_sqlite_file` catches.
-                config.recycling_method = RecyclingMethod::Fast;
-                config.custom_setup = Box::new(|path| {
-                    let path = path.to_owned();
-                    Box::pin(async move {
-                        tokio::task::spawn_blocking(move || establish_sqlite(&path))
-                            .await
-                            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?
-                    })
-                });
-                let manager = AsyncDieselConnectionManager::new_with_config(open, config);
-                Backend::Sqlite(build_pool(manager, max_connections)?)
+                sqlite_writer = Some(build_pool(sqlite_manager(&open), 1)?);
+                Backend::Sqlite(build_pool(sqlite_manager(&open), max_connections)?)
             }
             BackendKind::Postgres => {
                 // TLS settings and root certificates are read once, here; every pooled
@@ -485,6 +493,7 @@ impl Store {
         };
         Ok(Self {
             backend,
+            sqlite_writer,
             sqlite_file,
             timeouts: Timeouts {
                 wait: Some(POOL_WAIT),
@@ -642,6 +651,24 @@ where
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// The pool manager of SQLite connections to `open`.
+fn sqlite_manager(open: &str) -> AsyncDieselConnectionManager<SqliteConn> {
+    let mut config = ManagerConfig::<SqliteConn>::default();
+    // No test query per checkout (diesel-async's default runs `SELECT 1`, a hop to a blocking
+    // thread and a statement parsed anew, for every call): a file does not drop connections,
+    // and its loss is what `check_sqlite_file` catches.
+    config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(|path| {
+        let path = path.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || establish_sqlite(&path))
+                .await
+                .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?
+        })
+    });
+    AsyncDieselConnectionManager::new_with_config(open, config)
 }
 
 /// Opens a SQLite connection with the settings every connection needs: foreign keys enforced,
