@@ -534,17 +534,10 @@ impl RuntimeRules {
     /// per target (the most specific).
     pub fn matching<'s>(&'s self, dest: &Destination<'_>, out: &mut Vec<&'s CompiledRule>) {
         let host: &str = &dest.host;
-        let mut consider = |rules: &mut dyn Iterator<Item = &'s Arc<CompiledRule>>| {
-            for rule in rules {
-                if rule.matches_port_and_path(dest) {
-                    keep_best(out, rule);
-                }
-            }
-        };
-        consider(&mut self.exact.rules_for(host));
+        keep_matching(self.exact.rules_for(host), dest, out);
         if !self.wildcard.is_empty() {
             for suffix in suffixes(host) {
-                consider(&mut self.wildcard.rules_for(suffix));
+                keep_matching(self.wildcard.rules_for(suffix), dest, out);
             }
         }
     }
@@ -562,6 +555,19 @@ impl RuntimeRules {
             keep_best(&mut out, rule);
         }
         out
+    }
+}
+
+/// Keeps those of `rules` (host already matched) that match the destination's port and path.
+fn keep_matching<'s>(
+    rules: impl Iterator<Item = &'s Arc<CompiledRule>>,
+    dest: &Destination<'_>,
+    out: &mut Vec<&'s CompiledRule>,
+) {
+    for rule in rules {
+        if rule.matches_port_and_path(dest) {
+            keep_best(out, rule);
+        }
     }
 }
 
@@ -616,14 +622,11 @@ impl HostNames {
     }
 
     fn add(&mut self, host: HostKey<'_>) {
-        self.add_count(Self::key(host), 1);
-    }
-
-    fn add_count(&mut self, key: u64, n: u32) {
+        let key = Self::key(host);
         match self.0.get_mut(&key) {
-            Some(count) => *count += n,
+            Some(count) => *count += 1,
             None => {
-                self.0.insert(key, n);
+                self.0.insert(key, 1);
             }
         }
     }
@@ -803,7 +806,7 @@ impl Snapshot {
 pub struct SnapshotBuilder {
     runtimes:
         std::collections::HashMap<(Arc<str>, Arc<str>), RuntimeRules, foldhash::fast::RandomState>,
-    host_names: std::collections::HashMap<(bool, Arc<str>), u32, foldhash::fast::RandomState>,
+    host_names: HostNames,
     interner: Interner,
     rule_count: usize,
 }
@@ -815,9 +818,13 @@ impl SnapshotBuilder {
             let compiled = Arc::new(CompiledRule::new(rule, &mut self.interner));
             let runtime = self.interner.text(&rule.spec.runtime);
             let key = (compiled.secret.tenant_id.clone(), runtime);
-            let host = (compiled.exact_host, compiled.host.clone());
-            if self.runtimes.entry(key).or_default().insert(compiled) {
-                *self.host_names.entry(host).or_default() += 1;
+            if self
+                .runtimes
+                .entry(key)
+                .or_default()
+                .insert(compiled.clone())
+            {
+                self.host_names.add(compiled.host_key());
                 self.rule_count += 1;
             }
         }
@@ -830,6 +837,7 @@ impl SnapshotBuilder {
     ) -> Snapshot {
         let mut index = RuleIndex {
             rule_count: self.rule_count,
+            host_names: self.host_names,
             ..RuleIndex::default()
         };
         let mut by_tenant: std::collections::HashMap<
@@ -844,11 +852,6 @@ impl SnapshotBuilder {
                 .insert(runtime, Arc::new(rules));
         }
         index.tenants = by_tenant.into_iter().collect();
-        for ((exact, name), count) in self.host_names {
-            index
-                .host_names
-                .add_count(HostNames::key((exact, &name)), count);
-        }
         let mut identities = Identities::default();
         identities.set_tenants(tenants);
         identities.tokens = tokens.into_iter().collect();

@@ -303,7 +303,7 @@ pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 /// so concurrent writers queue (busy timeout) instead of the later one finding its read stale
 /// at its first write, which SQLite answers with "database is locked" at once; the whole
 /// transaction runs in one hop to a blocking thread (`in_one_hop`), not one per statement, on
-/// the store's one writer connection, for which this process's writers queue (`Store::sqlite_writer`). On
+/// the store's one writer connection, for which this process's writers queue (`Backend::Sqlite::writer`). On
 /// PostgreSQL the head's row lock serialises every audited write, so a body that reads, checks,
 /// then writes cannot interleave with another audited write; the event, the head's move and the
 /// change's announcements go in one statement (`finish_on_postgres`). (The caller has diesel's
@@ -331,7 +331,7 @@ macro_rules! audited_write {
                     let head: (i64, String) = head.first(&mut *$conn).await?;
                     let made: Result<(_, Vec<String>), $crate::store::StoreError> =
                         async { $body }.await;
-                    let (value, _one_replica) = made?;
+                    let (value, _nobody_to_tell) = made?;
                     let event = $crate::store::audit::append(entry, head);
                     ::diesel::insert_into($crate::store::schema::audit_events::table)
                         .values(&event)

@@ -194,7 +194,11 @@ macro_rules! changed_write {
         $crate::store::audit::audited_write!(@announcing $store, $entry, $conn => {
             let made: Result<(_, $crate::store::Change), $crate::store::StoreError> = async { $body }.await;
             let (value, change) = made?;
-            let payloads = change.encode(&replica);
+            // SQLite has one replica and nobody to tell: nothing to encode.
+            let payloads = match $store.kind() {
+                $crate::store::BackendKind::Postgres => change.encode(&replica),
+                $crate::store::BackendKind::Sqlite => Vec::new(),
+            };
             Ok(((value, change), payloads))
         })
         .map(|(value, change)| $crate::store::Committed::new(value, change))

@@ -249,7 +249,18 @@ fn is_foreign_key_violation(err: &DieselError) -> bool {
 /// Which database, and its connection pool.
 #[derive(Clone)]
 pub(crate) enum Backend {
-    Sqlite(Pool<SqliteConn>),
+    Sqlite {
+        /// Reads.
+        pool: Pool<SqliteConn>,
+        /// The one connection every write of this process runs on (a pool of one, so writers
+        /// queue for it in arrival order). SQLite lets one writer at a time in, and one that
+        /// finds the lock taken sleeps in its busy handler (1 ms, then longer) however soon the
+        /// lock is freed; and a connection's page cache is dropped whenever another connection
+        /// wrote. One writer connection never waits on this process's other writers inside
+        /// SQLite, and keeps the pages writes touch cached. (Other processes' writers still
+        /// meet the busy timeout.)
+        writer: Pool<SqliteConn>,
+    },
     Postgres(Pool<AsyncPgConnection>),
 }
 
@@ -295,21 +306,23 @@ pub fn sqlite_path(url: &str) -> &str {
 /// with_conn!(self, conn => sqlite => { .. } postgres => { .. })
 /// ```
 macro_rules! with_conn {
-    // A write: on SQLite, the writer connection (`Store::sqlite_writer`).
+    // A write: on SQLite, on the writer connection (`Backend::Sqlite::writer`).
     (@write $store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
-        match (&$store.backend, &$store.sqlite_writer) {
-            ($crate::store::Backend::Sqlite(_), Some(writer)) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { writer, .. } => {
                 $store.check_sqlite_file()?;
                 let mut pooled = writer.timeout_get(&$store.timeouts).await?;
                 let $conn = &mut *pooled;
                 $sqlite
             }
-            _ => $crate::store::with_conn!($store, $conn => sqlite => $sqlite postgres => $postgres),
+            $crate::store::Backend::Postgres(_) => {
+                $crate::store::with_conn!($store, $conn => sqlite => $sqlite postgres => $postgres)
+            }
         }
     };
     ($store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite(pool) => {
+            $crate::store::Backend::Sqlite { pool, .. } => {
                 $store.check_sqlite_file()?;
                 let mut pooled = pool.timeout_get(&$store.timeouts).await?;
                 let $conn = &mut *pooled;
@@ -378,14 +391,6 @@ pub struct Store {
     pub(crate) backend: Backend,
     /// SQLite opened by path: the file, to check it is still there before each call.
     sqlite_file: Option<Arc<SqliteFile>>,
-    /// SQLite: the one connection every write of this process runs on (a pool of one, so
-    /// writers queue for it in arrival order). SQLite lets one writer at a time in, and one that
-    /// finds the lock taken sleeps in its busy handler (1 ms, then longer) however soon the lock
-    /// is freed; and a connection's page cache is dropped whenever another connection wrote.
-    /// One writer connection never waits on this process's other writers inside SQLite, and
-    /// keeps the pages writes touch cached. (Other processes' writers still meet the busy
-    /// timeout.) Reads use the pool.
-    pub(crate) sqlite_writer: Option<Pool<SqliteConn>>,
     /// How long a call waits for a pooled connection (and for a new one to be made).
     pub(crate) timeouts: Timeouts,
     /// Where committed audit events go besides the table (`audit.stream`), if anywhere.
@@ -445,7 +450,6 @@ impl Store {
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         let kind = BackendKind::from_url(url).map_err(StoreError::InvalidUrl)?;
         let mut sqlite_file = None;
-        let mut sqlite_writer = None;
         let backend = match kind {
             BackendKind::Sqlite => {
                 let path = sqlite_path(url);
@@ -470,8 +474,10 @@ impl Store {
                     }));
                     open
                 };
-                sqlite_writer = Some(build_pool(sqlite_manager(&open), 1)?);
-                Backend::Sqlite(build_pool(sqlite_manager(&open), max_connections)?)
+                Backend::Sqlite {
+                    pool: build_pool(sqlite_manager(&open), max_connections)?,
+                    writer: build_pool(sqlite_manager(&open), 1)?,
+                }
             }
             BackendKind::Postgres => {
                 // TLS settings and root certificates are read once, here; every pooled
@@ -493,7 +499,6 @@ impl Store {
         };
         Ok(Self {
             backend,
-            sqlite_writer,
             sqlite_file,
             timeouts: Timeouts {
                 wait: Some(POOL_WAIT),
@@ -591,7 +596,7 @@ impl Store {
 
     pub fn kind(&self) -> BackendKind {
         match self.backend {
-            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
             Backend::Postgres(_) => BackendKind::Postgres,
         }
     }
@@ -601,9 +606,9 @@ impl Store {
         // The harness blocks on the runtime internally (block_in_place): needs a
         // multi-threaded runtime, which `runta` and the tests use.
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite { writer, .. } => {
                 self.check_sqlite_file()?;
-                run_migrations(pool.get().await?, SQLITE_MIGRATIONS).0
+                run_migrations(writer.get().await?, SQLITE_MIGRATIONS).0
             }
             Backend::Postgres(pool) => {
                 // Replicas starting at once on a fresh database would each create the same

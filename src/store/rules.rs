@@ -81,25 +81,26 @@ impl Store {
         new: &[RuleRow],
         audit: &AuditEntry,
     ) -> Result<Committed<()>, StoreError> {
-        let wanted: BTreeSet<&str> = new.iter().map(|r| r.credential.as_str()).collect();
         changed_write!(self, audit, conn => {
                 // A single rule is left to the foreign key (one statement fewer; its refusal
                 // names the same rule); a batch is checked first, so the error names the very
                 // rule that is wrong, not the first of its statement.
                 if new.len() > 1 {
-                let found: BTreeSet<String> = secrets::table
-                    .filter(secrets::tenant_id.eq(tenant_id))
-                    .filter(secrets::name.eq_any(wanted.iter().copied()))
-                    .select(secrets::name)
-                    .load::<String>(conn)
-                    .await?
-                    .into_iter()
-                    .collect();
-                if let Some((i, missing)) =
-                    new.iter().enumerate().find(|(_, r)| !found.contains(&r.credential))
-                {
-                    return Err(unknown_credential(i, missing));
-                }
+                    let wanted: BTreeSet<&str> =
+                        new.iter().map(|r| r.credential.as_str()).collect();
+                    let found: BTreeSet<String> = secrets::table
+                        .filter(secrets::tenant_id.eq(tenant_id))
+                        .filter(secrets::name.eq_any(wanted))
+                        .select(secrets::name)
+                        .load::<String>(conn)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    if let Some((i, missing)) =
+                        new.iter().enumerate().find(|(_, r)| !found.contains(&r.credential))
+                    {
+                        return Err(unknown_credential(i, missing));
+                    }
                 }
                 // The foreign key backs the check above up (the write lock the audit chain
                 // takes keeps secrets from being deleted meanwhile); should it ever refuse, the
