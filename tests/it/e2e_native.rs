@@ -139,9 +139,18 @@ fn changes_restarts_and_runta_down_through_a_native_sidecar() {
         "-o",
         "json",
     ]));
-    eventually("the added rule is injected", || {
-        header(&other, "x-other") == [WILD]
+    // Until Envoy applies the table with the new host, the catch-all (ext_proc) serves it;
+    // from then on the new route injects without ext_proc.
+    eventually("Envoy applied the table with the added host", || {
+        envoy
+            .admin_get("/config_dump?resource=dynamic_route_configs")
+            .contains("\"api.other.com\"")
     });
+    assert_eq!(
+        header(&other, "x-other"),
+        [WILD],
+        "the added rule is injected"
+    );
     assert_eq!(envoy.stat(EXTPROC_STREAMS), 0, "all of it without ext_proc");
     ok(&server.runta(&["secret", "rule", "delete", added["id"].as_str().unwrap()]));
     eventually("the deleted rule is no longer injected", || {
