@@ -38,9 +38,9 @@ impl Store {
     /// Deletes one of the tenant's keys; never its last one (that would lock the tenant out).
     ///
     /// Read, check, delete: two concurrent deletes of a tenant's last two keys must not both
-    /// pass the check. Audited writes are serialised from their first read (SQLite's immediate
-    /// transaction; on PostgreSQL the audit chain head's row lock, taken before the body runs),
-    /// so the second delete reads after the first committed.
+    /// pass the check. The write is serialised from its first read (SQLite's immediate
+    /// transaction; on PostgreSQL `@serialised` takes the audit chain head's row lock before
+    /// the body runs), so the second delete reads after the first committed.
     pub async fn delete_api_key(
         &self,
         tenant_id: &str,
@@ -51,7 +51,7 @@ impl Store {
             .filter(api_keys::tenant_id.eq(tenant_id))
             .select(api_keys::id);
         let delete = diesel::delete(api_keys::table.filter(api_keys::id.eq(id)));
-        audited_write!(self, audit, conn => {
+        audited_write!(@serialised self, audit, conn => {
             check_not_last(&keys.load(conn).await?, id)?;
             delete.execute(conn).await?;
             Ok(())

@@ -25,6 +25,9 @@ use sha2::{Digest, Sha256};
 use super::schema::{audit_chain, audit_events};
 use super::{Paged, Store, StoreError, with_conn};
 
+/// The version tag that starts every event's hashed encoding (then a byte 0).
+const AUDIT_HASH_TAG: &str = "runta-audit-v1";
+
 /// The `prev_hash` of the first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -200,9 +203,19 @@ pub struct AuditEventRow {
 impl AuditEventRow {
     /// The event that records `entry` after the event (`seq`, `prev_hash`), hashed.
     fn after(entry: &AuditEntry, seq: i64, prev_hash: String) -> Self {
-        let mut row = Self {
+        let mut row = Self::unchained(entry);
+        row.seq = seq + 1;
+        row.prev_hash = prev_hash;
+        row.hash = row.content_hash();
+        row
+    }
+
+    /// The event that records `entry`, before its place in the chain is known: `seq` 0 and
+    /// no hashes.
+    fn unchained(entry: &AuditEntry) -> Self {
+        Self {
             id: crate::crypto::new_id("aud"),
-            seq: seq + 1,
+            seq: 0,
             occurred_at: super::now_millis(),
             tenant_id: entry.tenant_id.clone(),
             actor: entry.actor.as_str().to_owned(),
@@ -212,11 +225,9 @@ impl AuditEventRow {
             target_name: entry.target.name.clone(),
             request_id: entry.request_id.clone(),
             outcome: entry.outcome.as_str().to_owned(),
-            prev_hash,
+            prev_hash: String::new(),
             hash: String::new(),
-        };
-        row.hash = row.content_hash();
-        row
+        }
     }
 
     /// SHA-256 (lowercase hex) over the event's fields, `prev_hash` included, `hash` not.
@@ -243,7 +254,8 @@ impl AuditEventRow {
             Some(&self.prev_hash),
         ];
         let mut hasher = Sha256::new();
-        hasher.update(b"runta-audit-v1\0");
+        hasher.update(AUDIT_HASH_TAG.as_bytes());
+        hasher.update([0u8]);
         for field in fields {
             match field {
                 None => hasher.update([0u8]),
@@ -295,18 +307,25 @@ pub enum ChainVerdict {
 pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 
 /// Runs `$body` (a write, returning `Result<T, StoreError>`) and appends `$entry`'s event, in
-/// one transaction: the chain head is read (and on PostgreSQL locked) first, the event is
-/// inserted and the head moved after the body succeeded; an error anywhere rolls back both.
-/// Once committed, the event goes to the store's sink. Evaluates to `Result<T, StoreError>`.
+/// one transaction; an error anywhere rolls back both. Once committed, the event goes to the
+/// store's sink. Evaluates to `Result<T, StoreError>`.
 ///
 /// On SQLite the transaction begins `IMMEDIATE`: the write lock is taken before the first read,
-/// so concurrent writers queue (busy timeout) instead of the later one finding its read stale
-/// at its first write, which SQLite answers with "database is locked" at once; the whole
-/// transaction runs in one hop to a blocking thread (`in_one_hop`), not one per statement, on
-/// the store's one writer connection, for which this process's writers queue (`Backend::Sqlite::writer`). On
-/// PostgreSQL the head's row lock serialises every audited write, so a body that reads, checks,
-/// then writes cannot interleave with another audited write; the event, the head's move and the
-/// change's announcements go in one statement (`finish_on_postgres`). (The caller has diesel's
+/// so concurrent writers queue instead of the later one finding its read stale at its first
+/// write, which SQLite answers with "database is locked" at once; the chain head is read
+/// first, the event inserted and the head moved after the body. The whole transaction runs in
+/// one hop to a blocking thread (`in_one_hop`), not one per statement, on the store's one
+/// writer connection, for which this process's writers queue (`Backend::Sqlite::writer`).
+///
+/// On PostgreSQL the body runs first, unserialised (as any transaction at READ COMMITTED: its
+/// own statements, row locks and constraints keep it right), and the chain is appended last,
+/// in one statement that locks the head's row, inserts the event, moves the head and announces
+/// the change (`finish_on_postgres`). The head's row lock is what orders appends across
+/// replicas, and it is held only from that statement to the commit: one round trip, where
+/// taking it first held it over the body's round trips too and capped every replica's writes
+/// together. A body that reads, checks, then writes, and needs no other write to interleave
+/// (`delete_api_key`: never a tenant's last key), says so: `audited_write!(@serialised ...)`
+/// takes the head's lock before the body, as SQLite always does. (The caller has diesel's
 /// prelude and diesel-async's `RunQueryDsl` in scope, as every store module does.)
 ///
 /// `audited_write!(@announcing ...)`: the body answers `(value, payloads)`, and the payloads
@@ -314,21 +333,31 @@ pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 /// nobody to tell); evaluates to `Result<value, StoreError>`.
 macro_rules! audited_write {
     ($store:expr, $entry:expr, $conn:ident => $body:expr) => {
-        $crate::store::audit::audited_write!(@announcing $store, $entry, $conn => {
+        $crate::store::audit::audited_write!(@chained false, $store, $entry, $conn => {
             let value: Result<_, $crate::store::StoreError> = async { $body }.await;
             value.map(|value| (value, Vec::new()))
         })
     };
-    (@announcing $store:expr, $entry:expr, $conn:ident => $body:expr) => {{
+    (@serialised $store:expr, $entry:expr, $conn:ident => $body:expr) => {
+        $crate::store::audit::audited_write!(@chained true, $store, $entry, $conn => {
+            let value: Result<_, $crate::store::StoreError> = async { $body }.await;
+            value.map(|value| (value, Vec::new()))
+        })
+    };
+    (@announcing $store:expr, $entry:expr, $conn:ident => $body:expr) => {
+        $crate::store::audit::audited_write!(@chained false, $store, $entry, $conn => $body)
+    };
+    (@chained $serialised:expr, $store:expr, $entry:expr, $conn:ident => $body:expr) => {{
         use $crate::store::schema::audit_chain as chain;
         let entry: &$crate::store::AuditEntry = $entry;
-        let head = chain::table
-            .find(1)
-            .select((chain::last_seq, chain::last_hash));
         let committed: Result<(_, $crate::store::AuditEventRow), $crate::store::StoreError> =
             $crate::store::with_conn!(@write $store, conn => sqlite => {
                 $crate::store::in_one_hop($crate::store::immediate_transaction::<_, $crate::store::StoreError, _>(conn, async |$conn| {
-                    let head: (i64, String) = head.first(&mut *$conn).await?;
+                    let head: (i64, String) = chain::table
+                        .find(1)
+                        .select((chain::last_seq, chain::last_hash))
+                        .first(&mut *$conn)
+                        .await?;
                     let made: Result<(_, Vec<String>), $crate::store::StoreError> =
                         async { $body }.await;
                     let (value, _nobody_to_tell) = made?;
@@ -348,13 +377,15 @@ macro_rules! audited_write {
                 ::diesel_async::AsyncConnection::transaction::<_, $crate::store::StoreError, _>(
                     conn,
                     async |$conn| {
-                        let head: (i64, String) = head.for_update().first(&mut *$conn).await?;
+                        if $serialised {
+                            $crate::store::audit::lock_chain_on_postgres(&mut *$conn).await?;
+                        }
                         let made: Result<(_, Vec<String>), $crate::store::StoreError> =
                             async { $body }.await;
                         let (value, payloads) = made?;
-                        let event = $crate::store::audit::append(entry, head);
-                        $crate::store::audit::finish_on_postgres(&mut *$conn, &event, &payloads)
-                            .await?;
+                        let event =
+                            $crate::store::audit::finish_on_postgres(&mut *$conn, entry, &payloads)
+                                .await?;
                         Ok((value, event))
                     },
                 )
@@ -368,41 +399,171 @@ macro_rules! audited_write {
 }
 pub(crate) use audited_write;
 
-/// PostgreSQL: inserts the event, moves the chain head to it and announces `payloads` on the
-/// changes channel, in one statement (one round trip where there were three or more: the
-/// data-modifying CTEs run whether or not the query reads them, and `pg_notify` delivers at
-/// commit). The head's row is locked by this transaction already.
+/// PostgreSQL: locks the audit chain head's row until the transaction ends, so that the body
+/// of an `audited_write!(@serialised ...)` runs alone among audited writes.
+pub(crate) async fn lock_chain_on_postgres(
+    conn: &mut diesel_async::AsyncPgConnection,
+) -> Result<(), StoreError> {
+    let locked: Vec<i32> = audit_chain::table
+        .find(1)
+        .select(audit_chain::id)
+        .for_update()
+        .load(conn)
+        .await?;
+    if locked.is_empty() {
+        return Err(chain_head_missing());
+    }
+    Ok(())
+}
+
+fn chain_head_missing() -> StoreError {
+    StoreError::Unavailable("the audit chain head (table audit_chain, id 1) is missing".into())
+}
+
+/// The statement of [`finish_on_postgres`]: the head's row locked (`FOR UPDATE`: a concurrent
+/// append waits, then reads the head it left), the event inserted as its successor with its
+/// hash computed by PostgreSQL over the encoding of [`AuditEventRow::content_hash`], the head
+/// moved, and the payloads handed to `pg_notify` (delivered at commit, in commit order; the
+/// data-modifying CTEs run whether or not the query reads them, `announced` is read so that
+/// it runs). Each parameter appears once (`p` names them), and the statement is the same text
+/// every time: diesel-async prepares it once per connection (a `sql_query` is parsed and
+/// planned again on every call, which was a fifth of PostgreSQL's CPU under sustained writes).
+struct FinishOnPostgres<'a> {
+    event: &'a AuditEventRow,
+    payloads: &'a [String],
+}
+
+/// [`FinishOnPostgres`] after its event's parameters, up to the changes channel's.
+static FINISH_ON_POSTGRES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // One field of the encoding: a byte 0 for null; else a byte 1, the UTF-8 length as 8
+    // bytes big-endian, the text.
+    let field = |text: &str| {
+        format!(
+            "CASE WHEN {text} IS NULL THEN '\\x00'::bytea ELSE '\\x01'::bytea \
+             || int8send(octet_length({text})::int8) || convert_to({text}, 'UTF8') END"
+        )
+    };
+    let fields = [
+        "p.id",
+        "head.seq::text",
+        "p.occurred_at::text",
+        "p.tenant_id",
+        "p.actor",
+        "p.action",
+        "p.target_kind",
+        "p.target_id",
+        "p.target_name",
+        "p.request_id",
+        "p.outcome",
+        "head.prev_hash",
+    ]
+    .map(field)
+    .join(" || ");
+    format!(
+        "), head AS (SELECT last_seq + 1 AS seq, last_hash AS prev_hash FROM audit_chain \
+         WHERE id = 1 FOR UPDATE), \
+         event AS (INSERT INTO audit_events (id, seq, occurred_at, tenant_id, actor, action, \
+         target_kind, target_id, target_name, request_id, outcome, prev_hash, hash) \
+         SELECT p.id, head.seq, p.occurred_at, p.tenant_id, p.actor, p.action, p.target_kind, \
+         p.target_id, p.target_name, p.request_id, p.outcome, head.prev_hash, \
+         encode(sha256(convert_to('{AUDIT_HASH_TAG}', 'UTF8') || '\\x00'::bytea || {fields}), 'hex') \
+         FROM p, head RETURNING seq, prev_hash, hash), \
+         moved AS (UPDATE audit_chain SET last_seq = event.seq, last_hash = event.hash \
+         FROM event WHERE audit_chain.id = 1), \
+         announced AS (SELECT pg_notify("
+    )
+});
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for FinishOnPostgres<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Nullable, Text};
+        let event = self.event;
+        out.push_sql("WITH p AS (SELECT ");
+        out.push_bind_param::<Text, _>(&event.id)?;
+        out.push_sql(" AS id, ");
+        out.push_bind_param::<BigInt, _>(&event.occurred_at)?;
+        out.push_sql(" AS occurred_at, ");
+        out.push_bind_param::<Nullable<Text>, _>(&event.tenant_id)?;
+        out.push_sql(" AS tenant_id, ");
+        out.push_bind_param::<Text, _>(&event.actor)?;
+        out.push_sql(" AS actor, ");
+        out.push_bind_param::<Text, _>(&event.action)?;
+        out.push_sql(" AS action, ");
+        out.push_bind_param::<Text, _>(&event.target_kind)?;
+        out.push_sql(" AS target_kind, ");
+        out.push_bind_param::<Nullable<Text>, _>(&event.target_id)?;
+        out.push_sql(" AS target_id, ");
+        out.push_bind_param::<Nullable<Text>, _>(&event.target_name)?;
+        out.push_sql(" AS target_name, ");
+        out.push_bind_param::<Nullable<Text>, _>(&event.request_id)?;
+        out.push_sql(" AS request_id, ");
+        out.push_bind_param::<Text, _>(&event.outcome)?;
+        out.push_sql(" AS outcome");
+        out.push_sql(&FINISH_ON_POSTGRES);
+        out.push_bind_param::<Text, _>(&super::CHANGES_CHANNEL)?;
+        out.push_sql(", payload) FROM unnest(");
+        out.push_bind_param::<Array<Text>, _>(&self.payloads)?;
+        out.push_sql(
+            ") AS payload) SELECT event.seq, event.prev_hash, event.hash, \
+             (SELECT count(*) FROM announced) AS announced FROM event",
+        );
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryId for FinishOnPostgres<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for FinishOnPostgres<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+/// PostgreSQL: appends `entry`'s event to the chain and announces `payloads` on the changes
+/// channel, in one statement ([`FinishOnPostgres`]): the head's row stays locked from here to
+/// the commit, one round trip. runta recomputes the hash PostgreSQL computed and refuses the
+/// write (rolled back) should they ever differ, so a chain `verify` would find broken is
+/// never written.
 pub(crate) async fn finish_on_postgres(
     conn: &mut diesel_async::AsyncPgConnection,
-    event: &AuditEventRow,
+    entry: &AuditEntry,
     payloads: &[String],
-) -> Result<(), StoreError> {
-    use diesel::sql_types::{Array, BigInt, Nullable, Text};
-    diesel::sql_query(
-        "WITH event AS (INSERT INTO audit_events (id, seq, occurred_at, tenant_id, actor, \
-         action, target_kind, target_id, target_name, request_id, outcome, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)), \
-         head AS (UPDATE audit_chain SET last_seq = $2, last_hash = $13 WHERE id = 1) \
-         SELECT pg_notify($14, payload) FROM unnest($15::text[]) AS payload",
-    )
-    .bind::<Text, _>(&event.id)
-    .bind::<BigInt, _>(event.seq)
-    .bind::<BigInt, _>(event.occurred_at)
-    .bind::<Nullable<Text>, _>(&event.tenant_id)
-    .bind::<Text, _>(&event.actor)
-    .bind::<Text, _>(&event.action)
-    .bind::<Text, _>(&event.target_kind)
-    .bind::<Nullable<Text>, _>(&event.target_id)
-    .bind::<Nullable<Text>, _>(&event.target_name)
-    .bind::<Nullable<Text>, _>(&event.request_id)
-    .bind::<Text, _>(&event.outcome)
-    .bind::<Text, _>(&event.prev_hash)
-    .bind::<Text, _>(&event.hash)
-    .bind::<Text, _>(super::CHANGES_CHANNEL)
-    .bind::<Array<Text>, _>(payloads)
-    .execute(conn)
-    .await?;
-    Ok(())
+) -> Result<AuditEventRow, StoreError> {
+    use diesel::sql_types::{BigInt, Text};
+
+    #[derive(QueryableByName)]
+    struct Chained {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = Text)]
+        prev_hash: String,
+        #[diesel(sql_type = Text)]
+        hash: String,
+    }
+
+    let mut event = AuditEventRow::unchained(entry);
+    let chained: Option<Chained> = FinishOnPostgres {
+        event: &event,
+        payloads,
+    }
+    .get_result(conn)
+    .await
+    .optional()?;
+    let chained = chained.ok_or_else(chain_head_missing)?;
+    event.seq = chained.seq;
+    event.prev_hash = chained.prev_hash;
+    event.hash = event.content_hash();
+    if event.hash != chained.hash {
+        return Err(StoreError::Unavailable(format!(
+            "PostgreSQL hashed audit event seq {} otherwise than runta does; nothing was written",
+            event.seq
+        )));
+    }
+    Ok(event)
 }
 
 /// The event after the chain head `(seq, hash)`.

@@ -4,9 +4,9 @@
 //! Both backends share one schema (`schema.rs`) and one set of queries: `with_conn!` expands a
 //! query body once per backend, so the diesel DSL is written once and type-checked against
 //! each; where the SQL really differs it takes one arm per backend. Every admin change runs in
-//! `audited_write!` (`audit.rs`): one transaction, serialised from its first read, that makes
-//! the change and appends its audit event, or does neither. Errors are classified here, once, into `StoreError`, which names the
-//! resource concerned; callers never see a diesel or pool error.
+//! `audited_write!` (`audit.rs`): one transaction that makes the change and appends its audit
+//! event, or does neither. Errors are classified here, once, into `StoreError`, which names
+//! the resource concerned; callers never see a diesel or pool error.
 //!
 //! Every write that changes what the ext_proc path sees answers `Committed<T>`: its result
 //! and the `Change` it made, which the caller hands to the engine. On PostgreSQL the change is

@@ -18,8 +18,9 @@ const INSERT_CHUNK: usize = 1_000;
 
 /// Inserting rules in as few round trips as the backend allows: many rows per statement, and
 /// on SQLite every statement in one hop to the blocking thread the connection runs on (diesel's
-/// SQLite multi-row insert is synchronous). Fails with the index of the first rule of the
-/// statement that failed.
+/// SQLite multi-row insert is synchronous). A single rule is a single-row insert: diesel keeps
+/// that statement prepared, while a multi-row insert is parsed and planned again each time.
+/// Fails with the index of the first rule of the statement that failed.
 pub(crate) trait InsertRules {
     async fn insert_rules(
         &mut self,
@@ -37,8 +38,17 @@ impl InsertRules for super::SqliteConn {
         // before any statement ran (index 0).
         self.spawn_blocking(move |conn| {
             for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
-                let insert = diesel::insert_into(rules::table).values(chunk);
-                if let Err(err) = diesel::RunQueryDsl::execute(insert, conn) {
+                let inserted = match chunk {
+                    [row] => diesel::RunQueryDsl::execute(
+                        diesel::insert_into(rules::table).values(row),
+                        conn,
+                    ),
+                    _ => diesel::RunQueryDsl::execute(
+                        diesel::insert_into(rules::table).values(chunk),
+                        conn,
+                    ),
+                };
+                if let Err(err) = inserted {
                     return Ok(Err((i * INSERT_CHUNK, err)));
                 }
             }
@@ -55,11 +65,21 @@ impl InsertRules for diesel_async::AsyncPgConnection {
         rows: &[RuleRow],
     ) -> Result<(), (usize, diesel::result::Error)> {
         for (i, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
-            diesel::insert_into(rules::table)
-                .values(chunk)
-                .execute(self)
-                .await
-                .map_err(|e| (i * INSERT_CHUNK, e))?;
+            match chunk {
+                [row] => {
+                    diesel::insert_into(rules::table)
+                        .values(row)
+                        .execute(self)
+                        .await
+                }
+                _ => {
+                    diesel::insert_into(rules::table)
+                        .values(chunk)
+                        .execute(self)
+                        .await
+                }
+            }
+            .map_err(|e| (i * INSERT_CHUNK, e))?;
         }
         Ok(())
     }
@@ -102,9 +122,9 @@ impl Store {
                         return Err(unknown_credential(i, missing));
                     }
                 }
-                // The foreign key backs the check above up (the write lock the audit chain
-                // takes keeps secrets from being deleted meanwhile); should it ever refuse, the
-                // first rule of the refused statement is named.
+                // The foreign key backs the check above up (on PostgreSQL a secret may be
+                // deleted between the check and the insert); should it refuse, the first rule
+                // of the refused statement is named.
                 InsertRules::insert_rules(&mut *conn, new).await.map_err(|(at, e)| {
                     if is_foreign_key_violation(&e) {
                         unknown_credential(at, &new[at])
