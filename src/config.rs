@@ -95,6 +95,10 @@ pub struct AdminConfig {
     pub operator_token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// The nice value (0-19) of the control plane's threads (the admin API, reloads, the
+    /// change follower): above the data path's, so that admin writes take the CPU decisions
+    /// leave. 0: the same priority.
+    pub thread_nice: u8,
 }
 
 impl Default for AdminConfig {
@@ -104,6 +108,7 @@ impl Default for AdminConfig {
             operator_token: None,
             operator_token_file: None,
             max_body_bytes: 1024 * 1024,
+            thread_nice: 10,
         }
     }
 }
@@ -519,6 +524,15 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        if self.admin.thread_nice > 19 {
+            return Err(ConfigError::new(
+                "admin.thread_nice",
+                format!(
+                    "must be a nice value from 0 to 19 (got {})",
+                    self.admin.thread_nice
+                ),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, key) in self.encryption.keys.iter().enumerate() {
             let field = format!("encryption.keys[{i}]");
@@ -756,6 +770,16 @@ mod tests {
                 Some("[[encryption.keys]]\nid = \"k1\"\n"),
                 vec![],
                 "encryption.keys[0]",
+            ),
+            (
+                None,
+                vec![("RUNTA_ADMIN__THREAD_NICE", "20")],
+                "admin.thread_nice",
+            ),
+            (
+                Some("[admin]\nthread_nice = -5\n"),
+                vec![],
+                "admin.thread_nice",
             ),
         ] {
             let err = load(file, &env, Overrides::default()).unwrap_err();

@@ -16,7 +16,7 @@ use crate::bootstrap::BootstrapError;
 use crate::config::{Config, ConfigError, GrpcListen, GrpcTlsConfig};
 use crate::grpc::GrpcPort;
 
-type Serving = Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
+pub(super) type Serving = Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
 
 /// A bound port and the future that serves it.
 pub(super) struct Listening<A> {
@@ -96,7 +96,7 @@ pub(super) async fn grpc(
 }
 
 /// Binds the admin port (`admin.listen`).
-pub(super) async fn admin(
+pub(super) fn admin(
     config: &Config,
     state: AppState,
     stop: impl Future<Output = ()> + Send + 'static,
@@ -106,13 +106,18 @@ pub(super) async fn admin(
         addr: config.admin.listen.to_string(),
         source,
     };
-    let listener = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(bind_error)?;
+    // Bound here, registered with the runtime that serves it (the control plane's, see
+    // `control`) when it first runs.
+    let listener = std::net::TcpListener::bind(config.admin.listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
     Ok(Listening {
         bound,
         serve: Box::pin(async move {
+            let listener = TcpListener::from_std(listener).map_err(|source| ServeError::Serve {
+                task: "admin server",
+                source,
+            })?;
             axum::serve(listener, admin::router(state))
                 .with_graceful_shutdown(stop)
                 .await

@@ -5,11 +5,13 @@
 //! The parts: `wire` builds the shared state and the services from the configuration,
 //! `listen` binds the ports (TCP or a Unix socket, TLS), and [`Running`] owns every task —
 //! the two servers, the periodic reload, the secret cache sweep and the PostgreSQL change
-//! follower — in one
-//! `JoinSet`. A task that ends before shutdown was asked for is a failure: the server stops
-//! every other task and exits non-zero rather than serve a stale snapshot until SIGTERM.
+//! follower — in one `JoinSet`; all but the gRPC server run on the control plane's niced
+//! runtime (`control`). A task that ends before shutdown was asked for is a failure: the
+//! server stops every other task and exits non-zero rather than serve a stale snapshot until
+//! SIGTERM.
 
 pub mod audit_stream;
+mod control;
 mod listen;
 mod wire;
 
@@ -102,6 +104,8 @@ pub struct Running {
     grpc_services: Vec<&'static str>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<TaskExit>,
+    /// The control plane's threads, stopped when the server is dropped.
+    _control: control::ControlRuntime,
 }
 
 impl Running {
@@ -175,33 +179,60 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let wired = wire::wire(&config, shutdown_rx.clone()).await?;
     let mut tasks: JoinSet<TaskExit> = JoinSet::new();
 
+    let control = control::ControlRuntime::start(config.admin.thread_nice).map_err(|source| {
+        ServeError::Serve {
+            task: "the control plane's runtime",
+            source,
+        }
+    })?;
+    // What the control plane runs (the admin API, reloads, the sweep, the change follower)
+    // runs on its threads; `tasks` watches it as it watches the servers.
+    let mut on_control = |task: &'static str, run: listen::Serving| {
+        let running = control.spawn(run);
+        tasks.spawn(async move {
+            match running.await {
+                Ok(result) => (task, result),
+                Err(join) => (task, Err(stopped(Err(join)))),
+            }
+        });
+    };
+
     let grpc_services = wired.grpc.service_names().to_vec();
     let grpc = listen::grpc(&config, wired.grpc, shutdown_future(&shutdown_rx)).await?;
-    tasks.spawn(async move { ("gRPC server", grpc.serve.await) });
-    let admin = listen::admin(&config, wired.admin, shutdown_future(&shutdown_rx)).await?;
-    tasks.spawn(async move { ("admin server", admin.serve.await) });
+    let admin = listen::admin(&config, wired.admin, shutdown_future(&shutdown_rx))?;
+    on_control("admin server", admin.serve);
 
     let reloader = wired.engine.clone();
     let interval = Duration::from_secs(config.injection.reload_interval_secs);
     let stop = shutdown_future(&shutdown_rx);
-    tasks.spawn(async move {
-        reloader.reload_periodically(interval, stop).await;
-        ("periodic reload", Ok(()))
-    });
+    on_control(
+        "periodic reload",
+        Box::pin(async move {
+            reloader.reload_periodically(interval, stop).await;
+            Ok(())
+        }),
+    );
     let sweeper = wired.engine.clone();
     let stop = shutdown_future(&shutdown_rx);
-    tasks.spawn(async move {
-        sweeper.evict_expired_secrets(stop).await;
-        ("secret cache sweep", Ok(()))
-    });
+    on_control(
+        "secret cache sweep",
+        Box::pin(async move {
+            sweeper.evict_expired_secrets(stop).await;
+            Ok(())
+        }),
+    );
     if let Some(url) = wired.follow {
         let follower = wired.engine.clone();
         let stop = shutdown_future(&shutdown_rx);
-        tasks.spawn(async move {
-            follower.follow_changes(url, stop).await;
-            ("change follower", Ok(()))
-        });
+        on_control(
+            "change follower",
+            Box::pin(async move {
+                follower.follow_changes(url, stop).await;
+                Ok(())
+            }),
+        );
     }
+    tasks.spawn(async move { ("gRPC server", grpc.serve.await) });
 
     let grpc_text = match &grpc.bound {
         GrpcListen::Tcp(addr) => addr.to_string(),
@@ -224,6 +255,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         grpc_services,
         shutdown,
         tasks,
+        _control: control,
     })
 }
 

@@ -489,9 +489,27 @@ impl Store {
                 // server closed is known closed and replaced; one that fails in use answers
                 // `Unavailable` (503, retried by clients) and is dropped as broken.
                 config.recycling_method = RecyclingMethod::Fast;
+                // Connections are made on the runtime that opened the store (the server's
+                // main one), whichever task asks first: a connection's socket and driver task
+                // belong to the runtime it was made on, and the data path's reads must not
+                // depend on the control plane's lower-priority threads (`serve::control`).
+                let home = tokio::runtime::Handle::try_current().ok();
                 config.custom_setup = Box::new(move |_url| {
                     let connector = connector.clone();
-                    Box::pin(async move { connector.connect().await })
+                    let home = home.clone();
+                    Box::pin(async move {
+                        match home {
+                            Some(home) => home
+                                .spawn(async move { connector.connect().await })
+                                .await
+                                .map_err(|join| {
+                                    diesel::ConnectionError::BadConnection(format!(
+                                        "connecting stopped: {join}"
+                                    ))
+                                })?,
+                            None => connector.connect().await,
+                        }
+                    })
                 });
                 let manager = AsyncDieselConnectionManager::new_with_config(url, config);
                 Backend::Postgres(build_pool(manager, max_connections)?)

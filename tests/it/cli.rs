@@ -107,6 +107,22 @@ impl Server {
         self.log_text()
     }
 
+    /// The threads of the server process: (name, nice value).
+    pub(crate) fn threads(&self) -> Vec<(String, i64)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(tasks)
+            .unwrap()
+            .filter_map(|task| {
+                let dir = task.ok()?.path();
+                let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                // Fields after the parenthesised name: state is the 3rd field, nice the 19th.
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                Some((name.trim().to_owned(), fields[16].parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Sends a signal (`KILL`, `STOP`, `CONT`, ...) to the server process, as a fault would.
     pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
@@ -857,4 +873,44 @@ fn special_files_as_the_configuration() {
         .output()
         .unwrap();
     assert!(ok(&out).contains("runta_gw_from-a-pipe"));
+}
+
+/// The control plane (admin API, reloads) runs on threads of its own at `admin.thread_nice`
+/// (10 by default) above the process's nice value; the data path's threads keep it.
+#[test]
+fn the_control_plane_runs_niced_and_the_data_path_does_not() {
+    let base = {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        fields[16].parse::<i64>().unwrap()
+    };
+    for (extra, lowered) in [(&[][..], 10), (&["--config", "niced.toml"][..], 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("niced.toml"), "[admin]\nthread_nice = 3\n").unwrap();
+        let server = Server::start(dir.path(), extra);
+        // An admin call, served by the control plane.
+        let out = server.runta(&["secret", "list", "-o", "json"]);
+        assert!(out.status.success(), "{}", all_output(&out));
+        let threads = server.threads();
+        let control: Vec<i64> = threads
+            .iter()
+            .filter(|(name, _)| name == "runta-control")
+            .map(|(_, nice)| *nice)
+            .collect();
+        let data: Vec<i64> = threads
+            .iter()
+            .filter(|(name, _)| name == "tokio-rt-worker")
+            .map(|(_, nice)| *nice)
+            .collect();
+        assert!(!control.is_empty() && !data.is_empty(), "{threads:?}");
+        let expected = (base + lowered).min(19);
+        assert!(control.iter().all(|n| *n == expected), "{threads:?}");
+        assert!(data.iter().all(|n| *n == base), "{threads:?}");
+        server.stop();
+    }
 }
