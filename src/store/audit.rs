@@ -356,7 +356,7 @@ macro_rules! audited_write {
                     let head: (i64, String) = chain::table
                         .find(1)
                         .select((chain::last_seq, chain::last_hash))
-                        .first(&mut *$conn)
+                        .get_result(&mut *$conn)
                         .await?;
                     let made: Result<(_, Vec<String>), $crate::store::StoreError> =
                         async { $body }.await;
@@ -652,7 +652,7 @@ impl Store {
             audit_chain::table
                 .find(1)
                 .select((audit_chain::last_seq, audit_chain::last_hash))
-                .first(conn)
+                .get_result(conn)
                 .await
                 .optional()?
         });

@@ -13,6 +13,11 @@
 //! also announced to the other replicas in the same transaction (`changes.rs`), and
 //! `ChangeFeed` follows their announcements on a connection of its own outside the pool.
 //!
+//! A lookup by a unique key reads with `get_result`, never `first`: `first` binds its `LIMIT 1`
+//! as a parameter, and the bundled SQLite marks a statement whose `LIMIT` is a parameter to be
+//! prepared again every time one is bound (it plans with the value), which was a tenth of the
+//! CPU of an admin write.
+//!
 //! Faults are errors, never silent: a database that refuses writes is `ReadOnly`, one that
 //! cannot be reached or fails is `Unavailable`. A SQLite file is opened by path once (created
 //! if absent), its identity (device, inode) noted, and every pooled connection opens it without

@@ -166,7 +166,7 @@ impl Store {
                 .filter(rules::tenant_id.eq(tenant_id))
                 .filter(rules::id.eq(id))
                 .select(RuleRow::as_select())
-                .first(conn)
+                .get_result(conn)
                 .await
                 .optional()?)
         })

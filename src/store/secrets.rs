@@ -52,7 +52,7 @@ impl Store {
                 .filter(secrets::tenant_id.eq(tenant_id))
                 .filter(secrets::name.eq(name))
                 .select(SecretRow::as_select())
-                .first(conn)
+                .get_result(conn)
                 .await
                 .optional()?)
         })
@@ -87,7 +87,7 @@ impl Store {
                 None => {
                     // Why nothing matched, for the caller's message only: nothing was written.
                     let exists: Option<String> =
-                        secret.select(secrets::id).first(conn).await.optional()?;
+                        secret.select(secrets::id).get_result(conn).await.optional()?;
                     Err(match exists {
                         Some(_) => StoreError::Stale(Resource::Secret(name.to_owned())),
                         None => StoreError::NotFound(Resource::Secret(name.to_owned())),

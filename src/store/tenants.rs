@@ -41,7 +41,7 @@ impl Store {
             Ok(tenants::table
                 .filter(tenants::name.eq(name))
                 .select(TenantRow::as_select())
-                .first(conn)
+                .get_result(conn)
                 .await
                 .optional()?)
         })
@@ -57,7 +57,7 @@ impl Store {
                 .inner_join(tenants::table)
                 .filter(api_keys::key_hash.eq(key_hash))
                 .select((TenantRow::as_select(), ApiKeyRow::as_select()))
-                .first(conn)
+                .get_result(conn)
                 .await
                 .optional()?)
         })

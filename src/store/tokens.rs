@@ -58,7 +58,7 @@ impl Store {
             let found = match revoked {
                 Some(row) => Some(row),
                 // Revoked before (or not the tenant's): as it is.
-                None => token.select(RuntimeTokenRow::as_select()).first(conn).await.optional()?,
+                None => token.select(RuntimeTokenRow::as_select()).get_result(conn).await.optional()?,
             };
             let row = found.ok_or_else(|| StoreError::NotFound(Resource::RuntimeToken(id.to_owned())))?;
             Ok((row, Change::Tokens(vec![id.to_owned()])))
