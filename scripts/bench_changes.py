@@ -14,8 +14,10 @@ directory each; PostgreSQL: one throwaway cluster, a database per binary), and m
                     rest is then measured at the count reached, and the output says so).
   rule create       COUNT single creates (POST /v1/runtimes/{rt}/rules), one after another,
                     each answered once the change is applied: p50/p99/max.
-  sustained         16 client threads creating rules (spread over the runtimes) for
-                    --sustained-seconds: creates per second, p50/p99 of the calls, errors.
+  sustained         wrk (scripts/lib/bench_creates.lua), --sustained-connections (16)
+                    connections creating rules (a host each, spread over the runtimes) for
+                    --sustained-seconds: creates per second, p50/p99 of the calls, errors
+                    (answers other than 2xx, socket errors).
   rule delete       the COUNT single-created rules deleted one after another: p50/p99/max.
   token create      COUNT runtime token creates, one after another: p50/p99/max.
   memory            VmRSS (and peak VmHWM) of the server process after the load and 3 s after
@@ -53,7 +55,8 @@ progress on standard error, and with --json FILE everything, including every bat
 
 usage: python3 scripts/bench_changes.py [--binary PATH] [--baseline PATH]
            [--backend sqlite|postgres|both] [--rules N] [--runtimes N] [--count N]
-           [--replicas N] [--sustained-seconds S] [--max-load-seconds S] [--poll-interval S]
+           [--replicas N] [--sustained-seconds S] [--sustained-connections N]
+           [--max-load-seconds S] [--poll-interval S]
            [--keep] [--json FILE]
 """
 import argparse
@@ -602,45 +605,43 @@ def phase_one_at_a_time(stacks, switch, args):
 
 
 def phase_sustained(stacks, switch, args):
-    threads = args.sustained_threads
+    """wrk, not Python threads: on 2 cores a Python client competes with the server for the CPU
+    and its GIL adds milliseconds to every call, so it measured itself more than the server."""
+    connections = args.sustained_connections
+    script = os.path.join(ROOT, "scripts", "lib", "bench_creates.lua")
     for stack in stacks:
-        log(f"sustained creates, {threads} threads, {args.sustained_seconds} s: {stack.label}")
+        log(f"sustained creates, wrk, {connections} connections, {args.sustained_seconds} s: "
+            f"{stack.label}")
         with switch.active(stack):
-            deadline = time.perf_counter() + args.sustained_seconds
+            out = subprocess.run(
+                ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(args.sustained_seconds))}s", "--latency",
+                 "-s", script, f"http://127.0.0.1:{stack.primary.admin_port}",
+                 "--", f"s-{stack.label}-{secrets.token_hex(4)}", str(args.runtimes)],
+                capture_output=True, text=True, check=True,
+                env=dict(os.environ, BENCH_API_KEY=stack.key)).stdout
+        stack.results["sustained_create"] = dict(wrk_summary(out), connections=connections,
+                                                 seconds=max(1, round(args.sustained_seconds)))
 
-            def worker(t):
-                api = stack.api()
-                latencies, errors, n = [], 0, 0
-                first_error = None
-                try:
-                    while time.perf_counter() < deadline:
-                        runtime = f"rt-{(t + threads * n) % args.runtimes}"
-                        try:
-                            seconds, _ = api.timed("POST", f"/v1/runtimes/{runtime}/rules", {
-                                "host": f"s{t}-{n}.example.com",
-                                "injection": {"credential": SECRET_NAME, "header": "x-s"}})
-                            latencies.append(seconds)
-                        except (ApiError, OSError, http.client.HTTPException) as err:
-                            errors += 1
-                            first_error = first_error or str(err)
-                            api.close()
-                        n += 1
-                finally:
-                    api.close()
-                return latencies, errors, first_error
 
-            started = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-                outcomes = list(pool.map(worker, range(threads)))
-            elapsed = time.perf_counter() - started
-        latencies = [s for outcome in outcomes for s in outcome[0]]
-        errors = sum(outcome[1] for outcome in outcomes)
-        first_error = next((o[2] for o in outcomes if o[2]), None)
-        if first_error:
-            log(f"  {stack.label}: {errors} failed creates, first: {first_error}")
-        stack.results["sustained_create"] = dict(
-            latency_summary(latencies), threads=threads, seconds=round(elapsed, 2),
-            per_s=round(len(latencies) / elapsed, 1), errors=errors)
+def wrk_summary(out):
+    """Requests per second, p50/p99 (ms) and errors (answers other than 2xx/3xx, and socket
+    errors) from wrk --latency's output."""
+    def latency_ms(label):
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sockets:
+        errors += sum(int(n) for n in sockets.groups())
+    return {
+        "per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50_ms": latency_ms("50"),
+        "p99_ms": latency_ms("99"),
+        "errors": errors,
+    }
 
 
 def phase_restart(stacks, switch, args):
@@ -823,7 +824,7 @@ def report(backend, results, labels, args):
                  (f"{name} max (ms)", 2, v(lambda r, k=key: r[k]["max_ms"]))]
     s = first["sustained_create"]
     rows += [
-        (f"sustained creates/s ({s['threads']} threads)", 1,
+        (f"sustained creates/s (wrk, {s['connections']} connections)", 1,
          v(lambda r: r["sustained_create"]["per_s"])),
         ("sustained create p50 (ms)", 2, v(lambda r: r["sustained_create"]["p50_ms"])),
         ("sustained create p99 (ms)", 2, v(lambda r: r["sustained_create"]["p99_ms"])),
@@ -879,7 +880,8 @@ def main():
     parser.add_argument("--replicas", type=int, default=3,
                         help="PostgreSQL: servers on one database")
     parser.add_argument("--sustained-seconds", type=float, default=10)
-    parser.add_argument("--sustained-threads", type=int, default=16)
+    parser.add_argument("--sustained-connections", type=int, default=16,
+                        help="wrk's connections in the sustained phase")
     parser.add_argument("--max-load-seconds", type=float,
                         help="stop a binary's load after this many seconds of batch calls")
     parser.add_argument("--visible-timeout", type=float, default=60,
@@ -902,6 +904,9 @@ def main():
     for _, binary in binaries:
         if not os.access(binary, os.X_OK):
             raise SystemExit(f"not an executable: {binary}")
+    if not shutil.which("wrk"):
+        raise SystemExit("missing wrk (the sustained phase's load): apt-get install wrk, "
+                         "or run scripts/bench, which installs it")
     labels = [label for label, _ in binaries]
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     install_sigterm_handler()
