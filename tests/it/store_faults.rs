@@ -11,6 +11,7 @@ backend_tests!(
     concurrent_deletes_keep_the_last_api_key,
     rule_whose_secret_vanishes_is_400,
     secret_deleted_while_a_rule_is_created_is_409,
+    writes_whose_caller_hangs_up_leave_no_transaction_open,
 );
 
 /// Two requests deleting a tenant's last two keys at once: one wins, the other is told the
@@ -153,6 +154,101 @@ async fn secret_deleted_while_a_rule_is_created_is_409(app: TestApp) {
         StatusCode::CONFLICT,
         &["secret 'contested' is still used by rules rule_concurrent"],
     );
+}
+
+/// Callers that hang up while their change is written (the handler dropped at any point, as
+/// hyper drops it when a client closes its connection) leave no transaction open behind them:
+/// the next change goes through, no session sits idle in a transaction, every change that
+/// committed has its event and the chain is intact. (A transaction left open would hold SQLite's
+/// write lock, or on PostgreSQL the audit chain head's row lock: every later write would wait
+/// for it.)
+async fn writes_whose_caller_hangs_up_leave_no_transaction_open(app: TestApp) {
+    use std::time::Duration;
+    let tenant = app.tenant("acme").await;
+    app.secret(&tenant, "k", "sk-test-value").await;
+    let events_before = chain_events(&app).await;
+    let create = |i: u64| {
+        let (app, key) = (&app, &tenant.key);
+        async move {
+            let path = format!("/v1/runtimes/r{}/rules", i % 7);
+            let body = json!({
+                "host": format!("h{i}.example.com"),
+                "injection": {"credential": "k", "header": "x-k"},
+            });
+            app.call(Method::POST, &path, Some(key), Some(body)).await
+        }
+    };
+    // Dropped from before the first statement to after the commit (a call that was dropped
+    // may leave its connection to be made again by the next one, which takes longer).
+    for i in 0..80 {
+        let _ = tokio::time::timeout(Duration::from_micros(i * 200), create(i)).await;
+    }
+    let page = Page {
+        limit: 1000,
+        cursor: None,
+    };
+    let ids: Vec<String> = app
+        .store
+        .list_rules(&tenant.id, None, &page)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let path = format!("/v1/rules/{id}");
+        let delete = app.call(Method::DELETE, &path, Some(&tenant.key), None);
+        let _ = tokio::time::timeout(Duration::from_micros(i as u64 * 200), delete).await;
+    }
+    // Bounded so that a write held up forever fails here instead of hanging the suite.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(60), create(1000))
+        .await
+        .expect("a write was held up by a transaction left open");
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    if let Some(url) = app.db.postgres_url() {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn =
+            <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(url)
+                .await
+                .unwrap();
+        let open: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(open.n, 0, "sessions left idle in a transaction");
+    }
+    // One event per change that committed: the creates whose rule exists or was deleted, the
+    // deletes that took a rule away.
+    let left = app
+        .store
+        .list_rules(&tenant.id, None, &page)
+        .await
+        .unwrap()
+        .items
+        .len() as i64;
+    let deleted = ids.len() as i64 + 1 - left;
+    assert_eq!(
+        chain_events(&app).await - events_before,
+        ids.len() as i64 + 1 + deleted,
+        "an event for every change that committed, and none for a change that did not"
+    );
+}
+
+/// The number of events in the audit chain, which must be intact.
+async fn chain_events(app: &TestApp) -> i64 {
+    match app.store.verify_audit_chain().await.unwrap() {
+        runta::store::ChainVerdict::Intact { events } => events,
+        broken => panic!("{broken:?}"),
+    }
 }
 
 /// A connection of the test's own to the app's database, for SQL the API would not send.
