@@ -95,9 +95,9 @@ pub struct AdminConfig {
     pub operator_token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
-    /// The nice value (0-19) of the control plane's threads (the admin API, reloads, the
-    /// change follower): above the data path's, so that admin writes take the CPU decisions
-    /// leave. 0: the same priority.
+    /// The nice value (0-19) of the control plane's threads (the admin API, the periodic
+    /// reload, the secret sweep): above the data path's, so that admin writes take the CPU
+    /// decisions leave. 0: the same priority.
     pub thread_nice: u8,
 }
 

@@ -1,7 +1,8 @@
 //! The control plane's own runtime: the admin API (and `/metrics`, `/healthz`, `/readyz`), the
-//! periodic full reload, the secret cache sweep and the PostgreSQL change follower run on
-//! worker threads of their own, at a lower scheduling priority (`admin.thread_nice`) than the
-//! threads that answer Envoy (ext_proc, SDS, xDS).
+//! periodic full reload and the secret cache sweep run on worker threads of their own, at a
+//! lower scheduling priority (`admin.thread_nice`) than the threads that answer Envoy
+//! (ext_proc, SDS, xDS) and that apply other replicas' changes (the PostgreSQL change follower:
+//! what keeps this replica's decisions right is data path work).
 //!
 //! Why: a decision waits for a CPU whenever the admin API is busy on the same cores. On the
 //! benchmark machine (2 vCPU) 500 rule writes per second raised the p99 of ext_proc decisions

@@ -5,8 +5,8 @@
 //! The parts: `wire` builds the shared state and the services from the configuration,
 //! `listen` binds the ports (TCP or a Unix socket, TLS), and [`Running`] owns every task —
 //! the two servers, the periodic reload, the secret cache sweep and the PostgreSQL change
-//! follower — in one `JoinSet`; all but the gRPC server run on the control plane's niced
-//! runtime (`control`). A task that ends before shutdown was asked for is a failure: the
+//! follower — in one `JoinSet`; the admin server, the reload and the sweep run on the control
+//! plane's niced runtime (`control`). A task that ends before shutdown was asked for is a failure: the
 //! server stops every other task and exits non-zero rather than serve a stale snapshot until
 //! SIGTERM.
 
@@ -221,18 +221,17 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             Ok(())
         }),
     );
+    tasks.spawn(async move { ("gRPC server", grpc.serve.await) });
+    // Other replicas' changes are applied at the data path's priority: they are what keeps
+    // this replica's decisions right.
     if let Some(url) = wired.follow {
         let follower = wired.engine.clone();
         let stop = shutdown_future(&shutdown_rx);
-        on_control(
-            "change follower",
-            Box::pin(async move {
-                follower.follow_changes(url, stop).await;
-                Ok(())
-            }),
-        );
+        tasks.spawn(async move {
+            follower.follow_changes(url, stop).await;
+            ("change follower", Ok(()))
+        });
     }
-    tasks.spawn(async move { ("gRPC server", grpc.serve.await) });
 
     let grpc_text = match &grpc.bound {
         GrpcListen::Tcp(addr) => addr.to_string(),
