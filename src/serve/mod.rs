@@ -6,9 +6,9 @@
 //! `listen` binds the ports (TCP or a Unix socket, TLS), and [`Running`] owns every task —
 //! the two servers, the periodic reload, the secret cache sweep and the PostgreSQL change
 //! follower — in one `JoinSet`; the admin server, the reload and the sweep run on the control
-//! plane's niced runtime (`control`). A task that ends before shutdown was asked for is a failure: the
-//! server stops every other task and exits non-zero rather than serve a stale snapshot until
-//! SIGTERM.
+//! plane's niced runtime (`control`). A task that ends before shutdown was asked for is a
+//! failure: the server stops every other task and exits non-zero rather than serve a stale
+//! snapshot until SIGTERM.
 
 pub mod audit_stream;
 mod control;
@@ -185,8 +185,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             source,
         }
     })?;
-    // What the control plane runs (the admin API, reloads, the sweep, the change follower)
-    // runs on its threads; `tasks` watches it as it watches the servers.
+    // What the control plane runs (the admin API, the periodic reload, the sweep) runs on its
+    // threads; `tasks` watches it as it watches the gRPC server.
     let mut on_control = |task: &'static str, run: listen::Serving| {
         let running = control.spawn(run);
         tasks.spawn(async move {
