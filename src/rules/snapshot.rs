@@ -603,9 +603,9 @@ type HostKey<'a> = (bool, &'a str);
 /// TLS server names the shared gateway may be given a leaf certificate for.
 ///
 /// Kept as keyed 64-bit hashes of (exact, name), not the names, in a persistent B-tree (see
-/// `HostMap`): an entry is 16 bytes and copies without touching a reference count. Two names whose hashes collide (about one chance in 2^64 per pair; the key is
-/// random per process, so names cannot be chosen to collide) would make one look covered when
-/// only the other is: the gateway would then hold a leaf certificate for a name no rule names,
+/// `HostMap`): an entry is 16 bytes and copies without touching a reference count. Two names
+/// whose hashes collide (about one chance in 2^64 per pair; the key is random per process, so
+/// names cannot be chosen to collide) would make one look covered when only the other is: the gateway would then hold a leaf certificate for a name no rule names,
 /// and every request in such a tunnel is still decided against the rules.
 #[derive(Debug, Default, Clone)]
 struct HostNames(Ordered<u64, u32>);

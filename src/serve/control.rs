@@ -109,35 +109,36 @@ fn current_nice() -> i32 {
 mod tests {
     use super::*;
 
+    /// The nice values of a worker thread and of a blocking thread of `control`.
+    fn nice_of_threads(control: &ControlRuntime) -> (i32, i32) {
+        let handle = control.handle();
+        (
+            handle
+                .block_on(control.spawn(async { current_nice() }))
+                .unwrap(),
+            handle
+                .block_on(handle.spawn_blocking(current_nice))
+                .unwrap(),
+        )
+    }
+
     #[test]
     fn control_threads_run_at_the_configured_nice_and_the_caller_keeps_its_own() {
         let before = current_nice();
         let control = ControlRuntime::start(7).unwrap();
-        let worker = control
-            .handle()
-            .block_on(async { tokio::spawn(async { current_nice() }).await.unwrap() });
-        let blocking = control
-            .handle()
-            .block_on(control.handle().spawn_blocking(current_nice))
-            .unwrap();
         let lowered = (before + 7).min(19);
-        assert_eq!((worker, blocking), (lowered, lowered));
+        assert_eq!(nice_of_threads(&control), (lowered, lowered));
         assert_eq!(
             current_nice(),
             before,
             "only the runtime's own threads are lowered"
         );
-        drop(control);
     }
 
     #[test]
     fn nice_zero_leaves_the_threads_as_they_are() {
         let before = current_nice();
         let control = ControlRuntime::start(0).unwrap();
-        let worker = control
-            .handle()
-            .block_on(control.spawn(async { current_nice() }))
-            .unwrap();
-        assert_eq!(worker, before);
+        assert_eq!(nice_of_threads(&control), (before, before));
     }
 }

@@ -333,19 +333,20 @@ pub type AuditSink = Arc<dyn Fn(&AuditEventRow) + Send + Sync>;
 /// nobody to tell); evaluates to `Result<value, StoreError>`.
 macro_rules! audited_write {
     ($store:expr, $entry:expr, $conn:ident => $body:expr) => {
-        $crate::store::audit::audited_write!(@chained false, $store, $entry, $conn => {
-            let value: Result<_, $crate::store::StoreError> = async { $body }.await;
-            value.map(|value| (value, Vec::new()))
-        })
+        $crate::store::audit::audited_write!(@silent false, $store, $entry, $conn => $body)
     };
     (@serialised $store:expr, $entry:expr, $conn:ident => $body:expr) => {
-        $crate::store::audit::audited_write!(@chained true, $store, $entry, $conn => {
-            let value: Result<_, $crate::store::StoreError> = async { $body }.await;
-            value.map(|value| (value, Vec::new()))
-        })
+        $crate::store::audit::audited_write!(@silent true, $store, $entry, $conn => $body)
     };
     (@announcing $store:expr, $entry:expr, $conn:ident => $body:expr) => {
         $crate::store::audit::audited_write!(@chained false, $store, $entry, $conn => $body)
+    };
+    // A body with nothing to announce.
+    (@silent $serialised:expr, $store:expr, $entry:expr, $conn:ident => $body:expr) => {
+        $crate::store::audit::audited_write!(@chained $serialised, $store, $entry, $conn => {
+            let value: Result<_, $crate::store::StoreError> = async { $body }.await;
+            value.map(|value| (value, Vec::new()))
+        })
     };
     (@chained $serialised:expr, $store:expr, $entry:expr, $conn:ident => $body:expr) => {{
         use $crate::store::schema::audit_chain as chain;

@@ -313,21 +313,15 @@ pub fn sqlite_path(url: &str) -> &str {
 macro_rules! with_conn {
     // A write: on SQLite, on the writer connection (`Backend::Sqlite::writer`).
     (@write $store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
-        match &$store.backend {
-            $crate::store::Backend::Sqlite { writer, .. } => {
-                $store.check_sqlite_file()?;
-                let mut pooled = writer.timeout_get(&$store.timeouts).await?;
-                let $conn = &mut *pooled;
-                $sqlite
-            }
-            $crate::store::Backend::Postgres(_) => {
-                $crate::store::with_conn!($store, $conn => sqlite => $sqlite postgres => $postgres)
-            }
-        }
+        $crate::store::with_conn!(@on writer, $store, $conn => sqlite => $sqlite postgres => $postgres)
     };
     ($store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
+        $crate::store::with_conn!(@on pool, $store, $conn => sqlite => $sqlite postgres => $postgres)
+    };
+    // On SQLite, a connection of the pool named `$sqlite_pool` (a field of `Backend::Sqlite`).
+    (@on $sqlite_pool:ident, $store:expr, $conn:ident => sqlite => $sqlite:block postgres => $postgres:block) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite { pool, .. } => {
+            $crate::store::Backend::Sqlite { $sqlite_pool: pool, .. } => {
                 $store.check_sqlite_file()?;
                 let mut pooled = pool.timeout_get(&$store.timeouts).await?;
                 let $conn = &mut *pooled;

@@ -116,9 +116,7 @@ impl Server {
                 let dir = task.ok()?.path();
                 let name = std::fs::read_to_string(dir.join("comm")).ok()?;
                 let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-                // Fields after the parenthesised name: state is the 3rd field, nice the 19th.
-                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                Some((name.trim().to_owned(), fields[16].parse().ok()?))
+                Some((name.trim().to_owned(), nice_in_stat(&stat)?))
             })
             .collect()
     }
@@ -875,20 +873,22 @@ fn special_files_as_the_configuration() {
     assert!(ok(&out).contains("runta_gw_from-a-pipe"));
 }
 
+/// The nice value in a `/proc/<pid>[/task/<tid>]/stat` line: after the parenthesised name, state
+/// is the 3rd field and nice the 19th.
+fn nice_in_stat(stat: &str) -> Option<i64> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(16)?
+        .parse()
+        .ok()
+}
+
 /// The control plane (admin API, reloads) runs on threads of its own at `admin.thread_nice`
 /// (10 by default) above the process's nice value; the data path's threads keep it.
 #[test]
 fn the_control_plane_runs_niced_and_the_data_path_does_not() {
-    let base = {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        fields[16].parse::<i64>().unwrap()
-    };
+    let base = nice_in_stat(&std::fs::read_to_string("/proc/self/stat").unwrap()).unwrap();
     for (extra, lowered) in [(&[][..], 10), (&["--config", "niced.toml"][..], 3)] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("niced.toml"), "[admin]\nthread_nice = 3\n").unwrap();
