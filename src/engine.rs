@@ -561,8 +561,10 @@ impl Engine {
     }
 
     /// Follows other replicas' announcements (PostgreSQL) until `shutdown`; after every
-    /// (re)connection it catches up with a full reload and drops its cached values, since
-    /// announcements may have been missed.
+    /// (re)connection it drops its cached values and has the periodic reload catch up at once,
+    /// since announcements may have been missed. The catch-up runs beside the feed, not in
+    /// it: at a million rules it reads for seconds, and announcements arriving meanwhile are
+    /// applied as they come (a reload replays what was applied during its read).
     pub async fn follow_changes(
         self: Arc<Self>,
         database_url: SecretString,
@@ -578,9 +580,8 @@ impl Engine {
             match followed {
                 Followed::Connected => {
                     self.invalidate_all_secrets();
-                    if let Err(err) = self.reload().await {
-                        tracing::warn!(error = %err, "reload after (re)connecting to change notifications failed");
-                    }
+                    // Its read starts after LISTEN: what it misses, the feed brings.
+                    self.resync.notify_one();
                     tracing::debug!("following change notifications");
                     self.metrics.change_listener_connected.set(1);
                 }
@@ -783,8 +784,8 @@ impl Engine {
     }
 
     /// Keeps the snapshot fresh: a full reload every `interval` (the safety net behind
-    /// change notifications), and at once when a change could not be applied, until
-    /// `shutdown` resolves.
+    /// change notifications), and at once when a change could not be applied or the change
+    /// feed (re)connected, until `shutdown` resolves.
     pub async fn reload_periodically(
         self: Arc<Self>,
         interval: Duration,
@@ -803,7 +804,7 @@ impl Engine {
                 }
                 () = self.resync.notified() => {
                     if let Err(err) = self.reload().await {
-                        tracing::warn!(error = %err, "rule reload after a failed change failed; serving the previous snapshot");
+                        tracing::warn!(error = %err, "rule reload asked for at once (a failed change, a reconnected change feed) failed; serving the previous snapshot");
                     }
                     ticker.reset();
                 }

@@ -308,11 +308,10 @@ async fn postgres_over_tls_pool_and_notifications() {
             let _ = stopped.await;
         },
     ));
-    let reloads = || follower_metrics.reloads.with_label_values(&["ok"]).get();
-    // The follower reloads once it listens; then it applies the tenant the other replica
-    // creates, announced in that write's transaction.
+    // Once the follower listens, it applies the tenant the other replica creates, announced
+    // in that write's transaction.
     let heard = tokio::time::timeout(Duration::from_secs(10), async {
-        while reloads() < 1 {
+        while follower_metrics.change_listener_connected.get() != 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let tenant = TenantRow {
@@ -342,8 +341,8 @@ async fn postgres_over_tls_pool_and_notifications() {
     following.await.unwrap();
     assert!(
         heard.is_ok(),
-        "the follower heard no NOTIFY over TLS (reloads: {})",
-        reloads()
+        "the follower heard no NOTIFY over TLS (listening: {})",
+        follower_metrics.change_listener_connected.get()
     );
 
     // A CA that did not sign the server's certificate: refused, in the pool and the follower's

@@ -352,3 +352,130 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A replica whose LISTEN connection was cut reconnects and catches up with a full reload, and
+/// goes on applying the announcements it hears while that reload reads: here the reload is
+/// held up by a lock on the rules table (at a million rules it reads for seconds), and a
+/// tenant created through the other replica still reaches it. Once the lock goes, the reload
+/// finishes. (The test cluster is shared: only this test's database's sessions are looked at.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
+    let Some(first) = Gateway::start_with(Backend::Postgres, |c| {
+        c.injection.reload_interval_secs = 3600
+    })
+    .await
+    else {
+        return;
+    };
+    let second = first.replica().await;
+    let url = first.db.postgres_url().unwrap();
+    let mut locker = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .unwrap();
+    let mut watcher = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
+        diesel::sql_query(sql)
+            .get_result::<Count>(conn)
+            .await
+            .unwrap()
+            .n
+    }
+    let full_reloads = "runta_snapshot_reloads_total{result=\"ok\"}";
+    // The start-up load and the catch-up after the first connection are done.
+    for _ in 0..500 {
+        if counter(&second, full_reloads).await >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reloads_before = counter(&second, full_reloads).await;
+    assert_eq!(reloads_before, 2.0, "the start-up load and its catch-up");
+
+    diesel::sql_query("BEGIN")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    diesel::sql_query("LOCK TABLE rules IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let killed = count(
+        &mut watcher,
+        "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %' \
+         AND pid <> pg_backend_pid()",
+    )
+    .await;
+    assert_eq!(killed, 2, "each replica had one LISTEN connection");
+    // Both replicas reconnected, and their catch-up reloads wait for the lock.
+    let mut blocked = 0;
+    for _ in 0..500 {
+        blocked = count(
+            &mut watcher,
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND query ILIKE '%rules%'",
+        )
+        .await;
+        if blocked >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        blocked, 2,
+        "both replicas' catch-up reloads wait for the rules table"
+    );
+    let listening = count(
+        &mut watcher,
+        "SELECT count(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .await;
+    assert_eq!(listening, 2, "both replicas listen again");
+
+    let (status, body) = first
+        .api_as(
+            OPERATOR,
+            reqwest::Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "during-catch-up"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    until(
+        "the tenant reaches the other replica while it catches up",
+        || second.snapshot().tenant_id("during-catch-up").is_some(),
+    )
+    .await;
+    assert_eq!(
+        counter(&second, full_reloads).await,
+        reloads_before,
+        "the catch-up reload finished while the rules table was locked"
+    );
+
+    diesel::sql_query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        if counter(&second, full_reloads).await > reloads_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counter(&second, full_reloads).await,
+        reloads_before + 1.0,
+        "the catch-up reload finished once the lock went"
+    );
+    second.stop().await;
+    first.stop().await;
+}
