@@ -260,8 +260,9 @@ pub struct KeyConfig {
 pub struct InjectionConfig {
     /// What happens to a request whose runtime cannot be identified.
     pub unidentified: Unidentified,
-    /// Full reload of the rule snapshot every so many seconds: the safety net behind the
-    /// reload that follows every change made through this process.
+    /// Every so many seconds the snapshot is compared with the store (a digest per runtime)
+    /// and what differs is re-read: the safety net behind the changes applied as they are made
+    /// and announced.
     pub reload_interval_secs: u64,
 }
 

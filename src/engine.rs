@@ -40,9 +40,7 @@ use crate::crypto::TokenHash;
 use crate::crypto::{Keyring, SealContext};
 use crate::metrics::Metrics;
 use crate::rules::Rule;
-use crate::rules::snapshot::{
-    Difference, Reconciler, Snapshot, SnapshotBuilder, SnapshotEdit, TokenEntry, secret_key,
-};
+use crate::rules::snapshot::{Snapshot, SnapshotBuilder, SnapshotEdit, TokenEntry, secret_key};
 use crate::store::{Change, Committed, Created, Followed, Store, StoreError};
 
 /// How long a secret miss may wait for the store, pool included: less than the 0.5 s message
@@ -211,15 +209,15 @@ impl Delta {
     }
 }
 
-/// What a full reload read: a new snapshot (the first load), or the difference between the
-/// store and the current snapshot.
+/// What a full reload read: a new snapshot (the first load), or the runtimes whose rules
+/// differ from the store's, with the identities.
 enum Read {
     Built(Snapshot),
     Compared(Compared),
 }
 
 struct Compared {
-    difference: Difference,
+    differing: Vec<(String, String)>,
     tenants: Vec<(String, String)>,
     tokens: Vec<(TokenHash, TokenEntry)>,
 }
@@ -411,23 +409,24 @@ impl Engine {
 
     /// Brings the snapshot in line with everything in the store: the start-up load and the
     /// periodic safety net (also run after a lost notification connection, or a change that
-    /// could not be applied). The store is read in one consistent transaction, page by page,
-    /// on a blocking thread, while changes go on being applied to the current snapshot.
-    /// The first load builds the snapshot; later ones compare the store with the current
-    /// snapshot and apply only the difference (rules missing, runtimes holding rules the
-    /// store no longer has), so the safety net never holds a second copy of every rule. Deltas
-    /// applied meanwhile are applied again on top before the swap: no change is lost, and no
-    /// decision ever sees a half-made snapshot.
+    /// could not be applied). The first load reads every rule in one consistent transaction,
+    /// page by page, and builds the snapshot on a blocking thread. Later ones read, in one
+    /// consistent transaction, the tenants, the runtime tokens and a digest per runtime of its
+    /// rules (`Store::read_digests`: one row per runtime, not every rule), and re-read only the
+    /// runtimes whose digest differs from the snapshot's (rules missing, rules the store no
+    /// longer has), under `applying`, so those reads are never older than a change applied.
+    /// Changes go on being applied meanwhile; deltas applied during the read are applied
+    /// again on top before the swap: no change is lost, and no decision ever sees a half-made
+    /// snapshot.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.full_reload.lock().await;
         let started = Instant::now();
         self.applying.lock().await.journal = Some(Vec::new());
-        let base = self.snapshot();
-        let first_load = base.rule_count() == 0;
+        let first_load = self.snapshot().rule_count() == 0;
         let read = if first_load {
             self.build_from_store().await.map(Read::Built)
         } else {
-            self.compare_with_store(base).await.map(Read::Compared)
+            self.compare_with_store().await.map(Read::Compared)
         };
         let mut applying = self.applying.lock().await;
         let journal = applying.journal.take().unwrap_or_default();
@@ -438,27 +437,39 @@ impl Engine {
                 return Err(err);
             }
         };
-        let (mut edit, missing, stale) = match read {
+        let (mut edit, differing, healed) = match read {
             Read::Built(snapshot) => (snapshot.edit(), 0, 0),
             Read::Compared(compared) => {
-                let mut edit = self.snapshot().edit();
-                let missing = compared.difference.missing.len();
-                let stale = compared.difference.stale_runtimes.len();
+                let current = self.snapshot();
+                let differing = compared.differing.len();
                 let mut deltas = vec![
-                    Delta::Add(compared.difference.missing),
                     Delta::Tenants(compared.tenants),
                     Delta::AllTokens(compared.tokens),
                 ];
-                // Re-read now, under `applying`: newer than the compared read, never older.
-                let stale_runtimes = Change::Runtimes(compared.difference.stale_runtimes);
-                if let Err(err) = self.resolve(&stale_runtimes, &mut deltas).await {
+                // Re-read now, under `applying`: newer than the digests, never older.
+                let runtimes = Change::Runtimes(compared.differing);
+                if let Err(err) = self.resolve(&runtimes, &mut deltas).await {
                     self.reload_failed();
                     return Err(err);
                 }
+                // A runtime changed while the digests were read differs too, and its re-read
+                // matches what the snapshot already has: only the others were missed.
+                let healed = deltas
+                    .iter()
+                    .filter(|delta| match delta {
+                        Delta::Replace {
+                            tenant_id,
+                            runtime,
+                            rules,
+                        } => !current.runtime_holds_exactly(tenant_id, runtime, rules),
+                        _ => false,
+                    })
+                    .count();
+                let mut edit = current.edit();
                 for delta in &deltas {
                     delta.apply(&mut edit, &applying.tombstones);
                 }
-                (edit, missing, stale)
+                (edit, differing, healed)
             }
         };
         for delta in &journal {
@@ -468,15 +479,15 @@ impl Engine {
         let snapshot = Arc::new(edit.finish());
         self.metrics.mark_snapshot_built();
         self.metrics.reloads.with_label_values(&["ok"]).inc();
-        if missing + stale > 0 && !first_load {
+        if healed > 0 {
             tracing::warn!(
-                missing,
-                stale_runtimes = stale,
-                "the periodic reload found changes no notification had brought; applied them"
+                runtimes = healed,
+                "the periodic reload found runtimes whose rules no notification had brought; re-read them"
             );
         }
         tracing::debug!(
             rules = snapshot.rule_count(),
+            differing,
             replayed = journal.len(),
             micros = started.elapsed().as_micros() as u64,
             "rule snapshot reloaded"
@@ -513,22 +524,16 @@ impl Engine {
         .map_err(blocking_failed)
     }
 
-    /// Reads the store (one consistent read) and compares its rules with `base` on a blocking
-    /// thread as the pages arrive.
-    async fn compare_with_store(&self, base: Arc<Snapshot>) -> Result<Compared, StoreError> {
-        let (pages, mut arriving) = tokio::sync::mpsc::channel::<Vec<crate::store::RuleRow>>(2);
-        let comparing = tokio::task::spawn_blocking(move || {
-            let mut reconciler = Reconciler::new(base);
-            while let Some(rows) = arriving.blocking_recv() {
-                reconciler.compare(&valid_rules(&rows));
-            }
-            reconciler.finish()
-        });
-        let read = self.store.read_everything(RELOAD_PAGE, pages).await;
-        let difference = comparing.await.map_err(blocking_failed)?;
-        let (tenants, tokens) = read?;
+    /// Reads the store's digests (one consistent read) and compares them with the current
+    /// snapshot on a blocking thread (it hashes every rule id the snapshot holds).
+    async fn compare_with_store(&self) -> Result<Compared, StoreError> {
+        let ((tenants, tokens), digests) = self.store.read_digests().await?;
+        let snapshot = self.snapshot();
+        let differing = tokio::task::spawn_blocking(move || snapshot.runtimes_differing(&digests))
+            .await
+            .map_err(blocking_failed)?;
         Ok(Compared {
-            difference,
+            differing,
             tenants: tenants.into_iter().map(|t| (t.id, t.name)).collect(),
             tokens: token_entries(tokens).collect(),
         })

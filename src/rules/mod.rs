@@ -130,6 +130,18 @@ pub struct Rule {
     pub spec: RuleSpec,
 }
 
+/// A rule id's share of its runtime's digest: the first 8 bytes of SHA-256 over the id's
+/// UTF-8 bytes, big-endian. A runtime's digest is the wrapping sum of its rules' shares, so
+/// the store computes it with an aggregate (`store::rules`: SQL on PostgreSQL, a function of
+/// ours on SQLite) and the snapshot from its ids, and the periodic safety net compares the two
+/// instead of reading every rule. Rules never change once stored (an id is never reused), so
+/// the ids alone say whether a runtime holds the store's rules.
+pub fn rule_id_digest(id: &str) -> u64 {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(id.as_bytes());
+    u64::from_be_bytes(hash[..8].try_into().expect("a SHA-256 hash has 32 bytes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -517,6 +517,13 @@ impl RuntimeRules {
         self.count == 0
     }
 
+    /// The wrapping sum of this runtime's rule ids' `rule_id_digest`s.
+    fn digest(&self) -> u64 {
+        self.rules().fold(0, |sum, rule| {
+            sum.wrapping_add(super::rule_id_digest(&rule.id.to_string()))
+        })
+    }
+
     /// Whether a rule of this runtime is for `host` (lowercase, no trailing dot) on `port`
     /// (`None`: any port will do, as for a TLS server name): a tunnel there is intercepted.
     pub fn covers(&self, host: &str, port: Option<u16>) -> bool {
@@ -862,65 +869,76 @@ impl SnapshotBuilder {
     }
 }
 
-/// Compares a snapshot's rules with the store's, fed page by page: what the periodic safety
-/// net applies instead of a rebuild, so it neither holds a second copy of every rule nor
-/// rebuilds what did not change.
-pub struct Reconciler {
-    base: Arc<Snapshot>,
-    /// Rules the store has and the snapshot does not.
-    missing: Vec<Rule>,
-    /// Per runtime of the snapshot (by the address of its rules, which `base` keeps alive),
-    /// how many of the store's rules it has.
-    found: std::collections::HashMap<usize, usize, foldhash::fast::RandomState>,
+/// One runtime's rules as the store has them, summarised: how many, and the wrapping sum of
+/// their ids' `rule_id_digest`s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeDigest {
+    pub tenant_id: String,
+    pub runtime: String,
+    pub rules: u64,
+    pub digest: u64,
 }
 
-/// What a `Reconciler` found: rules to add, and runtimes whose rules the snapshot has more of
-/// than the store (deleted without the snapshot hearing of it), to be re-read.
-#[derive(Debug, Default)]
-pub struct Difference {
-    pub missing: Vec<Rule>,
-    pub stale_runtimes: Vec<(String, String)>,
-}
-
-impl Reconciler {
-    pub fn new(base: Arc<Snapshot>) -> Self {
-        Self {
-            base,
-            missing: Vec::new(),
-            found: Default::default(),
-        }
-    }
-
-    /// Compares some of the store's rules (each rule once, in any order).
-    pub fn compare(&mut self, rules: &[Rule]) {
+impl RuntimeDigest {
+    /// The digests of these rules, per runtime (what the store's aggregate answers for them).
+    pub fn of<'r>(rules: impl IntoIterator<Item = &'r Rule>) -> Vec<Self> {
+        let mut runtimes: std::collections::BTreeMap<(&str, &str), (u64, u64)> = Default::default();
         for rule in rules {
-            match self.base.index.runtime(&rule.tenant_id, &rule.spec.runtime) {
-                Some(runtime) if runtime.contains(rule) => {
-                    *self.found.entry(Arc::as_ptr(runtime) as usize).or_default() += 1;
+            let entry = runtimes
+                .entry((&rule.tenant_id, &rule.spec.runtime))
+                .or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.wrapping_add(super::rule_id_digest(&rule.id));
+        }
+        runtimes
+            .into_iter()
+            .map(|((tenant_id, runtime), (rules, digest))| Self {
+                tenant_id: tenant_id.to_owned(),
+                runtime: runtime.to_owned(),
+                rules,
+                digest,
+            })
+            .collect()
+    }
+}
+
+impl Snapshot {
+    /// The runtimes whose rules differ from the store's, given the store's digest of every
+    /// runtime that has rules there: a runtime whose count or digest differs, one the store
+    /// has and this snapshot does not, one this snapshot has and the store does not. The
+    /// periodic safety net re-reads exactly these (a change in flight while the digests were
+    /// read shows here too; re-reading its runtime is then harmless).
+    pub fn runtimes_differing(&self, store: &[RuntimeDigest]) -> Vec<(String, String)> {
+        let mut differing = Vec::new();
+        // The snapshot's runtimes the store has rules for, by the address of their rules.
+        let mut seen: std::collections::HashSet<usize, foldhash::fast::RandomState> =
+            Default::default();
+        for summary in store {
+            match self.index.runtime(&summary.tenant_id, &summary.runtime) {
+                Some(rules) => {
+                    seen.insert(Arc::as_ptr(rules) as usize);
+                    if rules.len() as u64 != summary.rules || rules.digest() != summary.digest {
+                        differing.push((summary.tenant_id.clone(), summary.runtime.clone()));
+                    }
                 }
-                _ => self.missing.push(rule.clone()),
+                None => differing.push((summary.tenant_id.clone(), summary.runtime.clone())),
             }
         }
+        for (tenant_id, runtimes) in self.index.tenants.iter() {
+            for (runtime, rules) in runtimes.iter() {
+                if !rules.is_empty() && !seen.contains(&(Arc::as_ptr(rules) as usize)) {
+                    differing.push((tenant_id.to_string(), runtime.to_string()));
+                }
+            }
+        }
+        differing
     }
 
-    /// The difference, once every rule of the store was compared.
-    pub fn finish(self) -> Difference {
-        let mut stale_runtimes = Vec::new();
-        for (tenant_id, runtimes) in self.base.index.tenants.iter() {
-            for (runtime, rules) in runtimes.iter() {
-                let found = self
-                    .found
-                    .get(&(Arc::as_ptr(rules) as usize))
-                    .copied()
-                    .unwrap_or(0);
-                if found < rules.len() {
-                    stale_runtimes.push((tenant_id.to_string(), runtime.to_string()));
-                }
-            }
-        }
-        Difference {
-            missing: self.missing,
-            stale_runtimes,
+    /// Whether this runtime holds exactly these rules (by id), and no others.
+    pub fn runtime_holds_exactly(&self, tenant_id: &str, runtime: &str, rules: &[Rule]) -> bool {
+        match self.index.runtime(tenant_id, runtime) {
+            Some(held) => held.len() == rules.len() && rules.iter().all(|rule| held.contains(rule)),
+            None => rules.is_empty(),
         }
     }
 }

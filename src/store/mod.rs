@@ -57,6 +57,8 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+use crate::rules::snapshot::RuntimeDigest;
+
 pub use audit::{
     Actor, AuditAction, AuditEntry, AuditEventRow, AuditFilter, AuditPage, AuditSink, AuditTarget,
     ChainVerdict, Outcome, TargetKind,
@@ -295,6 +297,49 @@ pub fn sqlite_path(url: &str) -> &str {
     url.strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url)
+}
+
+/// The tenants and runtime tokens (each with its hash) a snapshot holds.
+pub type Identities = (Vec<TenantRow>, Vec<(RuntimeTokenRow, Vec<u8>)>);
+
+/// Runs `$body` on a connection named `$conn` in one read transaction (repeatable read on
+/// PostgreSQL, a read transaction on SQLite's WAL), so everything it reads is one state.
+macro_rules! read_consistently {
+    ($store:expr, $conn:ident => $body:block) => {{
+        use diesel_async::AsyncConnection;
+        $crate::store::with_conn!($store, $conn => sqlite => {
+            $conn.transaction::<_, StoreError, _>(async |$conn| $body).await
+        } postgres => {
+            $conn
+                .build_transaction()
+                .read_only()
+                .repeatable_read()
+                .run::<_, StoreError, _>(async |$conn| $body)
+                .await
+        })
+    }};
+}
+
+/// Reads every tenant and runtime token (`Identities`), in id order.
+macro_rules! read_identities {
+    ($conn:ident) => {{
+        use diesel::{QueryDsl, SelectableHelper};
+        use schema::{runtime_tokens, tenants};
+        async {
+            let tenants: Vec<TenantRow> = tenants::table
+                .select(TenantRow::as_select())
+                .order(tenants::id)
+                .load($conn)
+                .await?;
+            let tokens: Vec<(RuntimeTokenRow, Vec<u8>)> = runtime_tokens::table
+                .select((RuntimeTokenRow::as_select(), runtime_tokens::token_hash))
+                .order(runtime_tokens::id)
+                .load($conn)
+                .await?;
+            Ok::<Identities, StoreError>((tenants, tokens))
+        }
+        .await
+    }};
 }
 
 /// Runs a query body with `$conn` bound to a pooled connection of whichever backend the store
@@ -541,22 +586,11 @@ impl Store {
         &self,
         page: i64,
         rules: tokio::sync::mpsc::Sender<Vec<RuleRow>>,
-    ) -> Result<(Vec<TenantRow>, Vec<(RuntimeTokenRow, Vec<u8>)>), StoreError> {
+    ) -> Result<Identities, StoreError> {
         use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
-        use diesel_async::AsyncConnection;
-        use schema::{rules as rule_table, runtime_tokens, tenants};
-        macro_rules! read_all {
-            ($conn:ident) => {{
-                let tenants: Vec<TenantRow> = tenants::table
-                    .select(TenantRow::as_select())
-                    .order(tenants::id)
-                    .load($conn)
-                    .await?;
-                let tokens: Vec<(RuntimeTokenRow, Vec<u8>)> = runtime_tokens::table
-                    .select((RuntimeTokenRow::as_select(), runtime_tokens::token_hash))
-                    .order(runtime_tokens::id)
-                    .load($conn)
-                    .await?;
+        use schema::rules as rule_table;
+        read_consistently!(self, conn => {
+                let identities = read_identities!(conn)?;
                 let mut after: Option<String> = None;
                 loop {
                     let mut query = rule_table::table
@@ -567,7 +601,7 @@ impl Store {
                     if let Some(after) = &after {
                         query = query.filter(rule_table::id.gt(after.clone()));
                     }
-                    let rows: Vec<RuleRow> = query.load($conn).await?;
+                    let rows: Vec<RuleRow> = query.load(conn).await?;
                     let full = rows.len() as i64 == page;
                     after = rows.last().map(|r| r.id.clone());
                     if !rows.is_empty() && rules.send(rows).await.is_err() {
@@ -579,17 +613,27 @@ impl Store {
                         break;
                     }
                 }
-                Ok::<_, StoreError>((tenants, tokens))
-            }};
-        }
-        with_conn!(self, conn => sqlite => {
-            conn.transaction::<_, StoreError, _>(async |conn| read_all!(conn)).await
-        } postgres => {
-            conn.build_transaction()
-                .read_only()
-                .repeatable_read()
-                .run::<_, StoreError, _>(async |conn| read_all!(conn))
-                .await
+                Ok::<_, StoreError>(identities)
+        })
+    }
+
+    /// Reads what the periodic safety net compares with the snapshot, in one consistent read:
+    /// the tenants and runtime tokens, and every runtime's rules summarised as a count and a
+    /// digest of their ids (`RuntimeDigest`), one row per runtime instead of every rule.
+    pub async fn read_digests(&self) -> Result<(Identities, Vec<RuntimeDigest>), StoreError> {
+        use rules::{DIGESTS_POSTGRES, DIGESTS_SQLITE, DigestRow};
+        let sql = match self.backend {
+            Backend::Sqlite { .. } => DIGESTS_SQLITE,
+            Backend::Postgres(_) => DIGESTS_POSTGRES,
+        };
+        read_consistently!(self, conn => {
+            let identities = read_identities!(conn)?;
+            let rows: Vec<DigestRow> = diesel::sql_query(sql).load(conn).await?;
+            let digests = rows
+                .into_iter()
+                .map(DigestRow::parse)
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok::<_, StoreError>((identities, digests))
         })
     }
 
@@ -709,6 +753,8 @@ fn establish_sqlite(path: &str) -> diesel::ConnectionResult<SqliteConn> {
          PRAGMA wal_autocheckpoint = 10000; PRAGMA journal_size_limit = 67108864;",
     )
     .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    rules::register_sqlite_functions(&mut conn)
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(SyncConnectionWrapper::new(conn))
 }
 

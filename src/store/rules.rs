@@ -8,6 +8,8 @@ use diesel_async::RunQueryDsl;
 
 use super::changes::{Change, Committed, Created, changed_write};
 use super::schema::{rules, secrets};
+use crate::rules::snapshot::RuntimeDigest;
+
 use super::{
     AuditEntry, Page, Paged, Resource, RuleRow, Store, StoreError, is_foreign_key_violation,
     load_page, with_conn,
@@ -239,4 +241,76 @@ impl Store {
         }
         Ok(found)
     }
+}
+
+/// Every runtime's rules summarised as the periodic safety net compares them with the
+/// snapshot (`Snapshot::runtimes_differing`): per (tenant, runtime) the count and the wrapping
+/// sum of `rule_id_digest` over the ids. PostgreSQL computes a share with `sha256` and sums
+/// the shares as `numeric` (exact; reduced modulo 2^64 here); SQLite has no hash function, so
+/// the sum is an aggregate of ours (`runta_rule_digest`, registered on every connection).
+/// A million rules take PostgreSQL a few hundred milliseconds and answer one row per runtime,
+/// where reading them took seconds of runta's CPU.
+pub(super) const DIGESTS_POSTGRES: &str = "SELECT tenant_id, runtime, count(*) AS rules, \
+     sum(('x' || left(encode(sha256(convert_to(id, 'UTF8')), 'hex'), 16))::bit(64)::bigint)::text \
+     AS digest FROM rules GROUP BY tenant_id, runtime";
+pub(super) const DIGESTS_SQLITE: &str = "SELECT tenant_id, runtime, count(*) AS rules, \
+     CAST(runta_rule_digest(id) AS TEXT) AS digest FROM rules GROUP BY tenant_id, runtime";
+
+#[derive(QueryableByName)]
+pub(super) struct DigestRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    tenant_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    runtime: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    rules: i64,
+    /// A decimal integer: the exact sum (PostgreSQL) or the wrapped one (SQLite).
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    digest: String,
+}
+
+impl DigestRow {
+    pub(super) fn parse(self) -> Result<RuntimeDigest, StoreError> {
+        let digest: i128 = self.digest.parse().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "the store answered a rule digest that is not a number: {:?}",
+                self.digest
+            ))
+        })?;
+        Ok(RuntimeDigest {
+            tenant_id: self.tenant_id,
+            runtime: self.runtime,
+            rules: self.rules as u64,
+            // Modulo 2^64: the wrapping sum of the shares as unsigned numbers.
+            digest: digest.rem_euclid(1 << 64) as u64,
+        })
+    }
+}
+
+diesel::define_sql_function! {
+    /// The wrapping sum of `rule_id_digest` over a group's ids (SQLite only).
+    #[aggregate]
+    fn runta_rule_digest(id: diesel::sql_types::Text) -> diesel::sql_types::BigInt;
+}
+
+#[derive(Default)]
+struct RuleDigestSum(u64);
+
+impl diesel::sqlite::SqliteAggregateFunction<String> for RuleDigestSum {
+    type Output = i64;
+
+    fn step(&mut self, id: String) {
+        self.0 = self.0.wrapping_add(crate::rules::rule_id_digest(&id));
+    }
+
+    fn finalize(sum: Option<Self>) -> i64 {
+        sum.map_or(0, |sum| sum.0 as i64)
+    }
+}
+
+/// Registers `runta_rule_digest` on a new SQLite connection.
+pub(super) fn register_sqlite_functions(
+    conn: &mut diesel::SqliteConnection,
+) -> diesel::QueryResult<()> {
+    runta_rule_digest_utils::register_impl::<RuleDigestSum, _>(conn)
 }

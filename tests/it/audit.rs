@@ -669,26 +669,9 @@ fn assert_broken_at(out: &Output, seq: i64) {
     );
 }
 
-/// Runs one SQL statement on the test's database, behind the store's back.
+/// Runs one SQL statement that changes one row, behind the store's back.
 async fn tamper(db: &TestDb, sql: &str) {
-    use diesel::Connection;
-    match db.postgres_url() {
-        Some(url) => {
-            use diesel_async::{AsyncConnection, RunQueryDsl};
-            let mut conn = diesel_async::AsyncPgConnection::establish(url)
-                .await
-                .unwrap();
-            let changed = diesel::sql_query(sql).execute(&mut conn).await.unwrap();
-            assert_eq!(changed, 1, "{sql}");
-        }
-        None => {
-            use diesel::RunQueryDsl;
-            let path = db.sqlite_dir().unwrap().join("runta.db");
-            let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-            let changed = diesel::sql_query(sql).execute(&mut conn).unwrap();
-            assert_eq!(changed, 1, "{sql}");
-        }
-    }
+    assert_eq!(crate::support::behind_the_store(db, sql).await, 1, "{sql}");
 }
 
 async fn tampering_is_reported_by_verify(app: TestApp) {

@@ -8,7 +8,7 @@ use runta::config::Unidentified;
 use runta::extproc::decide::{Outcome, RequestView, Sidecar, decide};
 use runta::extproc::mutation::rewrite_query;
 use runta::rules::request::normalise_path;
-use runta::rules::snapshot::{Snapshot, Template};
+use runta::rules::snapshot::{RuntimeDigest, Snapshot, Template};
 use runta::rules::{
     DraftFields, HostPattern, PathPattern, Rule, RuleDraft, RuleSpec, TargetFields,
 };
@@ -329,10 +329,10 @@ proptest! {
 proptest! {
     #![proptest_config(config())]
 
-    /// The periodic safety net compares instead of rebuilding: whatever the snapshot holds
-    /// and whatever the store holds (rules the snapshot never heard of, rules deleted behind
-    /// its back), applying the difference it finds gives exactly the decisions of a snapshot
-    /// built from the store.
+    /// The periodic safety net compares digests instead of rebuilding: whatever the snapshot
+    /// holds and whatever the store holds (rules the snapshot never heard of, rules deleted
+    /// behind its back), re-reading the runtimes whose digests differ gives exactly the
+    /// decisions of a snapshot built from the store.
     #[test]
     fn reconciling_equals_a_rebuild_from_the_store(
         held in proptest::collection::vec((gen_rule(), any::<bool>()), 0..30),
@@ -351,20 +351,16 @@ proptest! {
         for (n, generated) in unheard.into_iter().enumerate() {
             in_store.push(stored(1000 + n, generated));
         }
-        let snapshot = std::sync::Arc::new(Snapshot::build(tenants(), &in_snapshot, Vec::new()));
-        let mut reconciler = runta::rules::snapshot::Reconciler::new(snapshot.clone());
-        for page in in_store.chunks(7) {
-            reconciler.compare(page);
-        }
-        let difference = reconciler.finish();
+        let snapshot = Snapshot::build(tenants(), &in_snapshot, Vec::new());
+        let differing = snapshot.runtimes_differing(&RuntimeDigest::of(&in_store));
         let mut edit = snapshot.edit();
-        edit.add_rules(&difference.missing);
-        for (tenant_id, runtime) in &difference.stale_runtimes {
+        for (tenant_id, runtime) in &differing {
             let rules: Vec<Rule> = in_store
                 .iter()
                 .filter(|r| &r.tenant_id == tenant_id && &r.spec.runtime == runtime)
                 .cloned()
                 .collect();
+            prop_assert!(!snapshot.runtime_holds_exactly(tenant_id, runtime, &rules));
             edit.replace_runtime(tenant_id, runtime, &rules);
         }
         let reconciled = edit.finish();

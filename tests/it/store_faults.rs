@@ -1,5 +1,6 @@
 //! The store under concurrency and faults: races between requests that read, then write; a
-//! rule whose secret vanishes while it is created; a database URL that cannot work.
+//! rule whose secret vanishes while it is created; a database URL that cannot work; the
+//! digests the safety net compares, over rules written behind the store's back too.
 
 use axum::http::{Method, StatusCode};
 use runta::store::{Page, StoreError};
@@ -12,6 +13,7 @@ backend_tests!(
     rule_whose_secret_vanishes_is_400,
     secret_deleted_while_a_rule_is_created_is_409,
     writes_whose_caller_hangs_up_leave_no_transaction_open,
+    the_store_digests_its_rules_as_the_snapshot_does,
 );
 
 /// Two requests deleting a tenant's last two keys at once: one wins, the other is told the
@@ -361,4 +363,94 @@ async fn error_cause_is_logged_once_with_route_and_tenant() {
     ] {
         assert!(lines[0].contains(part), "'{part}' not in {}", lines[0]);
     }
+}
+
+/// The per-runtime digests the periodic safety net reads (`Store::read_digests`: SQL on
+/// PostgreSQL, runta's aggregate on SQLite) equal the ones computed from the rules themselves,
+/// for ids runta makes and for odd ones written behind its back (multi-byte, long, quoted);
+/// a snapshot of exactly those rules finds no runtime differing, and one missing a rule, or
+/// holding one the store no longer has, finds exactly that runtime.
+async fn the_store_digests_its_rules_as_the_snapshot_does(app: TestApp) {
+    use runta::rules::snapshot::{RuntimeDigest, Snapshot};
+    let tenant = app.tenant("acme").await;
+    app.secret(&tenant, "key", "sk-test-digest").await;
+    let rules: Vec<_> = (0..50)
+        .map(|i| {
+            json!({"runtime": format!("rt-{}", i % 7), "host": format!("h{i}.example.com"),
+                         "credential": "key", "inject": {"header": "x-key"}})
+        })
+        .collect();
+    app.ok(
+        Method::POST,
+        "/v1/rules/batch",
+        Some(&tenant.key),
+        Some(json!({"rules": rules})),
+    )
+    .await;
+    let long = "z".repeat(500);
+    for (id, runtime) in [
+        ("rule_\u{fc}ber-\u{1f511}", "rt-1"),
+        (long.as_str(), "odd"),
+        ("rule_it''s", "odd"),
+        ("rule_0zzzzzzzzzzzzzzzzzzzzzzzzz", "rt-8"),
+    ] {
+        let changed = crate::support::behind_the_store(
+            &app.db,
+            &format!(
+                "INSERT INTO rules (id, tenant_id, runtime, host_pattern, credential, header, \
+                 value_template, created_at) VALUES ('{id}', '{}', '{runtime}', \
+                 'odd.example.com', 'key', 'x-key', '${{credential}}', 0)",
+                tenant.id
+            ),
+        )
+        .await;
+        assert_eq!(changed, 1);
+    }
+
+    // One page of them: the channel holds it.
+    let (pages, mut arriving) = tokio::sync::mpsc::channel(1);
+    let identities = app.store.read_everything(1000, pages).await.unwrap();
+    let mut stored = Vec::new();
+    while let Ok(rows) = arriving.try_recv() {
+        stored.extend(rows.iter().map(|row| row.to_rule().unwrap()));
+    }
+    assert_eq!(stored.len(), 54);
+    let ((tenants, _), mut digests) = app.store.read_digests().await.unwrap();
+    assert_eq!(tenants.len(), identities.0.len());
+    digests.sort_by(|a, b| (&a.tenant_id, &a.runtime).cmp(&(&b.tenant_id, &b.runtime)));
+    assert_eq!(digests, RuntimeDigest::of(&stored), "the store's digests");
+    assert_eq!(digests.len(), 9, "rt-0..rt-6, rt-8 and odd");
+
+    let names = [(tenant.id.clone(), "acme".to_owned())];
+    let exact = Snapshot::build(names.clone(), &stored, Vec::new());
+    assert_eq!(
+        exact.runtimes_differing(&digests),
+        Vec::<(String, String)>::new()
+    );
+    let without_odd_rule = Snapshot::build(
+        names.clone(),
+        &stored
+            .iter()
+            .filter(|r| r.id != "rule_it's")
+            .cloned()
+            .collect::<Vec<_>>(),
+        Vec::new(),
+    );
+    assert_eq!(
+        without_odd_rule.runtimes_differing(&digests),
+        [(tenant.id.clone(), "odd".to_owned())]
+    );
+    let mut extra = stored.clone();
+    let mut gone = extra
+        .iter()
+        .find(|r| r.spec.runtime == "rt-3")
+        .unwrap()
+        .clone();
+    gone.id = "rule_gone".into();
+    extra.push(gone);
+    let with_a_deleted_rule = Snapshot::build(names, &extra, Vec::new());
+    assert_eq!(
+        with_a_deleted_rule.runtimes_differing(&digests),
+        [(tenant.id.clone(), "rt-3".to_owned())]
+    );
 }

@@ -433,3 +433,20 @@ pub fn test_ca_pem() -> String {
         .unwrap()
         .pem()
 }
+
+/// Runs one SQL statement on a test's database behind the store's back (a connection of its
+/// own); answers how many rows it changed.
+pub async fn behind_the_store(db: &TestDb, sql: &str) -> usize {
+    match db.postgres_url() {
+        Some(url) => {
+            let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+            diesel::sql_query(sql).execute(&mut conn).await.unwrap()
+        }
+        None => {
+            use diesel::Connection;
+            let path = db.sqlite_dir().unwrap().join("runta.db");
+            let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            diesel::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn).unwrap()
+        }
+    }
+}
