@@ -102,8 +102,9 @@ pub struct Engine {
     /// Held while changes are applied and while a full reload swaps its result in: every
     /// snapshot swap happens under it, one at a time.
     applying: tokio::sync::Mutex<Applying>,
-    /// One full reload at a time.
-    full_reload: tokio::sync::Mutex<()>,
+    /// One full reload at a time; it keeps the runtimes the last ones deferred, and how many
+    /// times in a row.
+    full_reload: tokio::sync::Mutex<std::collections::HashMap<RuntimeKey, u32>>,
     /// Asks the periodic reload to run now: a change could not be applied.
     resync: Notify,
     /// Counts snapshot swaps: services that keep state derived from the rules (SDS) watch it.
@@ -178,6 +179,23 @@ enum Delta {
 }
 
 impl Delta {
+    /// The runtimes whose rules this delta changes.
+    fn runtimes(&self) -> Vec<(&str, &str)> {
+        match self {
+            Self::Add(rules) => rules
+                .iter()
+                .map(|rule| (rule.tenant_id.as_str(), rule.spec.runtime.as_str()))
+                .collect(),
+            Self::Remove {
+                tenant_id, runtime, ..
+            }
+            | Self::Replace {
+                tenant_id, runtime, ..
+            } => vec![(tenant_id.as_str(), runtime.as_str())],
+            Self::Tokens(_) | Self::AllTokens(_) | Self::Tenants(_) => Vec::new(),
+        }
+    }
+
     fn apply(&self, edit: &mut SnapshotEdit, tombstones: &Tombstones) {
         match self {
             Self::Add(rules) => {
@@ -216,11 +234,21 @@ enum Read {
     Compared(Compared),
 }
 
+/// What the safety net found and read: the identities, and the differing runtimes re-read.
 struct Compared {
-    differing: Vec<(String, String)>,
-    tenants: Vec<(String, String)>,
-    tokens: Vec<(TokenHash, TokenEntry)>,
+    deltas: Vec<Delta>,
+    differing: usize,
+    deferred: usize,
 }
+
+/// A runtime, by tenant id and name.
+type RuntimeKey = (String, String);
+
+/// How many safety nets in a row may leave a differing runtime alone because changes to it
+/// were being applied meanwhile (the difference is then most likely those changes in flight):
+/// the next one re-reads it whatever happens, so a runtime that changes all the time is still
+/// checked, and a bulk load over every runtime is not re-read whole every time.
+const MAX_DEFERRALS: u32 = 3;
 
 fn blocking_failed(err: tokio::task::JoinError) -> StoreError {
     StoreError::Unavailable(format!("reading the rules into the snapshot failed: {err}"))
@@ -407,26 +435,39 @@ impl Engine {
             .collect())
     }
 
-    /// Brings the snapshot in line with everything in the store: the start-up load and the
-    /// periodic safety net (also run after a lost notification connection, or a change that
-    /// could not be applied). The first load reads every rule in one consistent transaction,
-    /// page by page, and builds the snapshot on a blocking thread. Later ones read, in one
-    /// consistent transaction, the tenants, the runtime tokens and a digest per runtime of its
-    /// rules (`Store::read_digests`: one row per runtime, not every rule), and re-read only the
-    /// runtimes whose digest differs from the snapshot's (rules missing, rules the store no
-    /// longer has), under `applying`, so those reads are never older than a change applied.
-    /// Changes go on being applied meanwhile; deltas applied during the read are applied
-    /// again on top before the swap: no change is lost, and no decision ever sees a half-made
-    /// snapshot.
+    /// Brings the snapshot in line with everything in the store: the start-up load, and the
+    /// safety net after a lost notification connection, a change that could not be applied
+    /// or a request to reload everything (the periodic one is `reload_periodic`). The first
+    /// load reads every rule in one consistent transaction, page by page, and builds the
+    /// snapshot on a blocking thread. Later ones read, in one consistent transaction, the
+    /// tenants, the runtime tokens and a digest per runtime of its rules
+    /// (`Store::read_digests`: one row per runtime, not every rule), and re-read the runtimes
+    /// whose digest differs from the snapshot's (rules missing, rules the store no longer
+    /// has). Changes go on being applied meanwhile; deltas applied since the reload began are
+    /// applied again on top of what it read before the swap (deltas are idempotent), so
+    /// nothing it read is older than a change applied, no change is lost, and no decision
+    /// ever sees a half-made snapshot.
     pub async fn reload(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.full_reload.lock().await;
+        self.reload_deferring(false).await
+    }
+
+    /// The periodic safety net: `reload`, except that a differing runtime that changes were
+    /// being applied to while it compared is left to the next one (`MAX_DEFERRALS`).
+    async fn reload_periodic(&self) -> Result<(), StoreError> {
+        self.reload_deferring(true).await
+    }
+
+    async fn reload_deferring(&self, defer_busy: bool) -> Result<(), StoreError> {
+        let mut deferrals = self.full_reload.lock().await;
         let started = Instant::now();
         self.applying.lock().await.journal = Some(Vec::new());
         let first_load = self.snapshot().rule_count() == 0;
         let read = if first_load {
             self.build_from_store().await.map(Read::Built)
         } else {
-            self.compare_with_store().await.map(Read::Compared)
+            self.compare_with_store(defer_busy.then_some(&mut *deferrals))
+                .await
+                .map(Read::Compared)
         };
         let mut applying = self.applying.lock().await;
         let journal = applying.journal.take().unwrap_or_default();
@@ -437,39 +478,34 @@ impl Engine {
                 return Err(err);
             }
         };
-        let (mut edit, differing, healed) = match read {
-            Read::Built(snapshot) => (snapshot.edit(), 0, 0),
+        let (mut edit, differing, deferred, healed) = match read {
+            Read::Built(snapshot) => (snapshot.edit(), 0, 0, 0),
             Read::Compared(compared) => {
                 let current = self.snapshot();
-                let differing = compared.differing.len();
-                let mut deltas = vec![
-                    Delta::Tenants(compared.tenants),
-                    Delta::AllTokens(compared.tokens),
-                ];
-                // Re-read now, under `applying`: newer than the digests, never older.
-                let runtimes = Change::Runtimes(compared.differing);
-                if let Err(err) = self.resolve(&runtimes, &mut deltas).await {
-                    self.reload_failed();
-                    return Err(err);
-                }
-                // A runtime changed while the digests were read differs too, and its re-read
-                // matches what the snapshot already has: only the others were missed.
-                let healed = deltas
+                // A runtime changed while it was compared or re-read differs too: only a
+                // re-read of a runtime nothing changed meanwhile that does not match what the
+                // snapshot holds was missed.
+                let busy = touched_runtimes(&journal);
+                let healed = compared
+                    .deltas
                     .iter()
                     .filter(|delta| match delta {
                         Delta::Replace {
                             tenant_id,
                             runtime,
                             rules,
-                        } => !current.runtime_holds_exactly(tenant_id, runtime, rules),
+                        } => {
+                            !busy.contains(&(tenant_id.as_str(), runtime.as_str()))
+                                && !current.runtime_holds_exactly(tenant_id, runtime, rules)
+                        }
                         _ => false,
                     })
                     .count();
                 let mut edit = current.edit();
-                for delta in &deltas {
+                for delta in &compared.deltas {
                     delta.apply(&mut edit, &applying.tombstones);
                 }
-                (edit, differing, healed)
+                (edit, compared.differing, compared.deferred, healed)
             }
         };
         for delta in &journal {
@@ -488,6 +524,7 @@ impl Engine {
         tracing::debug!(
             rules = snapshot.rule_count(),
             differing,
+            deferred,
             replayed = journal.len(),
             micros = started.elapsed().as_micros() as u64,
             "rule snapshot reloaded"
@@ -524,18 +561,45 @@ impl Engine {
         .map_err(blocking_failed)
     }
 
-    /// Reads the store's digests (one consistent read) and compares them with the current
-    /// snapshot on a blocking thread (it hashes every rule id the snapshot holds).
-    async fn compare_with_store(&self) -> Result<Compared, StoreError> {
+    /// Reads the store's digests (one consistent read), compares them with the current
+    /// snapshot on a blocking thread (it hashes every rule id the snapshot holds), and re-reads
+    /// the runtimes that differ. With `deferrals` (the periodic safety net), a differing
+    /// runtime that a change was applied to since the reload began is left for the next one,
+    /// `MAX_DEFERRALS` times in a row at most; `deferrals` is left holding those.
+    async fn compare_with_store(
+        &self,
+        deferrals: Option<&mut std::collections::HashMap<RuntimeKey, u32>>,
+    ) -> Result<Compared, StoreError> {
         let ((tenants, tokens), digests) = self.store.read_digests().await?;
         let snapshot = self.snapshot();
-        let differing = tokio::task::spawn_blocking(move || snapshot.runtimes_differing(&digests))
-            .await
-            .map_err(blocking_failed)?;
+        let mut differing =
+            tokio::task::spawn_blocking(move || snapshot.runtimes_differing(&digests))
+                .await
+                .map_err(blocking_failed)?;
+        let found = differing.len();
+        if let Some(deferrals) = deferrals {
+            let busy: std::collections::HashSet<RuntimeKey> = {
+                let applying = self.applying.lock().await;
+                let journal = applying.journal.as_deref().unwrap_or_default();
+                touched_runtimes(journal)
+                    .into_iter()
+                    .map(|(tenant_id, runtime)| (tenant_id.to_owned(), runtime.to_owned()))
+                    .collect()
+            };
+            defer_busy(&mut differing, &busy, deferrals);
+        }
+        let deferred = found - differing.len();
+        let mut deltas = vec![
+            Delta::Tenants(tenants.into_iter().map(|t| (t.id, t.name)).collect()),
+            Delta::AllTokens(token_entries(tokens).collect()),
+        ];
+        // Read after the reload began: the deltas applied since are applied again on top.
+        self.resolve(&Change::Runtimes(differing), &mut deltas)
+            .await?;
         Ok(Compared {
-            differing,
-            tenants: tenants.into_iter().map(|t| (t.id, t.name)).collect(),
-            tokens: token_entries(tokens).collect(),
+            deltas,
+            differing: found,
+            deferred,
         })
     }
 
@@ -803,7 +867,7 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    if let Err(err) = self.reload().await {
+                    if let Err(err) = self.reload_periodic().await {
                         tracing::warn!(error = %err, "periodic rule reload failed; serving the previous snapshot");
                     }
                 }
@@ -817,6 +881,35 @@ impl Engine {
             }
         }
     }
+}
+
+/// Leaves out of `differing` the runtimes changes were applied to meanwhile (`busy`), unless
+/// they were left out `MAX_DEFERRALS` times in a row already; `deferrals` ends up holding the
+/// runtimes left out now, with how many times in a row (a runtime re-read, or no longer
+/// differing, starts again from none).
+fn defer_busy(
+    differing: &mut Vec<RuntimeKey>,
+    busy: &std::collections::HashSet<RuntimeKey>,
+    deferrals: &mut std::collections::HashMap<RuntimeKey, u32>,
+) {
+    let mut still = std::collections::HashMap::new();
+    differing.retain(|key| {
+        if !busy.contains(key) {
+            return true;
+        }
+        let times = deferrals.get(key).copied().unwrap_or(0) + 1;
+        if times > MAX_DEFERRALS {
+            return true;
+        }
+        still.insert(key.clone(), times);
+        false
+    });
+    *deferrals = still;
+}
+
+/// The runtimes these deltas change.
+fn touched_runtimes(deltas: &[Delta]) -> std::collections::HashSet<(&str, &str)> {
+    deltas.iter().flat_map(Delta::runtimes).collect()
 }
 
 /// The stored rules that still validate (one that does not is logged and not applied).
@@ -869,7 +962,7 @@ impl Drop for Unfinished<'_> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Delta, Tombstones};
+    use super::{Delta, MAX_DEFERRALS, Tombstones, defer_busy};
     use crate::rules::snapshot::Snapshot;
     use crate::rules::{DraftFields, Rule, RuleDraft, RuleSpec, TargetFields};
 
@@ -962,5 +1055,39 @@ mod tests {
             prop_assert_eq!(ids(&snapshot), live.clone());
             prop_assert_eq!(snapshot.rule_count(), live.len());
         }
+    }
+
+    /// The periodic safety net leaves a differing runtime that is being changed to the next
+    /// one, at most `MAX_DEFERRALS` times in a row, and re-reads the quiet ones at once.
+    #[test]
+    fn busy_runtimes_are_deferred_a_bounded_number_of_times() {
+        let key = |runtime: &str| ("ten_a".to_owned(), runtime.to_owned());
+        let busy: std::collections::HashSet<_> = [key("busy"), key("calm-later")].into();
+        let mut deferrals = std::collections::HashMap::new();
+        for round in 1..=MAX_DEFERRALS {
+            let mut differing = vec![key("quiet"), key("busy")];
+            defer_busy(&mut differing, &busy, &mut deferrals);
+            assert_eq!(
+                differing,
+                [key("quiet")],
+                "round {round}: busy left for later"
+            );
+            assert_eq!(deferrals.get(&key("busy")), Some(&round));
+        }
+        let mut differing = vec![key("quiet"), key("busy")];
+        defer_busy(&mut differing, &busy, &mut deferrals);
+        assert_eq!(
+            differing,
+            [key("quiet"), key("busy")],
+            "re-read after {MAX_DEFERRALS} deferrals"
+        );
+        assert!(deferrals.is_empty(), "and counted from none again");
+        // A deferred runtime that no longer differs is forgotten.
+        let mut differing = vec![key("calm-later")];
+        defer_busy(&mut differing, &busy, &mut deferrals);
+        assert!(differing.is_empty());
+        let mut differing = vec![];
+        defer_busy(&mut differing, &busy, &mut deferrals);
+        assert!(deferrals.is_empty());
     }
 }

@@ -479,3 +479,67 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A rule written behind runta's back into a runtime that changes all the time (rules created
+/// through the API one after another, so changes to it are being applied while the safety net
+/// compares): the periodic safety net still brings it in, within a few intervals, on both
+/// backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_that_never_stops_changing_is_still_healed() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(gw) = Gateway::start_with(backend, |c| c.injection.reload_interval_secs = 1).await
+        else {
+            return;
+        };
+        gw.secret("openai-api-key", VALUE, 300).await;
+        let tenant_id = gw.tenant_id("acme");
+        let gw = Arc::new(gw);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (gw, stop) = (gw.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                // (`load` spelled out: diesel's `RunQueryDsl` is in scope too.)
+                while !std::sync::atomic::AtomicBool::load(
+                    &stop,
+                    std::sync::atomic::Ordering::Relaxed,
+                ) {
+                    let (status, body) = gw
+                        .api(
+                            reqwest::Method::POST,
+                            "/v1/runtimes/busy/rules",
+                            Some(json!({"host": format!("b{n}.example.com"),
+                                        "injection": {"credential": "openai-api-key", "header": "x-key"}})),
+                        )
+                        .await;
+                    assert_eq!(status, 201, "{body}");
+                    n += 1;
+                }
+                n
+            })
+        };
+        let missed = "rule_0zzzzzzzzzzzzzzzzzzzzzzzzy";
+        let changed = crate::support::behind_the_store(
+            &gw.db,
+            &format!(
+                "INSERT INTO rules (id, tenant_id, runtime, host_pattern, credential, header, \
+                 value_template, created_at) VALUES ('{missed}', '{tenant_id}', 'busy', \
+                 'quiet.example.com', 'openai-api-key', 'x-key', '${{credential}}', 0)"
+            ),
+        )
+        .await;
+        assert_eq!(changed, 1);
+        until("the safety net heals a runtime that keeps changing", || {
+            rule_ids(&gw, &tenant_id, "busy")
+                .iter()
+                .any(|id| id == missed)
+        })
+        .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let created = writer.await.unwrap();
+        assert!(created > 0);
+        // Every rule the writer made is there too.
+        assert_eq!(rule_ids(&gw, &tenant_id, "busy").len(), created + 1);
+        Arc::into_inner(gw).unwrap().stop().await;
+    }
+}
