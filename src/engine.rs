@@ -234,11 +234,13 @@ enum Read {
     Compared(Compared),
 }
 
-/// What the safety net found and read: the identities, and the differing runtimes re-read.
+/// What the safety net found and read: the identities, and what the differing runtimes
+/// lacked or held too many of (`repaired`: those runtimes).
 struct Compared {
     deltas: Vec<Delta>,
     differing: usize,
     deferred: usize,
+    repaired: Vec<RuntimeKey>,
 }
 
 /// A runtime, by tenant id and name.
@@ -246,8 +248,8 @@ type RuntimeKey = (String, String);
 
 /// How many safety nets in a row may leave a differing runtime alone because changes to it
 /// were being applied meanwhile (the difference is then most likely those changes in flight):
-/// the next one re-reads it whatever happens, so a runtime that changes all the time is still
-/// checked, and a bulk load over every runtime is not re-read whole every time.
+/// the next one repairs it whatever happens, so a runtime that changes all the time is still
+/// checked, and a bulk load over every runtime is not compared id by id every time.
 const MAX_DEFERRALS: u32 = 3;
 
 fn blocking_failed(err: tokio::task::JoinError) -> StoreError {
@@ -441,7 +443,7 @@ impl Engine {
     /// load reads every rule in one consistent transaction, page by page, and builds the
     /// snapshot on a blocking thread. Later ones read, in one consistent transaction, the
     /// tenants, the runtime tokens and a digest per runtime of its rules
-    /// (`Store::read_digests`: one row per runtime, not every rule), and re-read the runtimes
+    /// (`Store::read_digests`: one row per runtime, not every rule), and repair the runtimes
     /// whose digest differs from the snapshot's (rules missing, rules the store no longer
     /// has). Changes go on being applied meanwhile; deltas applied since the reload began are
     /// applied again on top of what it read before the swap (deltas are idempotent), so
@@ -482,23 +484,14 @@ impl Engine {
             Read::Built(snapshot) => (snapshot.edit(), 0, 0, 0),
             Read::Compared(compared) => {
                 let current = self.snapshot();
-                // A runtime changed while it was compared or re-read differs too: only a
-                // re-read of a runtime nothing changed meanwhile that does not match what the
-                // snapshot holds was missed.
+                // A runtime changed while it was compared or read differs too: only one that
+                // nothing changed meanwhile was missed.
                 let busy = touched_runtimes(&journal);
                 let healed = compared
-                    .deltas
+                    .repaired
                     .iter()
-                    .filter(|delta| match delta {
-                        Delta::Replace {
-                            tenant_id,
-                            runtime,
-                            rules,
-                        } => {
-                            !busy.contains(&(tenant_id.as_str(), runtime.as_str()))
-                                && !current.runtime_holds_exactly(tenant_id, runtime, rules)
-                        }
-                        _ => false,
+                    .filter(|(tenant_id, runtime)| {
+                        !busy.contains(&(tenant_id.as_str(), runtime.as_str()))
                     })
                     .count();
                 let mut edit = current.edit();
@@ -518,7 +511,7 @@ impl Engine {
         if healed > 0 {
             tracing::warn!(
                 runtimes = healed,
-                "the periodic reload found runtimes whose rules no notification had brought; re-read them"
+                "the periodic reload found runtimes whose rules no notification had brought; repaired them"
             );
         }
         tracing::debug!(
@@ -562,7 +555,7 @@ impl Engine {
     }
 
     /// Reads the store's digests (one consistent read), compares them with the current
-    /// snapshot on a blocking thread (it hashes every rule id the snapshot holds), and re-reads
+    /// snapshot on a blocking thread (it hashes every rule id the snapshot holds), and repairs
     /// the runtimes that differ. With `deferrals` (the periodic safety net), a differing
     /// runtime that a change was applied to since the reload began is left for the next one,
     /// `MAX_DEFERRALS` times in a row at most; `deferrals` is left holding those.
@@ -593,13 +586,39 @@ impl Engine {
             Delta::Tenants(tenants.into_iter().map(|t| (t.id, t.name)).collect()),
             Delta::AllTokens(token_entries(tokens).collect()),
         ];
-        // Read after the reload began: the deltas applied since are applied again on top.
-        self.resolve(&Change::Runtimes(differing), &mut deltas)
-            .await?;
+        // Each differing runtime's ids, then the rules it lacks by id: never a second copy of
+        // a runtime's rules (during a bulk load every runtime differs). Read after the reload
+        // began: the deltas applied since are applied again on top.
+        let snapshot = self.snapshot();
+        let mut repaired = Vec::new();
+        for (tenant_id, runtime) in differing {
+            let ids = self.store.runtime_rule_ids(&tenant_id, &runtime).await?;
+            let (lacking, extra) = snapshot.runtime_difference(&tenant_id, &runtime, &ids);
+            let lacking = if lacking.is_empty() {
+                Vec::new()
+            } else {
+                valid_rules(&self.store.rules_by_ids(&tenant_id, &lacking).await?)
+            };
+            if lacking.is_empty() && extra.is_empty() {
+                continue;
+            }
+            if !extra.is_empty() {
+                deltas.push(Delta::Remove {
+                    tenant_id: tenant_id.clone(),
+                    runtime: runtime.clone(),
+                    ids: extra,
+                });
+            }
+            if !lacking.is_empty() {
+                deltas.push(Delta::Add(lacking));
+            }
+            repaired.push((tenant_id, runtime));
+        }
         Ok(Compared {
             deltas,
             differing: found,
             deferred,
+            repaired,
         })
     }
 
@@ -885,7 +904,7 @@ impl Engine {
 
 /// Leaves out of `differing` the runtimes changes were applied to meanwhile (`busy`), unless
 /// they were left out `MAX_DEFERRALS` times in a row already; `deferrals` ends up holding the
-/// runtimes left out now, with how many times in a row (a runtime re-read, or no longer
+/// runtimes left out now, with how many times in a row (a runtime repaired, or no longer
 /// differing, starts again from none).
 fn defer_busy(
     differing: &mut Vec<RuntimeKey>,

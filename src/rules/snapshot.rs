@@ -491,16 +491,6 @@ impl RuntimeRules {
         None
     }
 
-    /// Whether this runtime has the rule with this id (for this host name).
-    fn contains(&self, rule: &Rule) -> bool {
-        let (map, key) = match &rule.spec.host.name {
-            HostName::Exact(name) => (&self.exact, name.as_str()),
-            HostName::Wildcard(suffix) => (&self.wildcard, suffix.as_str()),
-        };
-        let id = RuleId::from(rule.id.as_str());
-        map.rules_for(key).any(|r| r.id == id)
-    }
-
     /// Every rule of this runtime, in no particular order.
     pub fn rules(&self) -> impl Iterator<Item = &Arc<CompiledRule>> {
         self.exact
@@ -934,12 +924,31 @@ impl Snapshot {
         differing
     }
 
-    /// Whether this runtime holds exactly these rules (by id), and no others.
-    pub fn runtime_holds_exactly(&self, tenant_id: &str, runtime: &str, rules: &[Rule]) -> bool {
-        match self.index.runtime(tenant_id, runtime) {
-            Some(held) => held.len() == rules.len() && rules.iter().all(|rule| held.contains(rule)),
-            None => rules.is_empty(),
-        }
+    /// How a runtime's rules differ from these ids (the store's): the ids it lacks, and the
+    /// ids it holds that are not among them.
+    pub fn runtime_difference(
+        &self,
+        tenant_id: &str,
+        runtime: &str,
+        ids: &[String],
+    ) -> (Vec<String>, Vec<String>) {
+        let Some(held) = self.index.runtime(tenant_id, runtime) else {
+            return (ids.to_vec(), Vec::new());
+        };
+        let held_ids: std::collections::HashSet<&RuleId> = held.rules().map(|r| &r.id).collect();
+        let wanted: std::collections::HashSet<RuleId> =
+            ids.iter().map(|id| RuleId::from(id.as_str())).collect();
+        let lacking = ids
+            .iter()
+            .filter(|id| !held_ids.contains(&RuleId::from(id.as_str())))
+            .cloned()
+            .collect();
+        let extra = held_ids
+            .into_iter()
+            .filter(|id| !wanted.contains(*id))
+            .map(RuleId::to_string)
+            .collect();
+        (lacking, extra)
     }
 }
 

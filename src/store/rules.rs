@@ -218,6 +218,24 @@ impl Store {
         })
     }
 
+    /// The ids of a runtime's rules, in id order: what the safety net compares a differing
+    /// runtime with (the ids only; the rules it lacks are then read by id).
+    pub async fn runtime_rule_ids(
+        &self,
+        tenant_id: &str,
+        runtime: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        with_conn!(self, conn => {
+            Ok(rules::table
+                .filter(rules::tenant_id.eq(tenant_id))
+                .filter(rules::runtime.eq(runtime))
+                .select(rules::id)
+                .order(rules::id)
+                .load(conn)
+                .await?)
+        })
+    }
+
     /// The tenant's rules with these ids (those that still exist), in id order: what another
     /// replica's `rules created` announcement is read with.
     pub async fn rules_by_ids(
