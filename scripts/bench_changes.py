@@ -438,17 +438,17 @@ def fmt(value, digits):
 def print_table(title, rows, labels):
     """rows: (name, digits, {label: value}); with two labels, a ratio column first/second."""
     print(f"\n== {title} ==")
-    header = f"{'':44}" + "".join(f"{label:>14}" for label in labels)
+    header = f"{'':44}" + "".join(f"{label:>16}" for label in labels)
     if len(labels) == 2:
-        header += f"{labels[0] + '/' + labels[1]:>14}"
+        header += f"{labels[0] + '/' + labels[1]:>16}"
     print(header)
     for name, digits, values in rows:
-        line = f"{name:44}" + "".join(f"{fmt(values.get(label), digits):>14}" for label in labels)
+        line = f"{name:44}" + "".join(f"{fmt(values.get(label), digits):>16}" for label in labels)
         if len(labels) == 2:
             a, b = values.get(labels[0]), values.get(labels[1])
             numbers = all(isinstance(x, (int, float)) for x in (a, b))
             ratio = f"{a / b:.2f}x" if numbers and b else "—"
-            line += f"{ratio:>14}"
+            line += f"{ratio:>16}"
         print(line)
 
 
