@@ -590,30 +590,30 @@ impl Store {
         use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
         use schema::rules as rule_table;
         read_consistently!(self, conn => {
-                let identities = read_identities!(conn)?;
-                let mut after: Option<String> = None;
-                loop {
-                    let mut query = rule_table::table
-                        .select(RuleRow::as_select())
-                        .order(rule_table::id)
-                        .limit(page)
-                        .into_boxed();
-                    if let Some(after) = &after {
-                        query = query.filter(rule_table::id.gt(after.clone()));
-                    }
-                    let rows: Vec<RuleRow> = query.load(conn).await?;
-                    let full = rows.len() as i64 == page;
-                    after = rows.last().map(|r| r.id.clone());
-                    if !rows.is_empty() && rules.send(rows).await.is_err() {
-                        return Err(StoreError::Unavailable(
-                            "the snapshot builder stopped".into(),
-                        ));
-                    }
-                    if !full {
-                        break;
-                    }
+            let identities = read_identities!(conn)?;
+            let mut after: Option<String> = None;
+            loop {
+                let mut query = rule_table::table
+                    .select(RuleRow::as_select())
+                    .order(rule_table::id)
+                    .limit(page)
+                    .into_boxed();
+                if let Some(after) = &after {
+                    query = query.filter(rule_table::id.gt(after.clone()));
                 }
-                Ok::<_, StoreError>(identities)
+                let rows: Vec<RuleRow> = query.load(conn).await?;
+                let full = rows.len() as i64 == page;
+                after = rows.last().map(|r| r.id.clone());
+                if !rows.is_empty() && rules.send(rows).await.is_err() {
+                    return Err(StoreError::Unavailable(
+                        "the snapshot builder stopped".into(),
+                    ));
+                }
+                if !full {
+                    break;
+                }
+            }
+            Ok::<_, StoreError>(identities)
         })
     }
 
