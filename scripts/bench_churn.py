@@ -56,7 +56,7 @@ import time
 sys.dont_write_bytecode = True  # no __pycache__ next to the scripts
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_changes import (  # noqa: E402
-    DEFAULT_BINARY, MAX_BATCH, ROOT, Api, ApiError, Server, Switcher, count_arg,
+    DEFAULT_BINARY, MAX_BATCH, ROOT, Api, Server, Switcher, count_arg,
     install_sigterm_handler, latency_summary, log, median, metric_sum, print_table,
 )
 

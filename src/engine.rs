@@ -15,7 +15,8 @@
 //! - A miss waits for the store at most `SECRET_FETCH_DEADLINE`, less than Envoy's message
 //!   timeout, so the gateway hears a clear 503 rather than timing out.
 //! - Values are `SecretString`s: zeroized when the last reference is dropped.
-//! - No lock is held across an `.await` (the reload mutex only serialises reloads).
+//! - No lock is held across an `.await` (the reload mutex only serialises reloads, and keeps
+//!   the runtimes the periodic safety net deferred).
 //! - Changes are deltas: a write answers the `Change` it made (`store::Committed`), and
 //!   `applied` turns it into a new snapshot that shares everything the change did not touch,
 //!   before the write's answer goes out. Changes announced by other replicas (PostgreSQL
@@ -23,9 +24,11 @@
 //!   changes coalesce into one swap. Deltas are idempotent and keyed by id, and deleted ids
 //!   are remembered for a while (`Tombstones`), so a deletion that overtakes its creation
 //!   never leaves the rule behind.
-//! - The full reload (start-up, after a lost notification connection, periodically as the
-//!   safety net) reads the store in one consistent transaction and builds on a blocking
-//!   thread; deltas applied meanwhile are applied again to its result before the swap.
+//! - The first load reads every rule in one consistent transaction and builds on a blocking
+//!   thread; later reloads (after a lost notification connection or a failed change, and
+//!   periodically as the safety net) compare a digest per runtime with the store's and repair
+//!   the runtimes that differ by their ids. Deltas applied meanwhile are applied again to
+//!   the result before the swap.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,7 +108,8 @@ pub struct Engine {
     /// One full reload at a time; it keeps the runtimes the last ones deferred, and how many
     /// times in a row.
     full_reload: tokio::sync::Mutex<std::collections::HashMap<RuntimeKey, u32>>,
-    /// Asks the periodic reload to run now: a change could not be applied.
+    /// Asks the periodic reload to run now: a change could not be applied, or the change feed
+    /// (re)connected and must catch up.
     resync: Notify,
     /// Counts snapshot swaps: services that keep state derived from the rules (SDS) watch it.
     generation: tokio::sync::watch::Sender<u64>,
@@ -249,8 +253,10 @@ type RuntimeKey = (String, String);
 /// How many safety nets in a row may leave a differing runtime alone because changes to it
 /// were being applied meanwhile (the difference is then most likely those changes in flight):
 /// the next one repairs it whatever happens, so a runtime that changes all the time is still
-/// checked, and a bulk load over every runtime is not compared id by id every time.
-const MAX_DEFERRALS: u32 = 3;
+/// checked within two intervals (what the store lost behind runta's back, a deleted rule
+/// included, waits at most that long), and a bulk load over every runtime is compared id by
+/// id every other time, not every time.
+const MAX_DEFERRALS: u32 = 1;
 
 fn blocking_failed(err: tokio::task::JoinError) -> StoreError {
     StoreError::Unavailable(format!("reading the rules into the snapshot failed: {err}"))
@@ -496,6 +502,11 @@ impl Engine {
                     .count();
                 let mut edit = current.edit();
                 for delta in &compared.deltas {
+                    // What the store no longer has stays gone: the journal replayed below may
+                    // hold its creation.
+                    if let Delta::Remove { ids, .. } = delta {
+                        applying.tombstones.bury(ids);
+                    }
                     delta.apply(&mut edit, &applying.tombstones);
                 }
                 (edit, compared.differing, compared.deferred, healed)
@@ -511,7 +522,7 @@ impl Engine {
         if healed > 0 {
             tracing::warn!(
                 runtimes = healed,
-                "the periodic reload found runtimes whose rules no notification had brought; repaired them"
+                "the reload found runtimes whose rules no notification had brought; repaired them"
             );
         }
         tracing::debug!(
@@ -651,8 +662,9 @@ impl Engine {
     /// Follows other replicas' announcements (PostgreSQL) until `shutdown`; after every
     /// (re)connection it drops its cached values and has the periodic reload catch up at once,
     /// since announcements may have been missed. The catch-up runs beside the feed, not in
-    /// it: at a million rules it reads for seconds, and announcements arriving meanwhile are
-    /// applied as they come (a reload replays what was applied during its read).
+    /// it (on `reload_periodically`'s task, which must run): at a million rules it reads for
+    /// seconds, and announcements arriving meanwhile are applied as they come (a reload
+    /// replays what was applied during its read).
     pub async fn follow_changes(
         self: Arc<Self>,
         database_url: SecretString,

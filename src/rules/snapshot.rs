@@ -896,8 +896,8 @@ impl Snapshot {
     /// The runtimes whose rules differ from the store's, given the store's digest of every
     /// runtime that has rules there: a runtime whose count or digest differs, one the store
     /// has and this snapshot does not, one this snapshot has and the store does not. The
-    /// periodic safety net re-reads exactly these (a change in flight while the digests were
-    /// read shows here too; re-reading its runtime is then harmless).
+    /// safety net repairs these by their ids (a change in flight while the digests were read
+    /// shows here too; comparing its runtime is then harmless).
     pub fn runtimes_differing(&self, store: &[RuntimeDigest]) -> Vec<(String, String)> {
         let mut differing = Vec::new();
         // The snapshot's runtimes the store has rules for, by the address of their rules.

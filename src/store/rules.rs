@@ -237,7 +237,8 @@ impl Store {
     }
 
     /// The tenant's rules with these ids (those that still exist), in id order: what another
-    /// replica's `rules created` announcement is read with.
+    /// replica's `rules created` announcement is read with, and the rules the safety net
+    /// found a runtime lacking.
     pub async fn rules_by_ids(
         &self,
         tenant_id: &str,

@@ -446,6 +446,12 @@ pub async fn behind_the_store(db: &TestDb, sql: &str) -> usize {
             use diesel::Connection;
             let path = db.sqlite_dir().unwrap().join("runta.db");
             let mut conn = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+            // runta may be writing meanwhile: wait for its lock as runta's own connections do.
+            diesel::connection::SimpleConnection::batch_execute(
+                &mut conn,
+                "PRAGMA busy_timeout = 5000;",
+            )
+            .unwrap();
             diesel::RunQueryDsl::execute(diesel::sql_query(sql), &mut conn).unwrap()
         }
     }

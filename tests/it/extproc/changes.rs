@@ -368,6 +368,13 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
         return;
     };
     let second = first.replica().await;
+    // A rule, so that the catch-up compares digests (an empty snapshot is loaded whole).
+    first.secret("openai-api-key", VALUE, 300).await;
+    first.rule("worker", seed_rule()).await;
+    until("the rule reaches the other replica", || {
+        second.snapshot().rule_count() == 1
+    })
+    .await;
     let url = first.db.postgres_url().unwrap();
     let mut locker = diesel_async::AsyncPgConnection::establish(url)
         .await
