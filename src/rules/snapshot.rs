@@ -602,8 +602,9 @@ type HostKey<'a> = (bool, &'a str);
 /// Kept as keyed 64-bit hashes of (exact, name), not the names, in a persistent B-tree (see
 /// `HostMap`): an entry is 16 bytes and copies without touching a reference count. Two names
 /// whose hashes collide (about one chance in 2^64 per pair; the key is random per process, so
-/// names cannot be chosen to collide) would make one look covered when only the other is: the gateway would then hold a leaf certificate for a name no rule names,
-/// and every request in such a tunnel is still decided against the rules.
+/// names cannot be chosen to collide) would make one look covered when only the other is:
+/// the gateway would then hold a leaf certificate for a name no rule names, and every request
+/// in such a tunnel is still decided against the rules.
 #[derive(Debug, Default, Clone)]
 struct HostNames(Ordered<u64, u32>);
 
@@ -935,20 +936,13 @@ impl Snapshot {
         let Some(held) = self.index.runtime(tenant_id, runtime) else {
             return (ids.to_vec(), Vec::new());
         };
-        let held_ids: std::collections::HashSet<&RuleId> = held.rules().map(|r| &r.id).collect();
-        let wanted: std::collections::HashSet<RuleId> =
-            ids.iter().map(|id| RuleId::from(id.as_str())).collect();
+        let mut extra: std::collections::HashSet<&RuleId> = held.rules().map(|r| &r.id).collect();
         let lacking = ids
             .iter()
-            .filter(|id| !held_ids.contains(&RuleId::from(id.as_str())))
+            .filter(|id| !extra.remove(&RuleId::from(id.as_str())))
             .cloned()
             .collect();
-        let extra = held_ids
-            .into_iter()
-            .filter(|id| !wanted.contains(*id))
-            .map(RuleId::to_string)
-            .collect();
-        (lacking, extra)
+        (lacking, extra.into_iter().map(RuleId::to_string).collect())
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use runta::config::{Config, KeyConfig};
@@ -18,7 +17,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::extproc::{GATEWAY_TOKEN, Gateway, Mutation, Outcome, WORKER, call, get};
-use crate::support::{Backend, TestDb};
+use crate::support::{Backend, TestDb, eventually};
 
 /// A PostgreSQL cluster of the test's own, removed when dropped.
 struct Cluster {
@@ -209,17 +208,6 @@ fn injected(value: &str) -> Outcome {
 fn rule(host: &str, credential: &str) -> Value {
     json!({"host": host, "injection": {"credential": credential, "header": "Authorization",
            "value": "Bearer ${credential}"}})
-}
-
-/// Retries `attempt` until it says yes, 200 times at most, 50 ms apart.
-async fn eventually<F: AsyncFnMut() -> bool>(mut attempt: F) -> bool {
-    for _ in 0..200 {
-        if attempt().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// PostgreSQL stopped under a running server: cached rules and secrets keep injecting, a

@@ -456,3 +456,14 @@ pub async fn behind_the_store(db: &TestDb, sql: &str) -> usize {
         }
     }
 }
+
+/// Retries `attempt` until it says yes, 200 times at most, 50 ms apart.
+pub async fn eventually<F: AsyncFnMut() -> bool>(mut attempt: F) -> bool {
+    for _ in 0..200 {
+        if attempt().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}

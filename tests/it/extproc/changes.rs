@@ -1,7 +1,7 @@
 //! Changes through the admin API reach the next request, on this replica and on others.
 
 use super::*;
-use crate::support::backend_tests;
+use crate::support::{backend_tests, eventually};
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 
 backend_tests!(changes_take_effect_on_the_next_request,);
@@ -50,18 +50,23 @@ async fn changes_take_effect_on_the_next_request(gw: Gateway) {
     gw.stop().await;
 }
 
+/// Two replicas on one PostgreSQL database, each with the safety net every `reload_interval_secs`.
+async fn replicas(reload_interval_secs: u64) -> Option<(Gateway, Gateway)> {
+    let first = Gateway::start_with(Backend::Postgres, |c| {
+        c.injection.reload_interval_secs = reload_interval_secs
+    })
+    .await?;
+    let second = first.replica().await;
+    Some((first, second))
+}
+
 /// Two replicas on one PostgreSQL database: a change made through one reaches the other's
 /// snapshot and secret cache through LISTEN/NOTIFY, not a periodic reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_follow_each_other() {
-    let Some(first) = Gateway::start_with(Backend::Postgres, |c| {
-        c.injection.reload_interval_secs = 3600
-    })
-    .await
-    else {
+    let Some((first, second)) = replicas(3600).await else {
         return;
     };
-    let second = first.replica().await;
     let mut client = second.client().await;
     let request = get("api.openai.com", "/v1/models");
     assert_eq!(call(&mut client, WORKER, &request).await, unchanged());
@@ -193,12 +198,9 @@ async fn counter(gw: &Gateway, name: &str) -> f64 {
 /// reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
-    let Some(first) =
-        Gateway::start_with(Backend::Postgres, |c| c.injection.reload_interval_secs = 1).await
-    else {
+    let Some((first, second)) = replicas(1).await else {
         return;
     };
-    let second = first.replica().await;
     first.secret("openai-api-key", VALUE, 300).await;
     let tenant_id = first.tenant_id("acme");
     let full_reloads = "runta_snapshot_reloads_total{result=\"ok\"}";
@@ -360,14 +362,9 @@ async fn every_change_kind_reaches_the_other_replica_as_a_delta() {
 /// finishes. (The test cluster is shared: only this test's database's sessions are looked at.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
-    let Some(first) = Gateway::start_with(Backend::Postgres, |c| {
-        c.injection.reload_interval_secs = 3600
-    })
-    .await
-    else {
+    let Some((first, second)) = replicas(3600).await else {
         return;
     };
-    let second = first.replica().await;
     // A rule, so that the catch-up compares digests (an empty snapshot is loaded whole).
     first.secret("openai-api-key", VALUE, 300).await;
     first.rule("worker", seed_rule()).await;
@@ -396,12 +393,7 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
     }
     let full_reloads = "runta_snapshot_reloads_total{result=\"ok\"}";
     // The start-up load and the catch-up after the first connection are done.
-    for _ in 0..500 {
-        if counter(&second, full_reloads).await >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(async || counter(&second, full_reloads).await >= 2.0).await;
     let reloads_before = counter(&second, full_reloads).await;
     assert_eq!(reloads_before, 2.0, "the start-up load and its catch-up");
 
@@ -423,7 +415,7 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
     assert_eq!(killed, 2, "each replica had one LISTEN connection");
     // Both replicas reconnected, and their catch-up reloads wait for the lock.
     let mut blocked = 0;
-    for _ in 0..500 {
+    eventually(async || {
         blocked = count(
             &mut watcher,
             "SELECT count(*) AS n FROM pg_stat_activity \
@@ -431,11 +423,9 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
              AND query ILIKE '%rules%'",
         )
         .await;
-        if blocked >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        blocked >= 2
+    })
+    .await;
     assert_eq!(
         blocked, 2,
         "both replicas' catch-up reloads wait for the rules table"
@@ -472,12 +462,7 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
         .execute(&mut locker)
         .await
         .unwrap();
-    for _ in 0..500 {
-        if counter(&second, full_reloads).await > reloads_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(async || counter(&second, full_reloads).await > reloads_before).await;
     assert_eq!(
         counter(&second, full_reloads).await,
         reloads_before + 1.0,
