@@ -503,10 +503,12 @@ impl Store {
                     path.to_owned()
                 } else {
                     let owned = path.to_owned();
-                    tokio::task::spawn_blocking(move || establish_sqlite(&owned).map(drop))
-                        .await
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?
-                        .map_err(|e| StoreError::Unavailable(format!("{path}: {e}")))?;
+                    tokio::task::spawn_blocking(move || {
+                        establish_sqlite(&owned, SqliteRole::Reader).map(drop)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                    .map_err(|e| StoreError::Unavailable(format!("{path}: {e}")))?;
                     let path = PathBuf::from(path);
                     let identity = SqliteFile::identity(&path)
                         .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
@@ -519,8 +521,8 @@ impl Store {
                     open
                 };
                 Backend::Sqlite {
-                    pool: build_pool(sqlite_manager(&open), max_connections)?,
-                    writer: build_pool(sqlite_manager(&open), 1)?,
+                    pool: build_pool(sqlite_manager(&open, SqliteRole::Reader), max_connections)?,
+                    writer: build_pool(sqlite_manager(&open, SqliteRole::Writer), 1)?,
                 }
             }
             BackendKind::Postgres => {
@@ -719,17 +721,34 @@ where
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
+/// What a pooled SQLite connection is for: the one writer, or one of the readers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SqliteRole {
+    Reader,
+    Writer,
+}
+
+/// The writer's page cache, in KiB (SQLite's default is 2,000 KiB, and readers keep it).
+///
+/// A batch of rules spread over a thousand runtimes changes the last leaf page of each runtime's
+/// range of the runtime index: about a thousand pages per commit, more than the default cache
+/// holds (500 pages of 4 KiB). The writer then wrote dirty pages to the WAL in the middle of
+/// the transaction to make room (and again at commit) and read each page back from the file
+/// at the next batch. 16 MiB holds four times that working set; it is only filled by pages the
+/// writer touches, and at 1M rules it costs those 16 MiB once.
+const WRITER_CACHE_KIB: u32 = 16 * 1024;
+
 /// The pool manager of SQLite connections to `open`.
-fn sqlite_manager(open: &str) -> AsyncDieselConnectionManager<SqliteConn> {
+fn sqlite_manager(open: &str, role: SqliteRole) -> AsyncDieselConnectionManager<SqliteConn> {
     let mut config = ManagerConfig::<SqliteConn>::default();
     // No test query per checkout (diesel-async's default runs `SELECT 1`, a hop to a blocking
     // thread and a statement parsed anew, for every call): a file does not drop connections,
     // and its loss is what `check_sqlite_file` catches.
     config.recycling_method = RecyclingMethod::Fast;
-    config.custom_setup = Box::new(|path| {
+    config.custom_setup = Box::new(move |path| {
         let path = path.to_owned();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || establish_sqlite(&path))
+            tokio::task::spawn_blocking(move || establish_sqlite(&path, role))
                 .await
                 .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?
         })
@@ -745,7 +764,7 @@ fn sqlite_manager(open: &str) -> AsyncDieselConnectionManager<SqliteConn> {
 /// default every such commit also copied its pages into the database file and synced it; a page
 /// written by ten commits is now copied once. The WAL file is truncated back to 64 MiB after a
 /// checkpoint, if it grew past that.
-fn establish_sqlite(path: &str) -> diesel::ConnectionResult<SqliteConn> {
+fn establish_sqlite(path: &str, role: SqliteRole) -> diesel::ConnectionResult<SqliteConn> {
     let mut conn = SqliteConnection::establish(path)?;
     conn.batch_execute(
         "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
@@ -753,6 +772,12 @@ fn establish_sqlite(path: &str) -> diesel::ConnectionResult<SqliteConn> {
          PRAGMA wal_autocheckpoint = 10000; PRAGMA journal_size_limit = 67108864;",
     )
     .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    if role == SqliteRole::Writer {
+        conn.batch_execute(&format!(
+            "PRAGMA cache_size = -{WRITER_CACHE_KIB}; PRAGMA temp_store = MEMORY;"
+        ))
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    }
     rules::register_sqlite_functions(&mut conn)
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(SyncConnectionWrapper::new(conn))
