@@ -157,6 +157,16 @@ impl From<&str> for RuleId {
     }
 }
 
+impl RuleId {
+    /// `rule_id_digest` of the id's text.
+    fn digest(&self) -> u64 {
+        match self {
+            Self::Packed(..) => super::rule_id_digest(&self.to_string()),
+            Self::Text(text) => super::rule_id_digest(text),
+        }
+    }
+}
+
 impl std::fmt::Display for RuleId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -454,6 +464,9 @@ pub struct RuntimeRules {
     /// Keyed by the suffix after `*.` (`example.com` for `*.example.com`).
     wildcard: HostMap,
     count: usize,
+    /// The wrapping sum of the rules' `rule_id_digest`s, kept as rules come and go: the safety
+    /// net compares it with the store's without hashing every id of every runtime each run.
+    digest: u64,
 }
 
 impl RuntimeRules {
@@ -471,6 +484,7 @@ impl RuntimeRules {
         };
         map.put(&rule.host, Some(bucket));
         self.count += 1;
+        self.digest = self.digest.wrapping_add(rule.id.digest());
         true
     }
 
@@ -485,6 +499,7 @@ impl RuntimeRules {
                 let rule = bucket.rules()[at].clone();
                 map.put(&rule.host, bucket.without(at));
                 self.count -= 1;
+                self.digest = self.digest.wrapping_sub(rule.id.digest());
                 return Some(rule);
             }
         }
@@ -509,9 +524,7 @@ impl RuntimeRules {
 
     /// The wrapping sum of this runtime's rule ids' `rule_id_digest`s.
     fn digest(&self) -> u64 {
-        self.rules().fold(0, |sum, rule| {
-            sum.wrapping_add(super::rule_id_digest(&rule.id.to_string()))
-        })
+        self.digest
     }
 
     /// Whether a rule of this runtime is for `host` (lowercase, no trailing dot) on `port`
@@ -1179,6 +1192,62 @@ mod tests {
         edit.add_rules(&rules);
         same(&decide(&edit.finish()), &apart, "rules added back");
         COLLIDE.set(false);
+    }
+
+    #[test]
+    fn a_runtimes_kept_digest_is_the_sum_over_its_rules() {
+        let rules = crate::test_support::rules(300);
+        let summed = |snapshot: &Snapshot| {
+            let mut kept = Vec::new();
+            let mut summed = Vec::new();
+            for (_, runtimes) in snapshot.index.tenants.iter() {
+                for (_, rt) in runtimes.iter() {
+                    kept.push(rt.digest());
+                    summed.push(rt.rules().fold(0u64, |sum, r| {
+                        sum.wrapping_add(crate::rules::rule_id_digest(&r.id.to_string()))
+                    }));
+                }
+            }
+            assert!(kept.len() > 1, "the rules must spread over runtimes");
+            assert_eq!(kept, summed);
+        };
+        let built = Snapshot::build(crate::test_support::tenant_names(), &rules, Vec::new());
+        summed(&built);
+        let mut edit = built.edit();
+        for rule in rules.iter().step_by(3) {
+            edit.remove_rules(&rule.tenant_id, &rule.spec.runtime, &[rule.id.as_str()]);
+        }
+        // Adding rules that are there already changes nothing.
+        let present: Vec<Rule> = rules[..50]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 0)
+            .map(|(_, r)| r.clone())
+            .collect();
+        edit.add_rules(&present);
+        let edited = edit.finish();
+        summed(&edited);
+        let kept = Snapshot::build(
+            crate::test_support::tenant_names(),
+            &rules
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 3 != 0)
+                .map(|(_, r)| r.clone())
+                .collect::<Vec<_>>(),
+            Vec::new(),
+        );
+        let digests = |s: &Snapshot| {
+            let mut all: Vec<(String, u64)> = s
+                .index
+                .tenants
+                .iter()
+                .flat_map(|(_, rts)| rts.iter().map(|(k, rt)| (k.to_string(), rt.digest())))
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(digests(&edited), digests(&kept), "edited as built");
     }
 
     fn glob(p: &str) -> PathGlob {
