@@ -162,6 +162,48 @@ impl Tombstones {
     }
 }
 
+/// From how many rules a batch is compiled while the store writes it (`Engine::prepare_rules`),
+/// and the snapshot a change of as many rules replaced is freed on a blocking thread.
+const PREPARE_FROM: usize = 64;
+
+/// A batch of rules being compiled into the snapshot of its time (`Engine::prepare_rules`).
+/// Dropped unused (the write failed, or the change was applied otherwise), the compiled
+/// snapshot is freed on a blocking thread: it may hold many nodes.
+pub struct PreparedRules(Option<tokio::task::JoinHandle<Prepared>>);
+
+impl PreparedRules {
+    /// The compiled snapshot (`None`: compiling it failed).
+    async fn take(mut self) -> Option<Prepared> {
+        let handle = self.0.take()?;
+        handle
+            .await
+            .map_err(|err| tracing::error!(error = %err, "compiling a batch of rules failed"))
+            .ok()
+    }
+}
+
+impl Drop for PreparedRules {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Ok(prepared) = handle.await {
+                    tokio::task::spawn_blocking(move || drop(prepared));
+                }
+            });
+        }
+    }
+}
+
+struct Prepared {
+    /// The snapshot the rules were added to.
+    base: Arc<Snapshot>,
+    rules: Vec<Rule>,
+    /// `base` with `rules` added.
+    snapshot: Snapshot,
+}
+
 /// A change resolved into what it does to the snapshot, with the store reads it needed done:
 /// idempotent, so applying one twice (a full reload's journal) changes nothing more.
 #[derive(Debug)]
@@ -197,6 +239,15 @@ impl Delta {
                 tenant_id, runtime, ..
             } => vec![(tenant_id.as_str(), runtime.as_str())],
             Self::Tokens(_) | Self::AllTokens(_) | Self::Tenants(_) => Vec::new(),
+        }
+    }
+
+    /// How many rules this delta adds, removes or puts in place.
+    fn rules(&self) -> usize {
+        match self {
+            Self::Add(rules) | Self::Replace { rules, .. } => rules.len(),
+            Self::Remove { ids, .. } => ids.len(),
+            Self::Tokens(_) | Self::AllTokens(_) | Self::Tenants(_) => 0,
         }
     }
 
@@ -308,9 +359,44 @@ impl Engine {
     /// Applies a write's change and answers its result: when it returns, the next decision
     /// on this replica sees the change. The only way to a write's result.
     pub async fn applied<T>(&self, committed: Committed<T>) -> T {
+        self.applied_with(committed, None).await
+    }
+
+    /// The same, for a write whose rules were compiled while it was written
+    /// (`prepare_rules`): the compiled snapshot is swapped in if nothing changed meanwhile,
+    /// else the change is applied as any other.
+    pub async fn applied_with<T>(
+        &self,
+        committed: Committed<T>,
+        prepared: Option<PreparedRules>,
+    ) -> T {
         let (value, change) = committed.into_parts();
-        self.apply(change).await;
+        self.apply_with(change, prepared).await;
         value
+    }
+
+    /// Starts compiling rules about to be created into the current snapshot, on a blocking
+    /// thread, so that this work overlaps the store's write of them (a batch spends about
+    /// as long in each). `None` for fewer than `PREPARE_FROM` rules: compiling a few costs
+    /// less than handing them to another thread.
+    pub fn prepare_rules(&self, rows: &[crate::store::RuleRow]) -> Option<PreparedRules> {
+        if rows.len() < PREPARE_FROM {
+            return None;
+        }
+        let base = self.snapshot();
+        let rows = rows.to_vec();
+        Some(PreparedRules(Some(tokio::task::spawn_blocking(
+            move || {
+                let rules = valid_rules(&rows);
+                let mut edit = base.edit();
+                edit.add_rules(&rules);
+                Prepared {
+                    snapshot: edit.finish(),
+                    base,
+                    rules,
+                }
+            },
+        ))))
     }
 
     /// Applies a change, made here or announced by another replica. Concurrent changes
@@ -319,6 +405,10 @@ impl Engine {
     /// applied (the store failed a read it needs) is logged and makes the periodic reload run
     /// now.
     pub async fn apply(&self, change: Change) {
+        self.apply_with(change, None).await;
+    }
+
+    async fn apply_with(&self, change: Change, prepared: Option<PreparedRules>) {
         match change {
             Change::Rules => {
                 if let Err(err) = self.reload().await {
@@ -349,9 +439,44 @@ impl Engine {
         // Should this future be dropped halfway (its request gone), the changes it took would
         // be lost: the periodic reload then runs at once.
         let unfinished = Unfinished(Some(&self.resync));
-        self.apply_all(&mut applying, changes).await;
+        match prepared {
+            Some(prepared) => self.apply_prepared(&mut applying, changes, prepared).await,
+            None => self.apply_all(&mut applying, changes).await,
+        }
         applying.applied = last;
         unfinished.done();
+    }
+
+    /// Swaps in a prepared snapshot when it is exactly what applying `changes` would make:
+    /// they are only the change it was prepared for, it was compiled on the very snapshot
+    /// in place now, and none of its rules was deleted meanwhile. Else applies `changes` as
+    /// usual.
+    async fn apply_prepared(
+        &self,
+        applying: &mut Applying,
+        changes: Vec<Change>,
+        prepared: PreparedRules,
+    ) {
+        let Some(prepared) = prepared.take().await else {
+            return self.apply_all(applying, changes).await;
+        };
+        let usable = changes.len() == 1
+            && Arc::ptr_eq(&self.snapshot.load(), &prepared.base)
+            && !prepared
+                .rules
+                .iter()
+                .any(|rule| applying.tombstones.contains(&rule.id));
+        if !usable {
+            tokio::task::spawn_blocking(move || drop(prepared));
+            return self.apply_all(applying, changes).await;
+        }
+        let Prepared {
+            snapshot,
+            base,
+            rules,
+        } = prepared;
+        drop(base);
+        self.install(applying, snapshot, vec![Delta::Add(rules)], changes.len());
     }
 
     async fn apply_all(&self, applying: &mut Applying, changes: Vec<Change>) {
@@ -375,16 +500,41 @@ impl Engine {
             }
             delta.apply(&mut edit, &applying.tombstones);
         }
-        if let Some(journal) = &mut applying.journal {
-            journal.extend(deltas);
-        }
-        drop(self.swap(Arc::new(edit.finish())));
-        self.metrics.changes_applied.inc_by(count as u64);
+        self.install(applying, edit.finish(), deltas, count);
         tracing::debug!(
             changes = count,
             micros = started.elapsed().as_micros() as u64,
             "changes applied"
         );
+    }
+
+    /// Puts the snapshot that `deltas` made in place (and the deltas in the journal of a full
+    /// reload under way), counting `changes` applied.
+    fn install(
+        &self,
+        applying: &mut Applying,
+        snapshot: Snapshot,
+        deltas: Vec<Delta>,
+        changes: usize,
+    ) {
+        let rules: usize = deltas.iter().map(Delta::rules).sum();
+        let deltas = match &mut applying.journal {
+            Some(journal) => {
+                journal.extend(deltas);
+                Vec::new()
+            }
+            None => deltas,
+        };
+        let old = self.swap(Arc::new(snapshot));
+        // A change of many rules (a batch) leaves the old snapshot the last owner of as many
+        // replaced map nodes, and its rows to free: that is done on a blocking thread, not
+        // before the writer has its answer. A small change frees its few nodes here.
+        if rules >= PREPARE_FROM {
+            tokio::task::spawn_blocking(move || drop((old, deltas)));
+        } else {
+            drop((old, deltas));
+        }
+        self.metrics.changes_applied.inc_by(changes as u64);
     }
 
     /// What a change does to the snapshot, read from the store where the change does not

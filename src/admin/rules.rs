@@ -169,6 +169,8 @@ pub async fn create_rules_batch(
             Some(&runtimes.join(",")),
         ),
     );
+    // The rules are compiled into the snapshot while the store writes them.
+    let prepared = state.engine.prepare_rules(&rows);
     let committed = state
         .store
         .insert_rules(&auth.tenant.id, &rows, &audit)
@@ -182,7 +184,7 @@ pub async fn create_rules_batch(
             ),
             other => other.into(),
         })?;
-    state.engine.applied(committed).await;
+    state.engine.applied_with(committed, prepared).await;
     tracing::info!(tenant = %auth.tenant.name, count = rows.len(), "rules created in a batch");
     Ok((
         StatusCode::CREATED,

@@ -15,6 +15,7 @@ mod identity;
 mod openapi;
 mod pg_tls;
 mod postgres_faults;
+mod prepared_batches;
 mod properties;
 mod read_only_commands;
 mod readme;

@@ -6,43 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use runta::admin::{self, AppState};
 use runta::engine::Engine;
 use runta::metrics::Metrics;
 use runta::rules::snapshot::secret_key;
 use runta::store::Store;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::support::{Backend, OPERATOR_TOKEN, TestApp, TestDb, TestTenant, keyring_with};
-
-/// The admin router over a fresh database, with its engine at hand (`TestApp` keeps it inside
-/// the router): the cache under test is the one the API's changes invalidate.
-async fn app_with_engine(backend: Backend) -> Option<(TestApp, Arc<Engine>, Arc<Metrics>)> {
-    let (db, url) = TestDb::create(backend).await?;
-    let store = Store::connect(&url, 4).await.unwrap();
-    store.migrate().await.unwrap();
-    let keyring = Arc::new(keyring_with(&["k1"], "k1"));
-    let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(store.clone(), keyring.clone(), metrics.clone()));
-    let state = AppState {
-        store: store.clone(),
-        keyring: keyring.clone(),
-        operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
-        metrics: metrics.clone(),
-        engine: engine.clone(),
-        max_body_bytes: 64 * 1024,
-        interception_ca: None,
-    };
-    let app = TestApp {
-        router: admin::router(state),
-        store,
-        keyring,
-        db,
-        backend,
-    };
-    Some((app, engine, metrics))
-}
+use crate::support::{Backend, TestApp, TestTenant, app_with_engine};
 
 async fn secret_with_ttl(app: &TestApp, tenant: &TestTenant, name: &str, value: &str, ttl: i64) {
     let (status, body) = app

@@ -467,3 +467,37 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(mut attempt: F) -> bool {
     }
     false
 }
+
+/// The admin router over a fresh database, with its engine at hand (`TestApp` keeps it inside
+/// the router): the engine a test looks at is the one the API's changes reach.
+pub async fn app_with_engine(
+    backend: Backend,
+) -> Option<(TestApp, Arc<runta::engine::Engine>, Arc<Metrics>)> {
+    let (db, url) = TestDb::create(backend).await?;
+    let store = Store::connect(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let keyring = Arc::new(keyring_with(&["k1"], "k1"));
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(runta::engine::Engine::new(
+        store.clone(),
+        keyring.clone(),
+        metrics.clone(),
+    ));
+    let state = AppState {
+        store: store.clone(),
+        keyring: keyring.clone(),
+        operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
+        metrics: metrics.clone(),
+        engine: engine.clone(),
+        max_body_bytes: 64 * 1024,
+        interception_ca: None,
+    };
+    let app = TestApp {
+        router: admin::router(state),
+        store,
+        keyring,
+        db,
+        backend,
+    };
+    Some((app, engine, metrics))
+}

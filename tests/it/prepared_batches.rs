@@ -1,0 +1,159 @@
+//! A batch of rules is compiled into the snapshot while the store writes it
+//! (`Engine::prepare_rules`). What is swapped in equals applying the change as any other; a
+//! compiled batch that the snapshot moved past (another change applied meanwhile), or whose
+//! rules were deleted before it was applied, is applied anew, not swapped in.
+
+use std::collections::BTreeSet;
+
+use axum::http::Method;
+use runta::engine::Engine;
+use runta::store::{AuditAction, RuleRow};
+use serde_json::json;
+
+use crate::support::{Backend, TestApp, TestTenant, app_with_engine, audit_entry, backend_tests};
+
+backend_tests!(
+    a_compiled_batch_is_what_applying_it_makes,
+    a_batch_compiled_before_another_change_keeps_both,
+    a_batch_rule_deleted_before_the_batch_is_applied_stays_deleted,
+);
+
+const RUNTIMES: usize = 10;
+
+/// `count` rules of `tenant` for secret `k`, spread over `RUNTIMES` runtimes.
+fn batch(tenant: &TestTenant, tag: &str, count: usize) -> Vec<RuleRow> {
+    (0..count)
+        .map(|i| RuleRow {
+            id: runta::crypto::new_id("rule"),
+            tenant_id: tenant.id.clone(),
+            runtime: format!("rt-{}", i % RUNTIMES),
+            host_pattern: format!("{tag}{i}.example.com"),
+            path_pattern: None,
+            credential: "k".into(),
+            header: Some("x-key".into()),
+            param: None,
+            value_template: "${credential}".into(),
+            created_at: 0,
+        })
+        .collect()
+}
+
+/// The rule ids the engine's snapshot holds for the tenant's runtimes.
+fn held(engine: &Engine, tenant: &TestTenant) -> BTreeSet<String> {
+    let snapshot = engine.snapshot();
+    (0..RUNTIMES)
+        .filter_map(|i| snapshot.runtime_rules(&tenant.id, &format!("rt-{i}")))
+        .flat_map(|rules| rules.rules().map(|r| r.id.to_string()))
+        .collect()
+}
+
+async fn fixture(backend: Backend) -> Option<(TestApp, std::sync::Arc<Engine>, TestTenant)> {
+    let (app, engine, _) = app_with_engine(backend).await?;
+    let tenant = app.tenant("acme").await;
+    app.secret(&tenant, "k", "sk-test-value").await;
+    engine.reload().await.unwrap();
+    Some((app, engine, tenant))
+}
+
+/// Writes a batch the way the API does: compiled while the store writes it, then applied.
+async fn write_batch(app: &TestApp, engine: &Engine, tenant: &TestTenant, rows: &[RuleRow]) {
+    let prepared = engine.prepare_rules(rows);
+    assert!(
+        prepared.is_some(),
+        "a batch of {} rules is compiled",
+        rows.len()
+    );
+    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
+    let committed = app
+        .store
+        .insert_rules(&tenant.id, rows, &audit)
+        .await
+        .unwrap();
+    engine.applied_with(committed, prepared).await;
+}
+
+/// The compiled batch swapped in holds exactly the batch's rules, as a full reload of the
+/// store does, and the rule count agrees.
+async fn a_compiled_batch_is_what_applying_it_makes(backend: Backend) {
+    let Some((app, engine, tenant)) = fixture(backend).await else {
+        return;
+    };
+    let rows = batch(&tenant, "a", 200);
+    write_batch(&app, &engine, &tenant, &rows).await;
+    let want: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(held(&engine, &tenant), want, "the batch as applied");
+    assert_eq!(engine.snapshot().rule_count(), 200);
+    // A second batch on top of the first.
+    let more = batch(&tenant, "b", 100);
+    write_batch(&app, &engine, &tenant, &more).await;
+    let applied = held(&engine, &tenant);
+    engine.reload().await.unwrap();
+    assert_eq!(
+        applied,
+        held(&engine, &tenant),
+        "applied as a full reload reads it"
+    );
+    assert_eq!(applied.len(), 300);
+}
+
+/// A rule created through the API after the batch was compiled and before it was applied: the
+/// compiled snapshot does not have it, so swapping that in would lose it. Both are there.
+async fn a_batch_compiled_before_another_change_keeps_both(backend: Backend) {
+    let Some((app, engine, tenant)) = fixture(backend).await else {
+        return;
+    };
+    let rows = batch(&tenant, "a", 100);
+    let prepared = engine.prepare_rules(&rows);
+    let single = app
+        .ok(
+            Method::POST,
+            "/v1/runtimes/rt-0/rules",
+            Some(&tenant.key),
+            Some(json!({"host": "single.example.com",
+                        "injection": {"credential": "k", "header": "x-other"}})),
+        )
+        .await;
+    let single = single["id"].as_str().unwrap().to_owned();
+    assert!(
+        held(&engine, &tenant).contains(&single),
+        "the single create is applied"
+    );
+    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
+    let committed = app
+        .store
+        .insert_rules(&tenant.id, &rows, &audit)
+        .await
+        .unwrap();
+    engine.applied_with(committed, prepared).await;
+    let held = held(&engine, &tenant);
+    assert!(held.contains(&single), "the rule created meanwhile is kept");
+    assert_eq!(held.len(), 101, "the batch and the single rule");
+}
+
+/// One of the batch's rules deleted (and that deletion applied) before the batch's creation
+/// is applied: the compiled snapshot has the rule, the store does not; it stays deleted.
+async fn a_batch_rule_deleted_before_the_batch_is_applied_stays_deleted(backend: Backend) {
+    let Some((app, engine, tenant)) = fixture(backend).await else {
+        return;
+    };
+    let rows = batch(&tenant, "a", 100);
+    let prepared = engine.prepare_rules(&rows);
+    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
+    let created = app
+        .store
+        .insert_rules(&tenant.id, &rows, &audit)
+        .await
+        .unwrap();
+    let gone = &rows[7].id;
+    let audit = audit_entry(&tenant.id, AuditAction::RuleDelete);
+    let deleted = app
+        .store
+        .delete_rule(&tenant.id, gone, &audit)
+        .await
+        .unwrap();
+    engine.applied(deleted).await;
+    engine.applied_with(created, prepared).await;
+    let held = held(&engine, &tenant);
+    assert!(!held.contains(gone), "the deleted rule is not brought back");
+    assert_eq!(held.len(), 99);
+}
