@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use axum::http::Method;
 use runta::engine::Engine;
-use runta::store::{AuditAction, RuleRow};
+use runta::store::{AuditAction, Committed, RuleRow};
 use serde_json::json;
 
 use crate::support::{Backend, TestApp, TestTenant, app_with_engine, audit_entry, backend_tests};
@@ -55,6 +55,15 @@ async fn fixture(backend: Backend) -> Option<(TestApp, std::sync::Arc<Engine>, T
     Some((app, engine, tenant))
 }
 
+/// Writes a batch to the store (not applied yet).
+async fn insert(app: &TestApp, tenant: &TestTenant, rows: &[RuleRow]) -> Committed<()> {
+    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
+    app.store
+        .insert_rules(&tenant.id, rows, &audit)
+        .await
+        .unwrap()
+}
+
 /// Writes a batch the way the API does: compiled while the store writes it, then applied.
 async fn write_batch(app: &TestApp, engine: &Engine, tenant: &TestTenant, rows: &[RuleRow]) {
     let prepared = engine.prepare_rules(rows);
@@ -63,12 +72,7 @@ async fn write_batch(app: &TestApp, engine: &Engine, tenant: &TestTenant, rows: 
         "a batch of {} rules is compiled",
         rows.len()
     );
-    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
-    let committed = app
-        .store
-        .insert_rules(&tenant.id, rows, &audit)
-        .await
-        .unwrap();
+    let committed = insert(app, tenant, rows).await;
     engine.applied_with(committed, prepared).await;
 }
 
@@ -118,12 +122,7 @@ async fn a_batch_compiled_before_another_change_keeps_both(backend: Backend) {
         held(&engine, &tenant).contains(&single),
         "the single create is applied"
     );
-    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
-    let committed = app
-        .store
-        .insert_rules(&tenant.id, &rows, &audit)
-        .await
-        .unwrap();
+    let committed = insert(&app, &tenant, &rows).await;
     engine.applied_with(committed, prepared).await;
     let held = held(&engine, &tenant);
     assert!(held.contains(&single), "the rule created meanwhile is kept");
@@ -138,12 +137,7 @@ async fn a_batch_rule_deleted_before_the_batch_is_applied_stays_deleted(backend:
     };
     let rows = batch(&tenant, "a", 100);
     let prepared = engine.prepare_rules(&rows);
-    let audit = audit_entry(&tenant.id, AuditAction::RuleBatchCreate);
-    let created = app
-        .store
-        .insert_rules(&tenant.id, &rows, &audit)
-        .await
-        .unwrap();
+    let created = insert(&app, &tenant, &rows).await;
     let gone = &rows[7].id;
     let audit = audit_entry(&tenant.id, AuditAction::RuleDelete);
     let deleted = app

@@ -4,43 +4,17 @@
 use std::sync::Arc;
 
 use axum::http::{Method, StatusCode};
-use runta::admin::{self, AppState};
-use runta::metrics::Metrics;
-use runta::store::Store;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::support::{Backend, OPERATOR_TOKEN, TestApp, TestDb, keyring_with};
+use crate::support::{Backend, OPERATOR_TOKEN, TestApp, app_with_engine_and_pool};
 
 /// The admin router over a SQLite file with a pool as large as the server's default (10
 /// connections), so that writers really contend for the database rather than for the pool.
 pub async fn sqlite_app(max_connections: usize) -> TestApp {
-    let (db, url) = TestDb::create(Backend::Sqlite).await.unwrap();
-    let store = Store::connect(&url, max_connections).await.unwrap();
-    store.migrate().await.unwrap();
-    let keyring = Arc::new(keyring_with(&["k1"], "k1"));
-    let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(runta::engine::Engine::new(
-        store.clone(),
-        keyring.clone(),
-        metrics.clone(),
-    ));
-    let state = AppState {
-        store: store.clone(),
-        keyring: keyring.clone(),
-        operator_token: Some(Arc::new(SecretString::from(OPERATOR_TOKEN))),
-        metrics,
-        engine,
-        max_body_bytes: 64 * 1024,
-        interception_ca: None,
-    };
-    TestApp {
-        router: admin::router(state),
-        store,
-        keyring,
-        db,
-        backend: Backend::Sqlite,
-    }
+    app_with_engine_and_pool(Backend::Sqlite, max_connections)
+        .await
+        .expect("SQLite is always there")
+        .0
 }
 
 /// 60 writes at once, of every kind that reads before it writes or writes several rows: rule

@@ -473,8 +473,16 @@ pub async fn eventually<F: AsyncFnMut() -> bool>(mut attempt: F) -> bool {
 pub async fn app_with_engine(
     backend: Backend,
 ) -> Option<(TestApp, Arc<runta::engine::Engine>, Arc<Metrics>)> {
+    app_with_engine_and_pool(backend, 4).await
+}
+
+/// The same, with a pool of `max_connections`.
+pub async fn app_with_engine_and_pool(
+    backend: Backend,
+    max_connections: usize,
+) -> Option<(TestApp, Arc<runta::engine::Engine>, Arc<Metrics>)> {
     let (db, url) = TestDb::create(backend).await?;
-    let store = Store::connect(&url, 4).await.unwrap();
+    let store = Store::connect(&url, max_connections).await.unwrap();
     store.migrate().await.unwrap();
     let keyring = Arc::new(keyring_with(&["k1"], "k1"));
     let metrics = Arc::new(Metrics::new());
