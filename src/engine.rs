@@ -810,10 +810,14 @@ impl Engine {
         ];
         // Each differing runtime's ids, then the rules it lacks by id: never a second copy of
         // a runtime's rules (during a bulk load every runtime differs). Read after the reload
-        // began: the deltas applied since are applied again on top.
-        let snapshot = self.snapshot();
+        // began: the deltas applied since are applied again on top. Each runtime's ids are
+        // compared with the snapshot in place just before they were read: older than the ids
+        // (changes are applied after they commit), so an id it holds that they lack was
+        // deleted; and recent, so that during a bulk load the rules it lacks are the few
+        // committed meanwhile, not every batch since the first runtime was read.
         let mut repaired = Vec::new();
         for (tenant_id, runtime) in differing {
+            let snapshot = self.snapshot();
             let ids = self.store.runtime_rule_ids(&tenant_id, &runtime).await?;
             let (lacking, extra) = snapshot.runtime_difference(&tenant_id, &runtime, &ids);
             let lacking = if lacking.is_empty() {
