@@ -175,8 +175,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// replaced. One thread, not the blocking pool: what it allocates it mostly frees itself, and
 /// the allocator's per-thread heaps reuse that memory. Spread over the pool's threads (which
 /// come and go), freed nodes stayed stranded in other threads' heaps: a 1M-rule batch load left
-/// the server 50-100 MiB more resident. Started on first use, by a thread of the control plane,
-/// whose scheduling priority it inherits; it ends with the engine.
+/// the server 50-100 MiB more resident. Started by a thread of the control plane, whose
+/// scheduling priority it inherits (`Engine::start_snapshot_thread`), or on first use; it ends
+/// with the engine.
 #[derive(Default)]
 struct SnapshotThread(std::sync::OnceLock<Option<std::sync::mpsc::Sender<Job>>>);
 
@@ -455,6 +456,13 @@ impl Engine {
             compiled: Some(receiver),
             frees: self.snapshot_thread.sender().cloned(),
         })
+    }
+
+    /// Starts the snapshot thread (`SnapshotThread`) from the calling thread, whose scheduling
+    /// priority it inherits: the server calls it on its control plane before anything else
+    /// runs there. Without this call it starts on first use.
+    pub fn start_snapshot_thread(&self) {
+        self.snapshot_thread.sender();
     }
 
     /// Applies a change, made here or announced by another replica. Concurrent changes
@@ -747,8 +755,14 @@ impl Engine {
         let old = self.swap(snapshot);
         drop(applying);
         // The old snapshot may be the last reference to many rules: freed off the async
-        // workers too.
-        self.snapshot_thread.run(move || drop(old));
+        // workers too. The first load's (empty) is dropped here, so that the snapshot thread
+        // is not started by the caller of the first load (the server starts it on its
+        // control plane: `start_snapshot_thread`).
+        if old.rule_count() == 0 {
+            drop(old);
+        } else {
+            self.snapshot_thread.run(move || drop(old));
+        }
         Ok(())
     }
 

@@ -185,6 +185,16 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             source,
         }
     })?;
+    // The engine's snapshot thread (batches compiled, replaced snapshots freed) is started by
+    // a control-plane thread, so that it runs at the control plane's priority.
+    let engine = wired.engine.clone();
+    control
+        .spawn(async move { engine.start_snapshot_thread() })
+        .await
+        .map_err(|join| ServeError::Serve {
+            task: "the control plane's runtime",
+            source: std::io::Error::other(join.to_string()),
+        })?;
     // What the control plane runs (the admin API, the periodic reload, the sweep) runs on its
     // threads; `tasks` watches it as it watches the gRPC server.
     let mut on_control = |task: &'static str, run: listen::Serving| {
