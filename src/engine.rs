@@ -228,13 +228,16 @@ pub struct PreparedRules {
 }
 
 impl PreparedRules {
-    /// The compiled snapshot (`None`: compiling it failed).
-    async fn take(mut self) -> Option<Prepared> {
-        let compiled = self.compiled.take()?;
-        compiled
+    /// The compiled snapshot (`None`: compiling it failed). Dropped while it waits, `self`
+    /// still hands what is compiled to the snapshot thread.
+    async fn take(&mut self) -> Option<Prepared> {
+        let compiled = self.compiled.as_mut()?;
+        let prepared = compiled
             .await
             .map_err(|_| tracing::error!("compiling a batch of rules failed"))
-            .ok()
+            .ok();
+        self.compiled = None;
+        prepared
     }
 }
 
@@ -494,8 +497,17 @@ impl Engine {
             queue.queued += 1;
             queue.queued
         };
+        // A batch's compiled snapshot is awaited here, queued but before the applier's lock,
+        // so that no other change waits for it (should this future be dropped meanwhile, the
+        // change is queued: the next applier applies it).
+        let mut prepared = prepared;
+        let compiled = match &mut prepared {
+            Some(prepared) => prepared.take().await,
+            None => None,
+        };
         let mut applying = self.applying.lock().await;
         if applying.applied >= ticket {
+            self.discard(compiled);
             return;
         }
         let (changes, last) = {
@@ -505,35 +517,45 @@ impl Engine {
         // Should this future be dropped halfway (its request gone), the changes it took would
         // be lost: the periodic reload then runs at once.
         let unfinished = Unfinished(Some(&self.resync));
-        match prepared {
-            Some(prepared) => self.apply_prepared(&mut applying, changes, prepared).await,
-            None => self.apply_all(&mut applying, changes).await,
+        // The one change taken must be this one: an applier that took changes and was dropped
+        // before applying them leaves a queue that may hold one change of another.
+        let only_this = last == ticket && changes.len() == 1;
+        match compiled {
+            Some(compiled) if only_this => {
+                self.apply_prepared(&mut applying, changes, compiled).await
+            }
+            compiled => {
+                self.discard(compiled);
+                self.apply_all(&mut applying, changes).await
+            }
         }
         applying.applied = last;
         unfinished.done();
     }
 
-    /// Swaps in a prepared snapshot when it is exactly what applying `changes` would make:
-    /// they are only the change it was prepared for, it was compiled on the very snapshot
-    /// in place now, and none of its rules was deleted meanwhile. Else applies `changes` as
-    /// usual.
+    /// Lets an unused compiled snapshot go, on the snapshot thread.
+    fn discard(&self, compiled: Option<Prepared>) {
+        if let Some(compiled) = compiled {
+            self.snapshot_thread.run(move || drop(compiled));
+        }
+    }
+
+    /// Swaps in a snapshot compiled for the one change taken (`changes`) when it is exactly
+    /// what applying that change makes: it was compiled on the very snapshot in place now,
+    /// and none of its rules was deleted meanwhile. Else applies the change as usual.
     async fn apply_prepared(
         &self,
         applying: &mut Applying,
         changes: Vec<Change>,
-        prepared: PreparedRules,
+        prepared: Prepared,
     ) {
-        let Some(prepared) = prepared.take().await else {
-            return self.apply_all(applying, changes).await;
-        };
-        let usable = changes.len() == 1
-            && Arc::ptr_eq(&self.snapshot.load(), &prepared.base)
+        let usable = Arc::ptr_eq(&self.snapshot.load(), &prepared.base)
             && !prepared
                 .rules
                 .iter()
                 .any(|rule| applying.tombstones.contains(&rule.id));
         if !usable {
-            self.snapshot_thread.run(move || drop(prepared));
+            self.discard(Some(prepared));
             return self.apply_all(applying, changes).await;
         }
         let Prepared {

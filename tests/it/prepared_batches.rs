@@ -1,7 +1,8 @@
 //! A batch of rules is compiled into the snapshot while the store writes it
 //! (`Engine::prepare_rules`). What is swapped in equals applying the change as any other; a
 //! compiled batch that the snapshot moved past (another change applied meanwhile), or whose
-//! rules were deleted before it was applied, is applied anew, not swapped in.
+//! rules were deleted before it was applied, is applied anew, not swapped in; nor does it
+//! stand in for another writer's change left in the queue by an applier that was dropped.
 
 use std::collections::BTreeSet;
 
@@ -150,4 +151,111 @@ async fn a_batch_rule_deleted_before_the_batch_is_applied_stays_deleted(backend:
     let held = held(&engine, &tenant);
     assert!(!held.contains(gone), "the deleted rule is not brought back");
     assert_eq!(held.len(), 99);
+}
+
+/// An applier that took changes and was dropped before applying them (its request gone) leaves
+/// a queue that may hold one change of another writer only: a batch whose own change went
+/// with that applier must not swap its compiled snapshot in for that change. PostgreSQL: a
+/// lock on the rules table holds appliers on their store reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compiled_batch_never_stands_in_for_another_change() {
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use runta::store::Change;
+
+    let Some((app, engine, tenant)) = fixture(Backend::Postgres).await else {
+        return;
+    };
+    let doomed = app
+        .ok(
+            Method::POST,
+            "/v1/runtimes/rt-0/rules",
+            Some(&tenant.key),
+            Some(json!({"host": "doomed.example.com",
+                        "injection": {"credential": "k", "header": "x-other"}})),
+        )
+        .await;
+    let doomed = doomed["id"].as_str().unwrap().to_owned();
+    // Committed, not applied yet: a batch (compiled on the snapshot holding `doomed`), and the
+    // deletion of `doomed`.
+    let rows = batch(&tenant, "b", 100);
+    let prepared = engine.prepare_rules(&rows);
+    let created = insert(&app, &tenant, &rows).await;
+    let audit = audit_entry(&tenant.id, AuditAction::RuleDelete);
+    let deleted = app
+        .store
+        .delete_rule(&tenant.id, &doomed, &audit)
+        .await
+        .unwrap();
+
+    let url = app.db.postgres_url().unwrap();
+    let mut locker = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .unwrap();
+    let mut watcher = diesel_async::AsyncPgConnection::establish(url)
+        .await
+        .unwrap();
+    for sql in ["BEGIN", "LOCK TABLE rules IN ACCESS EXCLUSIVE MODE"] {
+        diesel::sql_query(sql).execute(&mut locker).await.unwrap();
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = \
+                   current_database() AND wait_event_type = 'Lock'";
+    let reads = Change::Runtimes(vec![(tenant.id.clone(), "rt-1".into())]);
+    let apply = |change: Change| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.apply(change).await })
+    };
+    // The first applier holds the applier's lock, waiting on its read.
+    let first = apply(reads.clone());
+    assert!(
+        crate::support::eventually(async || {
+            diesel::sql_query(waiting)
+                .get_result::<Count>(&mut watcher)
+                .await
+                .unwrap()
+                .n
+                >= 1
+        })
+        .await,
+        "the first applier's read waits for the table lock"
+    );
+    // A second applier and the batch queue behind it.
+    let second = apply(reads.clone());
+    let batch = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.applied_with(created, prepared).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The first is dropped: the second takes its change and the batch's, and waits too (on
+    // the table, or behind the first's read: its pooled connection may be the same one).
+    first.abort();
+    let _ = first.await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second applier waits on its read"
+    );
+    // The deletion queues; the second applier is dropped with the batch's change.
+    let deletion = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.applied(deleted).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    second.abort();
+    let _ = second.await;
+    // The batch's task now takes the queue: the deletion only.
+    batch.await.unwrap();
+    deletion.await.unwrap();
+    assert!(
+        !held(&engine, &tenant).contains(&doomed),
+        "the deletion is applied, not replaced by the batch's compiled snapshot"
+    );
+    diesel::sql_query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .unwrap();
 }
