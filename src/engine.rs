@@ -175,34 +175,45 @@ type Job = Box<dyn FnOnce() + Send>;
 /// replaced. One thread, not the blocking pool: what it allocates it mostly frees itself, and
 /// the allocator's per-thread heaps reuse that memory. Spread over the pool's threads (which
 /// come and go), freed nodes stayed stranded in other threads' heaps: a 1M-rule batch load left
-/// the server 50-100 MiB more resident. Started by a thread of the control plane, whose
-/// scheduling priority it inherits (`Engine::start_snapshot_thread`), or on first use; it ends
-/// with the engine.
+/// the server 50-100 MiB more resident. Started only by `Engine::start_snapshot_thread` (the
+/// server calls it on a thread of its control plane, whose scheduling priority it inherits);
+/// until then, and should it fail to start, its work runs in place. It ends with the engine.
 #[derive(Default)]
-struct SnapshotThread(std::sync::OnceLock<Option<std::sync::mpsc::Sender<Job>>>);
+struct SnapshotThread(std::sync::OnceLock<std::sync::mpsc::Sender<Job>>);
 
 impl SnapshotThread {
-    fn sender(&self) -> Option<&std::sync::mpsc::Sender<Job>> {
-        self.0
-            .get_or_init(|| {
-                let (sender, jobs) = std::sync::mpsc::channel::<Job>();
-                std::thread::Builder::new()
-                    .name("runta-snapshots".into())
-                    .spawn(move || {
-                        for job in jobs {
-                            // A job that panics (a bug) is logged by the panic hook; the
-                            // thread goes on with the next.
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                        }
-                    })
-                    .map_err(|err| tracing::error!(error = %err, "starting the snapshot thread failed; its work runs in place"))
-                    .ok()
-                    .map(|_| sender)
-            })
-            .as_ref()
+    /// Starts the thread from the calling one (once; later calls do nothing).
+    fn start(&self) {
+        if self.0.get().is_some() {
+            return;
+        }
+        let (sender, jobs) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("runta-snapshots".into())
+            .spawn(move || {
+                for job in jobs {
+                    // A job that panics (a bug) is logged by the panic hook; the thread goes
+                    // on with the next.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            });
+        match started {
+            Ok(_) => {
+                // A caller that lost a race to another drops its sender here: its thread
+                // ends at once.
+                let _ = self.0.set(sender);
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "starting the snapshot thread failed; its work runs in place")
+            }
+        }
     }
 
-    /// Runs `job` on the snapshot thread (here, should that thread not be there).
+    fn sender(&self) -> Option<&std::sync::mpsc::Sender<Job>> {
+        self.0.get()
+    }
+
+    /// Runs `job` on the snapshot thread (here, while that thread is not there).
     fn run(&self, job: impl FnOnce() + Send + 'static) {
         run_on(self.sender(), Box::new(job));
     }
@@ -463,9 +474,9 @@ impl Engine {
 
     /// Starts the snapshot thread (`SnapshotThread`) from the calling thread, whose scheduling
     /// priority it inherits: the server calls it on its control plane before anything else
-    /// runs there. Without this call it starts on first use.
+    /// runs there. Until then, its work runs in place.
     pub fn start_snapshot_thread(&self) {
-        self.snapshot_thread.sender();
+        self.snapshot_thread.start();
     }
 
     /// Applies a change, made here or announced by another replica. Concurrent changes
@@ -777,14 +788,8 @@ impl Engine {
         let old = self.swap(snapshot);
         drop(applying);
         // The old snapshot may be the last reference to many rules: freed off the async
-        // workers too. The first load's (empty) is dropped here, so that the snapshot thread
-        // is not started by the caller of the first load (the server starts it on its
-        // control plane: `start_snapshot_thread`).
-        if old.rule_count() == 0 {
-            drop(old);
-        } else {
-            self.snapshot_thread.run(move || drop(old));
-        }
+        // workers too.
+        self.snapshot_thread.run(move || drop(old));
         Ok(())
     }
 

@@ -11,7 +11,10 @@ use runta::engine::Engine;
 use runta::store::{AuditAction, Committed, RuleRow};
 use serde_json::json;
 
-use crate::support::{Backend, TestApp, TestTenant, app_with_engine, audit_entry, backend_tests};
+use crate::support::{
+    Backend, TestApp, TestTenant, app_with_engine, audit_entry, backend_tests, eventually,
+    pg_connection, pg_count,
+};
 
 backend_tests!(
     a_compiled_batch_is_what_applying_it_makes,
@@ -54,6 +57,19 @@ async fn fixture(backend: Backend) -> Option<(TestApp, std::sync::Arc<Engine>, T
     app.secret(&tenant, "k", "sk-test-value").await;
     engine.reload().await.unwrap();
     Some((app, engine, tenant))
+}
+
+/// Creates one rule in runtime `rt-0` through the API (applied); answers its id.
+async fn single_rule(app: &TestApp, tenant: &TestTenant, host: &str) -> String {
+    let created = app
+        .ok(
+            Method::POST,
+            "/v1/runtimes/rt-0/rules",
+            Some(&tenant.key),
+            Some(json!({"host": host, "injection": {"credential": "k", "header": "x-other"}})),
+        )
+        .await;
+    created["id"].as_str().unwrap().to_owned()
 }
 
 /// Writes a batch to the store (not applied yet).
@@ -109,16 +125,7 @@ async fn a_batch_compiled_before_another_change_keeps_both(backend: Backend) {
     };
     let rows = batch(&tenant, "a", 100);
     let prepared = engine.prepare_rules(&rows);
-    let single = app
-        .ok(
-            Method::POST,
-            "/v1/runtimes/rt-0/rules",
-            Some(&tenant.key),
-            Some(json!({"host": "single.example.com",
-                        "injection": {"credential": "k", "header": "x-other"}})),
-        )
-        .await;
-    let single = single["id"].as_str().unwrap().to_owned();
+    let single = single_rule(&app, &tenant, "single.example.com").await;
     assert!(
         held(&engine, &tenant).contains(&single),
         "the single create is applied"
@@ -159,22 +166,13 @@ async fn a_batch_rule_deleted_before_the_batch_is_applied_stays_deleted(backend:
 /// lock on the rules table holds appliers on their store reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compiled_batch_never_stands_in_for_another_change() {
-    use diesel_async::{AsyncConnection, RunQueryDsl};
+    use diesel_async::RunQueryDsl;
     use runta::store::Change;
 
     let Some((app, engine, tenant)) = fixture(Backend::Postgres).await else {
         return;
     };
-    let doomed = app
-        .ok(
-            Method::POST,
-            "/v1/runtimes/rt-0/rules",
-            Some(&tenant.key),
-            Some(json!({"host": "doomed.example.com",
-                        "injection": {"credential": "k", "header": "x-other"}})),
-        )
-        .await;
-    let doomed = doomed["id"].as_str().unwrap().to_owned();
+    let doomed = single_rule(&app, &tenant, "doomed.example.com").await;
     // Committed, not applied yet: a batch (compiled on the snapshot holding `doomed`), and the
     // deletion of `doomed`.
     let rows = batch(&tenant, "b", 100);
@@ -188,19 +186,10 @@ async fn a_compiled_batch_never_stands_in_for_another_change() {
         .unwrap();
 
     let url = app.db.postgres_url().unwrap();
-    let mut locker = diesel_async::AsyncPgConnection::establish(url)
-        .await
-        .unwrap();
-    let mut watcher = diesel_async::AsyncPgConnection::establish(url)
-        .await
-        .unwrap();
+    let mut locker = pg_connection(url).await;
+    let mut watcher = pg_connection(url).await;
     for sql in ["BEGIN", "LOCK TABLE rules IN ACCESS EXCLUSIVE MODE"] {
         diesel::sql_query(sql).execute(&mut locker).await.unwrap();
-    }
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
     }
     let waiting = "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = \
                    current_database() AND wait_event_type = 'Lock'";
@@ -212,19 +201,13 @@ async fn a_compiled_batch_never_stands_in_for_another_change() {
     // The first applier holds the applier's lock, waiting on its read.
     let first = apply(reads.clone());
     assert!(
-        crate::support::eventually(async || {
-            diesel::sql_query(waiting)
-                .get_result::<Count>(&mut watcher)
-                .await
-                .unwrap()
-                .n
-                >= 1
-        })
-        .await,
+        eventually(async || pg_count(&mut watcher, waiting).await >= 1).await,
         "the first applier's read waits for the table lock"
     );
     // A second applier and the batch queue behind it.
     let second = apply(reads.clone());
+    // The batch's task waits for the applier's lock after the second's.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let batch = tokio::spawn({
         let engine = engine.clone();
         async move { engine.applied_with(created, prepared).await }
@@ -247,15 +230,16 @@ async fn a_compiled_batch_never_stands_in_for_another_change() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     second.abort();
     let _ = second.await;
-    // The batch's task now takes the queue: the deletion only.
+    // The batch's task now takes the queue: the deletion only. The table is let go first, so
+    // that nothing waits on it for good should the tasks have queued otherwise.
+    diesel::sql_query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .unwrap();
     batch.await.unwrap();
     deletion.await.unwrap();
     assert!(
         !held(&engine, &tenant).contains(&doomed),
         "the deletion is applied, not replaced by the batch's compiled snapshot"
     );
-    diesel::sql_query("COMMIT")
-        .execute(&mut locker)
-        .await
-        .unwrap();
 }

@@ -491,6 +491,8 @@ pub async fn app_with_engine_and_pool(
         keyring.clone(),
         metrics.clone(),
     ));
+    // As the server does: batches compile, and replaced snapshots are freed, on that thread.
+    engine.start_snapshot_thread();
     let state = AppState {
         store: store.clone(),
         keyring: keyring.clone(),
@@ -508,4 +510,24 @@ pub async fn app_with_engine_and_pool(
         backend,
     };
     Some((app, engine, metrics))
+}
+
+/// A connection of its own to a test's PostgreSQL database (to lock tables, or to watch
+/// `pg_stat_activity`, beside the store's pool).
+pub async fn pg_connection(url: &str) -> AsyncPgConnection {
+    AsyncPgConnection::establish(url).await.unwrap()
+}
+
+/// The single `n` (a `bigint`) that `sql` answers.
+pub async fn pg_count(conn: &mut AsyncPgConnection, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .await
+        .unwrap()
+        .n
 }

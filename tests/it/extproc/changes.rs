@@ -1,7 +1,7 @@
 //! Changes through the admin API reach the next request, on this replica and on others.
 
 use super::*;
-use crate::support::{backend_tests, eventually};
+use crate::support::{backend_tests, eventually, pg_connection, pg_count};
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 
 backend_tests!(changes_take_effect_on_the_next_request,);
@@ -373,24 +373,8 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
     })
     .await;
     let url = first.db.postgres_url().unwrap();
-    let mut locker = diesel_async::AsyncPgConnection::establish(url)
-        .await
-        .unwrap();
-    let mut watcher = diesel_async::AsyncPgConnection::establish(url)
-        .await
-        .unwrap();
-    #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    async fn count(conn: &mut diesel_async::AsyncPgConnection, sql: &str) -> i64 {
-        diesel::sql_query(sql)
-            .get_result::<Count>(conn)
-            .await
-            .unwrap()
-            .n
-    }
+    let mut locker = pg_connection(url).await;
+    let mut watcher = pg_connection(url).await;
     let full_reloads = "runta_snapshot_reloads_total{result=\"ok\"}";
     // The start-up load and the catch-up after the first connection are done.
     eventually(async || counter(&second, full_reloads).await >= 2.0).await;
@@ -405,7 +389,7 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
         .execute(&mut locker)
         .await
         .unwrap();
-    let killed = count(
+    let killed = pg_count(
         &mut watcher,
         "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
          WHERE datname = current_database() AND query LIKE 'LISTEN %' \
@@ -416,7 +400,7 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
     // Both replicas reconnected, and their catch-up reloads wait for the lock.
     let mut blocked = 0;
     eventually(async || {
-        blocked = count(
+        blocked = pg_count(
             &mut watcher,
             "SELECT count(*) AS n FROM pg_stat_activity \
              WHERE datname = current_database() AND wait_event_type = 'Lock' \
@@ -430,7 +414,7 @@ async fn a_replica_applies_changes_while_its_catch_up_reload_reads() {
         blocked, 2,
         "both replicas' catch-up reloads wait for the rules table"
     );
-    let listening = count(
+    let listening = pg_count(
         &mut watcher,
         "SELECT count(*) AS n FROM pg_stat_activity \
          WHERE datname = current_database() AND query LIKE 'LISTEN %'",
